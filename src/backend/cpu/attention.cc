@@ -1,0 +1,213 @@
+#include "backend/cpu/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "backend/cpu/blas.h"
+#include "backend/cpu/check.h"
+#include "backend/cpu/threading.h"
+#include "core/rng.h"
+
+namespace mpt::backend::cpu {
+
+namespace {
+
+void check_dims(const char* op, const AttentionDims& d) {
+  check_arg(d.seq_q > 0 && d.seq_kv > 0 && d.batch > 0 && d.heads > 0 && d.groups > 0 && d.head_dim > 0, op,
+            str("dims must be positive: seq_q ", d.seq_q, ", seq_kv ", d.seq_kv, ", batch ", d.batch, ", heads ",
+                d.heads, ", groups ", d.groups, ", head_dim ", d.head_dim));
+  check_arg(d.heads % d.groups == 0, op, str("heads ", d.heads, " must be a multiple of groups ", d.groups));
+  check_arg(!d.causal || d.seq_q == d.seq_kv, op,
+            str("causal attention needs seq_q == seq_kv, got ", d.seq_q, " and ", d.seq_kv));
+  check_arg(d.dropout_p >= 0 && d.dropout_p < 1, op, str("dropout_p ", d.dropout_p, " must be in [0, 1)"));
+  check_arg(std::isfinite(d.softmax_scale) && d.softmax_scale > 0, op,
+            str("softmax_scale ", d.softmax_scale, " must be positive (usually 1/sqrt(head_dim))"));
+  // Checked here because the GEMMs run inside a parallel region, where nothing may throw.
+  check_arg(d.batch * d.heads * d.head_dim <= INT_MAX && d.seq_q <= INT_MAX && d.seq_kv <= INT_MAX, op,
+            "dimensions exceed the 32-bit BLAS interface");
+  blas_load();
+}
+
+void check_qkv(const char* op, const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_f32(op, "q", q);
+  check_f32(op, "k", k);
+  check_f32(op, "v", v);
+  check_numel(op, "q", q, d.seq_q * d.batch * d.heads * d.head_dim);
+  check_numel(op, "k", k, d.seq_kv * d.batch * d.groups * d.head_dim);
+  check_numel(op, "v", v, d.seq_kv * d.batch * d.groups * d.head_dim);
+}
+
+// Strides and base offsets of one (batch, head) slice in the token-major layouts.
+struct Slice {
+  int64_t ldq, ldk;         // row strides of q-like and k-like tensors
+  int64_t q_off, kv_off;    // offset of row 0 of this (b, h) / (b, group)
+  uint64_t dropout_key;     // mask stream of this (global head, b)
+  Slice(const AttentionDims& d, int64_t b, int64_t h) {
+    const int64_t g = h / (d.heads / d.groups);
+    ldq = d.batch * d.heads * d.head_dim;
+    ldk = d.batch * d.groups * d.head_dim;
+    q_off = (b * d.heads + h) * d.head_dim;
+    kv_off = (b * d.groups + g) * d.head_dim;
+    dropout_key = mix_key(mix_key(d.dropout_key, static_cast<uint64_t>(d.head_offset + h)), static_cast<uint64_t>(b));
+  }
+};
+
+// Keys visible to query i.
+inline int64_t visible(const AttentionDims& d, int64_t i) { return d.causal ? i + 1 : d.seq_kv; }
+
+// A buffer of n floats: the ops object's when free, else one for this call only.
+class ScratchLease {
+ public:
+  ScratchLease(AttentionScratch& s, size_t n) : lock_(s.mu, std::try_to_lock) {
+    buf_ = lock_.owns_lock() ? &s.buf : &own_;
+    if (buf_->size() < n) buf_->resize(n);
+  }
+  float* data() { return buf_->data(); }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  std::vector<float> own_;
+  std::vector<float>* buf_;
+};
+
+}  // namespace
+
+void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d,
+                   AttentionScratch& scratch) {
+  const char* op = "attention_fwd";
+  check_dims(op, d);
+  check_qkv(op, d, q, k, v);
+  check_f32(op, "out", out);
+  check_numel(op, "out", out, q.numel());
+  check_f32(op, "lse", lse);
+  check_numel(op, "lse", lse, d.batch * d.heads * d.seq_q);
+
+  const int64_t sq = d.seq_q, skv = d.seq_kv, dim = d.head_dim, pairs = d.batch * d.heads;
+  const int64_t block = sq * skv;
+  const int threads = omp_get_max_threads();
+  ScratchLease lease(scratch, static_cast<size_t>(threads) * block);
+  const float *pq = q.f(), *pk = k.f(), *pv = v.f();
+  float *po = out.f(), *pl = lse.f();
+  const float p = d.dropout_p, keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel num_threads(threads) if(pairs > 1 && pairs * block * dim >= kMinParallelWork)
+  {
+    float* s = lease.data() + omp_get_thread_num() * block;
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < pairs; ++bh) {
+      const int64_t b = bh / d.heads, h = bh % d.heads;
+      const Slice sl(d, b, h);
+      sgemm(false, true, sq, skv, dim, d.softmax_scale, pq + sl.q_off, sl.ldq, pk + sl.kv_off, sl.ldk, 0.0f, s, skv);
+      for (int64_t i = 0; i < sq; ++i) {
+        float* row = s + i * skv;
+        const int64_t n = visible(d, i);
+        float mx = row[0];
+        for (int64_t j = 1; j < n; ++j) mx = std::max(mx, row[j]);
+        double sum = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        pl[bh * sq + i] = mx + static_cast<float>(std::log(sum));
+        const double inv = 1.0 / sum;
+        for (int64_t j = 0; j < n; ++j) row[j] = static_cast<float>(row[j] * inv);
+        if (p > 0)
+          for (int64_t j = 0; j < n; ++j)
+            row[j] = dropout_keep(sl.dropout_key, static_cast<uint64_t>(i * skv + j), p) ? row[j] * keep_scale : 0.0f;
+        std::fill(row + n, row + skv, 0.0f);
+      }
+      sgemm(false, false, sq, dim, skv, 1.0f, s, skv, pv + sl.kv_off, sl.ldk, 0.0f, po + sl.q_off, sl.ldq);
+    }
+  }
+}
+
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
+                   const AttentionDims& d, AttentionScratch& scratch) {
+  const char* op = "attention_bwd";
+  check_dims(op, d);
+  check_qkv(op, d, q, k, v);
+  check_f32(op, "out", out);
+  check_numel(op, "out", out, q.numel());
+  check_f32(op, "dout", dout);
+  check_numel(op, "dout", dout, q.numel());
+  check_f32(op, "lse", lse);
+  check_numel(op, "lse", lse, d.batch * d.heads * d.seq_q);
+  check_qkv(op, d, dq, dk, dv);
+
+  const int64_t sq = d.seq_q, skv = d.seq_kv, dim = d.head_dim, pairs = d.batch * d.heads;
+  const int64_t hpg = d.heads / d.groups, block = sq * skv;
+  const int threads = omp_get_max_threads();
+  // With several query heads per group, each head writes its own dk/dv partial; the
+  // partials are then summed in head order, so results never depend on thread timing.
+  const bool partials = hpg > 1;
+  const int64_t partial_size = partials ? pairs * skv * dim : 0;
+  ScratchLease lease(scratch, static_cast<size_t>(threads) * 2 * block + 2 * partial_size);
+  float* dk_part = lease.data() + static_cast<int64_t>(threads) * 2 * block;
+  float* dv_part = dk_part + partial_size;
+  const float *pq = q.f(), *pk = k.f(), *pv = v.f(), *po = out.f(), *pg = dout.f(), *pl = lse.f();
+  float *pdq = dq.f(), *pdk = dk.f(), *pdv = dv.f();
+  const float p = d.dropout_p, keep_scale = 1.0f / (1.0f - p);
+#pragma omp parallel num_threads(threads) if(pairs > 1 && pairs * block * dim >= kMinParallelWork)
+  {
+    float* prob = lease.data() + omp_get_thread_num() * 2 * block;  // P, then dropped P
+    float* dprob = prob + block;                                     // dP, then dS
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < pairs; ++bh) {
+      const int64_t b = bh / d.heads, h = bh % d.heads;
+      const Slice sl(d, b, h);
+      sgemm(false, true, sq, skv, dim, d.softmax_scale, pq + sl.q_off, sl.ldq, pk + sl.kv_off, sl.ldk, 0.0f, prob,
+            skv);
+      sgemm(false, true, sq, skv, dim, 1.0f, pg + sl.q_off, sl.ldq, pv + sl.kv_off, sl.ldk, 0.0f, dprob, skv);
+      for (int64_t i = 0; i < sq; ++i) {
+        const float* o_row = po + sl.q_off + i * sl.ldq;
+        const float* g_row = pg + sl.q_off + i * sl.ldq;
+        double di = 0;  // D_i = dout_i . out_i = sum_j P_ij dP_ij
+        for (int64_t c = 0; c < dim; ++c) di += static_cast<double>(g_row[c]) * o_row[c];
+        const float dif = static_cast<float>(di), l = pl[bh * sq + i];
+        float *pr = prob + i * skv, *dr = dprob + i * skv;
+        const int64_t n = visible(d, i);
+        for (int64_t j = 0; j < n; ++j) {
+          const float pij = std::exp(pr[j] - l);
+          const bool keep = p == 0 || dropout_keep(sl.dropout_key, static_cast<uint64_t>(i * skv + j), p);
+          const float dpij = p == 0 ? dr[j] : (keep ? dr[j] * keep_scale : 0.0f);
+          dr[j] = pij * (dpij - dif);
+          pr[j] = p == 0 ? pij : (keep ? pij * keep_scale : 0.0f);
+        }
+        std::fill(pr + n, pr + skv, 0.0f);
+        std::fill(dr + n, dr + skv, 0.0f);
+      }
+      // dQ = scale * dS K, dK = scale * dS^T Q, dV = P_dropped^T dout.
+      sgemm(false, false, sq, dim, skv, d.softmax_scale, dprob, skv, pk + sl.kv_off, sl.ldk, 0.0f, pdq + sl.q_off,
+            sl.ldq);
+      float* dkt = partials ? dk_part + bh * skv * dim : pdk + sl.kv_off;
+      float* dvt = partials ? dv_part + bh * skv * dim : pdv + sl.kv_off;
+      const int64_t ldt = partials ? dim : sl.ldk;
+      sgemm(true, false, skv, dim, sq, d.softmax_scale, dprob, skv, pq + sl.q_off, sl.ldq, 0.0f, dkt, ldt);
+      sgemm(true, false, skv, dim, sq, 1.0f, prob, skv, pg + sl.q_off, sl.ldq, 0.0f, dvt, ldt);
+    }
+    if (partials) {
+      // dk[s, b, g, :] = sum over the group's heads in order.
+#pragma omp for schedule(static)
+      for (int64_t row = 0; row < skv * d.batch * d.groups; ++row) {
+        const int64_t s = row / (d.batch * d.groups), b = (row / d.groups) % d.batch, g = row % d.groups;
+        float* dk_row = pdk + row * dim;
+        float* dv_row = pdv + row * dim;
+        for (int64_t c = 0; c < dim; ++c) {
+          dk_row[c] = 0.0f;
+          dv_row[c] = 0.0f;
+        }
+        for (int64_t j = 0; j < hpg; ++j) {
+          const int64_t part = ((b * d.heads + g * hpg + j) * skv + s) * dim;
+          for (int64_t c = 0; c < dim; ++c) {
+            dk_row[c] += dk_part[part + c];
+            dv_row[c] += dv_part[part + c];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace mpt::backend::cpu

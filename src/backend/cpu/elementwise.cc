@@ -1,0 +1,118 @@
+#include "backend/cpu/elementwise.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/check.h"
+#include "backend/cpu/threading.h"
+
+namespace mpt::backend::cpu {
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;
+
+template <typename Term>
+double chunked_sum(int64_t n, Term term) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t end = std::min(n, (c + 1) * kChunk);
+    double s = 0;
+    for (int64_t i = c * kChunk; i < end; ++i) s += term(i);
+    partial[c] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace
+
+void fill(Tensor x, float value) {
+  check_f32("fill", "x", x);
+  float* p = x.f();
+  const int64_t n = x.numel();
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) p[i] = value;
+}
+
+void copy(Tensor dst, Tensor src) {
+  check_arg(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy",
+            "dst " + describe(dst) + " and src " + describe(src) + " must share dtype and numel");
+  check_arg((dst.data && src.data) || dst.numel() == 0, "copy", "dst or src has no data");
+  if (dst.data == src.data || dst.numel() == 0) return;
+  const int64_t bytes = static_cast<int64_t>(dst.bytes());
+  const int64_t chunks = (bytes + (1 << 20) - 1) >> 20;
+  auto* d = static_cast<char*>(dst.data);
+  const auto* s = static_cast<const char*>(src.data);
+#pragma omp parallel for schedule(static) if(chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c << 20, len = std::min<int64_t>(bytes - lo, 1 << 20);
+    std::memcpy(d + lo, s + lo, static_cast<size_t>(len));
+  }
+}
+
+void add(Tensor out, Tensor a, Tensor b) {
+  check_f32("add", "out", out);
+  check_f32("add", "a", a);
+  check_f32("add", "b", b);
+  check_numel("add", "a", a, out.numel());
+  check_numel("add", "b", b, out.numel());
+  float* o = out.f();
+  const float *pa = a.f(), *pb = b.f();
+  const int64_t n = out.numel();
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) o[i] = pa[i] + pb[i];
+}
+
+void add_inplace(Tensor y, Tensor x) {
+  check_f32("add_inplace", "y", y);
+  check_f32("add_inplace", "x", x);
+  check_numel("add_inplace", "x", x, y.numel());
+  float* py = y.f();
+  const float* px = x.f();
+  const int64_t n = y.numel();
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) py[i] += px[i];
+}
+
+void scale(Tensor x, float s) {
+  check_f32("scale", "x", x);
+  float* p = x.f();
+  const int64_t n = x.numel();
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+  for (int64_t i = 0; i < n; ++i) p[i] *= s;
+}
+
+double sum_squares(Tensor x) {
+  check_f32("sum_squares", "x", x);
+  const float* p = x.f();
+  return chunked_sum(x.numel(), [p](int64_t i) {
+    const double v = p[i];
+    return v * v;
+  });
+}
+
+double dot(Tensor a, Tensor b) {
+  check_f32("dot", "a", a);
+  check_f32("dot", "b", b);
+  check_numel("dot", "b", b, a.numel());
+  const float *pa = a.f(), *pb = b.f();
+  return chunked_sum(a.numel(), [pa, pb](int64_t i) { return static_cast<double>(pa[i]) * pb[i]; });
+}
+
+bool all_finite(Tensor x) {
+  check_f32("all_finite", "x", x);
+  const auto* bits = static_cast<const uint32_t*>(x.data);
+  const int64_t n = x.numel();
+  uint32_t bad = 0;
+  // An exponent of all ones is Inf or NaN; testing bits keeps the loop vectorisable.
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  return bad == 0;
+}
+
+}  // namespace mpt::backend::cpu

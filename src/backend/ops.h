@@ -1,0 +1,132 @@
+// The op interface every model layer calls. backend/cpu is the fp32 reference (the
+// oracle); src/cuda implements the same interface on GPUs. Model and parallel code never
+// touch data directly: they call these ops on Tensor views.
+//
+// Conventions:
+// - Activations are token-major rows [T, features] with token t = s * batch + b
+//   (Megatron's [s, b, h] layout flattened), so sequence splits (SP, CP) are contiguous.
+// - "acc" in a comment means the op adds into its output (parameter gradients, residual
+//   gradients); otherwise outputs are overwritten.
+// - Weights of linear layers are [out_features, in_features] (Megatron/PyTorch layout).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace mpt::backend {
+
+enum class Activation : int32_t { kGelu = 0, kGeluTanh = 1, kSilu = 2, kRelu = 3, kSquaredRelu = 4 };
+
+struct AttentionDims {
+  int64_t seq_q = 0;        // query positions in this call
+  int64_t seq_kv = 0;       // key/value positions in this call
+  int64_t batch = 0;
+  int64_t heads = 0;        // query heads in this call (local heads under TP)
+  int64_t groups = 0;       // key/value heads; heads % groups == 0
+  int64_t head_dim = 0;
+  float softmax_scale = 0;  // usually 1/sqrt(head_dim)
+  bool causal = true;       // mask key j > query i (requires seq_q == seq_kv)
+  float dropout_p = 0;      // dropout on attention probabilities
+  uint64_t dropout_key = 0; // stream key; mask element keyed by (global head, b, i, j)
+  int64_t head_offset = 0;  // global index of local head 0 (keeps masks layout-invariant)
+};
+
+struct AdamWArgs {
+  float lr = 0;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float weight_decay = 0;   // decoupled: p -= lr * wd * p
+  int64_t step = 1;         // 1-based, for bias correction
+  float grad_scale = 1;     // multiplies the gradient first (clipping coefficient)
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual const char* name() const = 0;
+  virtual void synchronize() {}
+
+  // --- memory and elementwise --------------------------------------------------------
+  virtual void fill(Tensor x, float value) = 0;
+  virtual void copy(Tensor dst, Tensor src) = 0;                 // same numel
+  virtual void add(Tensor out, Tensor a, Tensor b) = 0;          // out = a + b; out may alias a or b
+  virtual void add_inplace(Tensor y, Tensor x) = 0;              // y += x
+  virtual void scale(Tensor x, float s) = 0;                     // x *= s
+  virtual double sum_squares(Tensor x) = 0;                      // sum x^2 in double (grad norm)
+  virtual double dot(Tensor a, Tensor b) = 0;                    // sum a*b in double (loss reduce)
+  virtual bool all_finite(Tensor x) = 0;
+
+  // --- GEMM ---------------------------------------------------------------------------
+  // c[M,N] = alpha * op(a) @ op(b) + beta * c, row-major 2-D tensors; op = transpose when
+  // the flag is set (a is [K,M] when trans_a, b is [N,K] when trans_b).
+  virtual void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) = 0;
+  virtual void add_bias(Tensor y, Tensor bias) = 0;               // y[T,N] += bias[N]
+  virtual void bias_grad(Tensor dbias, Tensor dy) = 0;            // dbias[N] acc sum_t dy[t,:]
+
+  // --- normalisation (x, out [T,H]; mean, rstd [T]) ------------------------------------
+  virtual void layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias,
+                             float eps) = 0;                      // bias may be empty (data == nullptr)
+  virtual void layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout, Tensor x, Tensor weight,
+                             Tensor mean, Tensor rstd) = 0;       // dx, dweight, dbias acc
+  virtual void rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) = 0;
+  virtual void rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight,
+                           Tensor rstd) = 0;                      // dx, dweight acc
+
+  // --- attention pieces ---------------------------------------------------------------
+  // qkv rows hold, per query group g, [heads_per_group query heads, 1 key, 1 value] of
+  // head_dim each (Megatron's linear_qkv layout). q [T, groups*hpg*D], k/v [T, groups*D].
+  virtual void qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                         int64_t head_dim) = 0;
+  virtual void qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                         int64_t head_dim) = 0;                   // inverse of qkv_split, overwrites dqkv
+  // Rotary embedding in place on x [T, heads, head_dim]; token t sits at positions[t] (i32).
+  // Non-interleaved (rotate-half) over the first rotary_dim channels, as Megatron does.
+  // inverse = true applies the transposed rotation (the backward of the forward).
+  virtual void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
+                    bool inverse) = 0;
+  // q [seq_q*B, heads*D], k/v [seq_kv*B, groups*D] (token t = s*B + b); out like q;
+  // lse [B, heads, seq_q] natural-log log-sum-exp of the scaled scores per query.
+  virtual void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) = 0;
+  // Overwrites dq, dk, dv.
+  virtual void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                             Tensor out, Tensor lse, const AttentionDims& d) = 0;
+
+  // --- MLP ----------------------------------------------------------------------------
+  // gated: x [T, 2F] rows [gate | up], out [T, F] = act(gate) * up; else out = act(x).
+  virtual void activation_fwd(Tensor out, Tensor x, Activation act, bool gated) = 0;
+  virtual void activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, bool gated) = 0;  // overwrites dx
+
+  // --- dropout (mask regenerated from the key, never stored) ---------------------------
+  // x, out [R, C]; element (r, c) is kept iff dropout_keep(key, (row_offset + r) * C + c, p).
+  virtual void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) = 0;
+  virtual void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) = 0;
+
+  // --- embedding ----------------------------------------------------------------------
+  // out[t,:] (=, or += when accumulate) table[ids[t] - vocab_start] for ids inside this
+  // table's row range, zeros otherwise (vocab-parallel). ids i32 [T], table [V_local, H].
+  virtual void embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_start, bool accumulate) = 0;
+  virtual void embedding_bwd(Tensor dtable, Tensor ids, Tensor dout, int64_t vocab_start) = 0;  // dtable acc
+
+  // --- cross-entropy, in vocab-parallel pieces ------------------------------------------
+  // logits [T, V_local]; column c is vocabulary id vocab_start + c; ids >= vocab_valid are
+  // padding and excluded from the softmax. targets i32 [T]; per-token outputs [T].
+  virtual void ce_row_max(Tensor row_max, Tensor logits, int64_t vocab_start, int64_t vocab_valid) = 0;
+  // sumexp = sum exp(logit - row_max); target_logit = logit of the target (0 when the target
+  // is outside this rank's range).
+  virtual void ce_sumexp_target(Tensor sumexp, Tensor target_logit, Tensor logits, Tensor row_max, Tensor targets,
+                                int64_t vocab_start, int64_t vocab_valid) = 0;
+  // loss = log(sumexp) + row_max - target_logit
+  virtual void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) = 0;
+  // dlogits = (softmax - onehot(target)) * grad_scale[t]; dlogits may alias logits.
+  virtual void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
+                      int64_t vocab_start, int64_t vocab_valid) = 0;
+
+  // --- optimizer ----------------------------------------------------------------------
+  virtual void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) = 0;
+};
+
+// The fp32 reference backend. num_threads <= 0 uses all cores.
+std::unique_ptr<Ops> make_cpu_ops(int num_threads);
+
+}  // namespace mpt::backend

@@ -1,0 +1,87 @@
+// What mptrain has not built yet, in one list: a recipe that asks for any of it is
+// rejected at finalize() with the key that asked. When a capability lands, delete its line.
+#include <string>
+
+#include "config/finalize_internal.h"
+#include "config/schema_internal.h"
+#include "core/error.h"
+
+namespace mpt::config {
+
+void check_capabilities(Checker& c) {
+  const Recipe& r = c.r;
+  const ModelConfig& m = r.model;
+  const auto unbuilt = [&](bool in_use, std::string_view key, const std::string& capability) {
+    if (in_use) c.fail(key, capability + " is not supported yet");
+  };
+  // Any value other than the default of a key, found through the key table.
+  const auto changed = [&](std::string_view key) {
+    const KeySpec* k = find_key(key);
+    return k != nullptr && k->get(r) != k->default_value();
+  };
+
+  // Parallelism: one rank, no model splitting.
+  unbuilt(c.world_size > 1, "world_size", str("training on more than one rank (world size ", c.world_size, ")"));
+  unbuilt(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size", "tensor parallelism");
+  unbuilt(m.pipeline_model_parallel_size > 1, "model.pipeline_model_parallel_size", "pipeline parallelism");
+  unbuilt(m.virtual_pipeline_model_parallel_size.has_value(), "model.virtual_pipeline_model_parallel_size",
+          "virtual pipeline stages");
+  unbuilt(m.sequence_parallel, "model.sequence_parallel", "sequence parallelism");
+  unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "context parallelism");
+  unbuilt(m.expert_model_parallel_size > 1, "model.expert_model_parallel_size", "expert parallelism");
+  unbuilt(m.expert_tensor_parallel_size.value_or(1) != 1, "model.expert_tensor_parallel_size",
+          "expert tensor parallelism");
+  unbuilt(m.num_layers_in_first_pipeline_stage.has_value(), "model.num_layers_in_first_pipeline_stage",
+          "uneven pipeline stages");
+  unbuilt(m.num_layers_in_last_pipeline_stage.has_value(), "model.num_layers_in_last_pipeline_stage",
+          "uneven pipeline stages");
+  unbuilt(m.microbatch_group_size_per_vp_stage.has_value(), "model.microbatch_group_size_per_vp_stage",
+          "interleaved pipeline micro-batch groups");
+
+  // Model features.
+  for (const KeySpec& k : key_table()) {
+    const bool moe_key = k.section == "model" && (k.name.starts_with("moe_") || k.name == "num_moe_experts");
+    unbuilt(moe_key && changed(k.full_name()), k.full_name(), "mixture of experts");
+  }
+  unbuilt(m.recompute_granularity.has_value(), "model.recompute_granularity", "activation recompute");
+  unbuilt(m.recompute_method.has_value(), "model.recompute_method", "activation recompute");
+  unbuilt(m.recompute_num_layers.has_value(), "model.recompute_num_layers", "activation recompute");
+  unbuilt(!m.recompute_modules.empty(), "model.recompute_modules", "activation recompute");
+  unbuilt(m.apply_residual_connection_post_layernorm, "model.apply_residual_connection_post_layernorm",
+          "the residual connection after the layernorm");
+  unbuilt(m.qk_layernorm, "model.qk_layernorm", "query/key layernorm");
+  unbuilt(m.layernorm_zero_centered_gamma, "model.layernorm_zero_centered_gamma", "zero-centered layernorm gamma");
+
+  // Precision: fp32 only.
+  unbuilt(m.bf16, "model.bf16", "bf16 training");
+  unbuilt(m.fp16, "model.fp16", "fp16 training");
+  const std::string preset = r.mixed_precision.preset.value_or("fp32");
+  unbuilt(preset == "bf16_mixed" || preset == "fp16_mixed", "mixed_precision",
+          str("the mixed-precision preset ", toml_quote(preset)));
+  unbuilt(r.mixed_precision.bf16, "mixed_precision.bf16", "bf16 mixed precision");
+  unbuilt(r.mixed_precision.fp16, "mixed_precision.fp16", "fp16 mixed precision");
+
+  // Optimizer and data-parallel machinery.
+  unbuilt(r.optimizer.optimizer == "sgd", "optimizer.optimizer", "the optimizer \"sgd\"");
+  unbuilt(r.optimizer.use_distributed_optimizer, "optimizer.use_distributed_optimizer", "the distributed optimizer");
+  unbuilt(r.optimizer.overlap_param_gather, "optimizer.overlap_param_gather", "overlapped parameter all-gathers");
+  for (const KeySpec& k : key_table()) {
+    if (k.section != "ddp" || k.name == "check_for_nan_in_grad" || k.name == "grad_reduce_in_fp32") continue;
+    unbuilt(changed(k.full_name()), k.full_name(), "this data-parallel setting");
+  }
+  const std::string& style = r.scheduler.lr_decay_style;
+  unbuilt(style == "inverse-square-root" || style == "WSD", "scheduler.lr_decay_style",
+          str("the lr_decay_style ", toml_quote(style)));
+
+  // Data, checkpoints, logging.
+  const bool indexed = c.d.dataset_source == "indexed";
+  unbuilt(indexed, r.dataset.data_path.empty() ? "dataset.source" : "dataset.data_path",
+          "reading Megatron indexed datasets (.bin/.idx)");
+  unbuilt(r.dataset.path_to_cache.has_value(), "dataset.path_to_cache", "a dataset index cache");
+  unbuilt(r.checkpoint.async_save, "checkpoint.async_save", "asynchronous checkpoint saving");
+  unbuilt(r.checkpoint.most_recent_k != -1, "checkpoint.most_recent_k", "keeping only the most recent checkpoints");
+  unbuilt(r.logger.tensorboard_dir.has_value(), "logger.tensorboard_dir", "TensorBoard logging");
+  unbuilt(r.logger.timing_log_level != 0, "logger.timing_log_level", "timing logs");
+}
+
+}  // namespace mpt::config

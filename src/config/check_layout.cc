@@ -1,0 +1,182 @@
+// Megatron's parallel-layout rules (initialize_model_parallel and TransformerConfig), and
+// the sizes derived from them: DP, ETP, EDP and the number of micro-batches.
+#include <numeric>
+#include <string>
+
+#include "config/finalize_internal.h"
+#include "core/error.h"
+
+namespace mpt::config {
+namespace {
+
+void check_pipeline(Checker& c) {
+  const ModelConfig& m = c.r.model;
+  const int64_t pp = m.pipeline_model_parallel_size;
+  const int64_t layers = m.num_layers;
+  if (pp < 1 || layers < 1) return;
+  const auto& first = m.num_layers_in_first_pipeline_stage;
+  const auto& last = m.num_layers_in_last_pipeline_stage;
+  const int64_t vpp = m.virtual_pipeline_model_parallel_size.value_or(1);
+
+  if (first || last) {
+    const char* key = first ? "model.num_layers_in_first_pipeline_stage" : "model.num_layers_in_last_pipeline_stage";
+    if (pp == 1) {
+      c.fail(key, "needs model.pipeline_model_parallel_size > 1");
+      return;
+    }
+    const int64_t middle_layers = layers - first.value_or(0) - last.value_or(0);
+    const int64_t middle_stages = pp - (first ? 1 : 0) - (last ? 1 : 0);
+    if (middle_layers < 0 || (middle_stages == 0 && middle_layers != 0) ||
+        (middle_stages > 0 && middle_layers % middle_stages != 0)) {
+      c.fail(key, str("the remaining ", middle_layers, " layers must divide evenly over the remaining ",
+                      middle_stages, " pipeline stages (model.num_layers ", layers,
+                      ", model.pipeline_model_parallel_size ", pp, ")"));
+      return;
+    }
+    if (vpp > 1) {
+      if (first && *first % vpp != 0)
+        c.fail("model.num_layers_in_first_pipeline_stage",
+               str("must be divisible by model.virtual_pipeline_model_parallel_size (", vpp, ")"));
+      if (last && *last % vpp != 0)
+        c.fail("model.num_layers_in_last_pipeline_stage",
+               str("must be divisible by model.virtual_pipeline_model_parallel_size (", vpp, ")"));
+      if (middle_stages > 0 && (middle_layers / middle_stages) % vpp != 0)
+        c.fail("model.virtual_pipeline_model_parallel_size",
+               str("must divide the layers of each middle pipeline stage (", middle_layers / middle_stages, ")"));
+    }
+    return;
+  }
+  if (layers % pp != 0) {
+    c.fail("model.num_layers", str("must be divisible by model.pipeline_model_parallel_size (", layers, " % ", pp,
+                                   " = ", layers % pp, ")"));
+    return;
+  }
+  if (vpp > 1 && (layers / pp) % vpp != 0) {
+    c.fail("model.virtual_pipeline_model_parallel_size",
+           str("must divide the layers per pipeline stage (model.num_layers / pipeline_model_parallel_size = ",
+               layers / pp, ")"));
+  }
+}
+
+void check_sequence_split(Checker& c) {
+  const ModelConfig& m = c.r.model;
+  const int64_t tp = m.tensor_model_parallel_size, cp = m.context_parallel_size, seq = m.seq_length;
+  if (m.sequence_parallel && tp == 1) c.fail("model.sequence_parallel", "needs model.tensor_model_parallel_size > 1");
+  if (tp < 1 || cp < 1 || seq < 1) return;
+  // CP splits the sequence into 2*CP load-balanced chunks; SP splits each rank's part by TP.
+  int64_t multiple = 1;
+  std::string why;
+  if (cp > 1 && m.sequence_parallel && tp > 1) {
+    multiple = cp * std::lcm<int64_t>(2, tp);
+    why = str("context_parallel_size * lcm(2, tensor_model_parallel_size) = ", multiple);
+  } else if (cp > 1) {
+    multiple = 2 * cp;
+    why = str("2 * context_parallel_size = ", multiple);
+  } else if (m.sequence_parallel && tp > 1) {
+    multiple = tp;
+    why = str("tensor_model_parallel_size = ", multiple, ", for sequence parallelism");
+  }
+  if (seq % multiple != 0) c.fail("model.seq_length", str("must be divisible by ", why, ", got ", seq));
+}
+
+void check_experts(Checker& c) {
+  const ModelConfig& m = c.r.model;
+  Derived& d = c.d;
+  const int64_t tp = m.tensor_model_parallel_size, pp = m.pipeline_model_parallel_size;
+  const int64_t ep = m.expert_model_parallel_size;
+  d.expert_tensor_parallel_size = m.expert_tensor_parallel_size.value_or(tp);
+  d.expert_data_parallel_size = 0;
+  const int64_t etp = d.expert_tensor_parallel_size;
+  if (etp < 1 || ep < 1 || pp < 1) return;
+
+  if (ep > 1 && !m.num_moe_experts) c.fail("model.expert_model_parallel_size", "needs model.num_moe_experts");
+  const int64_t expert_model_size = etp * ep * pp;
+  if (c.world_size >= 1 && c.world_size % expert_model_size == 0) {
+    d.expert_data_parallel_size = c.world_size / expert_model_size;
+  } else if (c.world_size >= 1 && m.num_moe_experts) {
+    c.fail("model.expert_model_parallel_size",
+           str("world size ", c.world_size, " is not divisible by expert_tensor_parallel_size * "
+               "expert_model_parallel_size * pipeline_model_parallel_size = ", etp, " * ", ep, " * ", pp, " = ",
+               expert_model_size));
+  }
+  if (!m.num_moe_experts) return;
+  const int64_t experts = *m.num_moe_experts;
+  if (experts > 0 && experts % ep != 0) {
+    c.fail("model.num_moe_experts",
+           str("must be divisible by model.expert_model_parallel_size (", experts, " % ", ep, " = ", experts % ep, ")"));
+  }
+  const int64_t expert_ffn = m.moe_ffn_hidden_size.value_or(d.ffn_hidden_size);
+  if (expert_ffn > 0 && expert_ffn % etp != 0) {
+    c.fail(m.moe_ffn_hidden_size ? "model.moe_ffn_hidden_size" : "model.ffn_hidden_size",
+           str("the expert hidden size ", expert_ffn, " must be divisible by the expert tensor parallel size (", etp,
+               ")"));
+  }
+  if (tp > 1 && ep > 1 && !m.sequence_parallel) {
+    c.fail("model.sequence_parallel",
+           str("must be true when tensor and expert parallelism are combined (tensor_model_parallel_size ", tp,
+               ", expert_model_parallel_size ", ep, ")"));
+  }
+}
+
+void check_batch(Checker& c) {
+  const TrainConfig& t = c.r.train;
+  Derived& d = c.d;
+  if (!t.micro_batch_size || *t.micro_batch_size < 1 || d.data_parallel_size < 1) return;
+  const int64_t per_step = *t.micro_batch_size * d.data_parallel_size;
+  const int64_t global = t.global_batch_size.value_or(per_step);
+  if (global < 1) return;
+  if (global % per_step != 0) {
+    c.fail("train.global_batch_size",
+           str("must be divisible by train.micro_batch_size * data-parallel size = ", *t.micro_batch_size, " * ",
+               d.data_parallel_size, " = ", per_step, ", got ", global));
+    return;
+  }
+  d.num_microbatches = global / per_step;
+}
+
+}  // namespace
+
+void check_layout(Checker& c) {
+  const ModelConfig& m = c.r.model;
+  Derived& d = c.d;
+  const int64_t tp = m.tensor_model_parallel_size, pp = m.pipeline_model_parallel_size;
+  const int64_t cp = m.context_parallel_size;
+
+  if (c.world_size < 1) c.fail("world_size", str("must be >= 1, got ", c.world_size));
+  d.data_parallel_size = 0;
+  if (tp >= 1 && pp >= 1 && cp >= 1 && c.world_size >= 1) {
+    const int64_t model_size = tp * pp * cp;
+    if (c.world_size % model_size == 0) {
+      d.data_parallel_size = c.world_size / model_size;
+    } else {
+      c.fail("model.tensor_model_parallel_size",
+             str("world size ", c.world_size, " is not divisible by tensor_model_parallel_size * "
+                 "pipeline_model_parallel_size * context_parallel_size = ", tp, " * ", pp, " * ", cp, " = ",
+                 model_size));
+    }
+  }
+  if (tp >= 1) {
+    if (m.num_attention_heads > 0 && m.num_attention_heads % tp != 0)
+      c.fail("model.num_attention_heads",
+             str("must be divisible by model.tensor_model_parallel_size (", m.num_attention_heads, " % ", tp, " = ",
+                 m.num_attention_heads % tp, ")"));
+    if (m.num_query_groups && *m.num_query_groups > 0 && *m.num_query_groups % tp != 0)
+      c.fail("model.num_query_groups",
+             str("must be divisible by model.tensor_model_parallel_size (", *m.num_query_groups, " % ", tp, " = ",
+                 *m.num_query_groups % tp, ")"));
+    if (d.ffn_hidden_size > 0 && d.ffn_hidden_size % tp != 0)
+      c.fail("model.ffn_hidden_size",
+             str("must be divisible by model.tensor_model_parallel_size (", d.ffn_hidden_size, " % ", tp, " = ",
+                 d.ffn_hidden_size % tp, ")", m.ffn_hidden_size ? "" : "; unset, it is 4 * model.hidden_size"));
+  }
+  if (m.microbatch_group_size_per_vp_stage && !m.virtual_pipeline_model_parallel_size)
+    c.fail("model.microbatch_group_size_per_vp_stage", "needs model.virtual_pipeline_model_parallel_size");
+  if (m.virtual_pipeline_model_parallel_size && pp == 1)
+    c.fail("model.virtual_pipeline_model_parallel_size", "needs model.pipeline_model_parallel_size > 1");
+  check_pipeline(c);
+  check_sequence_split(c);
+  check_experts(c);
+  check_batch(c);
+}
+
+}  // namespace mpt::config

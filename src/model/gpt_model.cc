@@ -1,0 +1,168 @@
+#include "model/gpt_model.h"
+
+#include "core/rng.h"
+#include "model/linear.h"
+
+namespace mpt::model {
+
+namespace {
+enum Site : uint64_t { kEmbedding = 1000001 };
+
+// Plans a tensor inside an arena; resolved to a pointer once the arena is allocated.
+struct Planned {
+  Tensor* t;
+  size_t offset;
+};
+}  // namespace
+
+GPTModel::GPTModel(const GPTDims& d, backend::Ops& ops) : dims_(d), eval_dims_(d), ops_(ops) {
+  eval_dims_.hidden_dropout = 0;
+  eval_dims_.attention_dropout = 0;
+  MPT_CHECK(d.heads % d.groups == 0, Status::kInvalidConfig, "heads ", d.heads, " not divisible by groups ", d.groups);
+  word_emb_ = reg_.add("embedding.word_embeddings.weight", {d.padded_vocab, d.hidden}, Init::kNormal,
+                       d.embedding_init_std, true);
+  if (d.learned_positions)
+    pos_emb_ = reg_.add("embedding.position_embeddings.weight", {d.seq, d.hidden}, Init::kNormal,
+                        d.embedding_init_std, true);
+  for (int64_t l = 0; l < d.num_layers; ++l) layer_params_.push_back(register_layer(reg_, d, l));
+  final_w_ = reg_.add("decoder.final_layernorm.weight", {d.hidden}, Init::kOnes, 0, false);
+  if (d.layernorm) final_b_ = reg_.add("decoder.final_layernorm.bias", {d.hidden}, Init::kZeros, 0, false);
+  if (!d.tied_output)
+    output_w_ = reg_.add("output_layer.weight", {d.padded_vocab, d.hidden}, Init::kNormal, d.init_std, true);
+
+  size_t bytes = static_cast<size_t>(reg_.total_numel()) * sizeof(float);
+  size_t poff = weights_.reserve(bytes), goff = weights_.reserve(bytes);
+  weights_.allocate();
+  params_ = weights_.at<float>(poff);
+  grads_ = weights_.at<float>(goff);
+  plan_activations();
+}
+
+void GPTModel::plan_activations() {
+  const GPTDims& d = dims_;
+  const int64_t T = d.tokens();
+  std::vector<Planned> plan;
+  auto f32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+    t = Tensor(nullptr, DType::kF32, shape);
+    plan.push_back({&t, acts_.reserve(t.bytes())});
+  };
+  auto i32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+    t = Tensor(nullptr, DType::kI32, shape);
+    plan.push_back({&t, acts_.reserve(t.bytes())});
+  };
+  i32(ids_, {T});
+  i32(labels_, {T});
+  f32(loss_mask_, {T});
+  i32(positions_, {T});
+  f32(grad_scale_, {T});
+  residual_.resize(d.num_layers + 1);
+  for (auto& r : residual_) f32(r, {T, d.hidden});
+  layer_acts_.resize(d.num_layers);
+  for (auto& a : layer_acts_) {
+    f32(a.norm1_out, {T, d.hidden});
+    if (d.layernorm) f32(a.norm1_mean, {T});
+    f32(a.norm1_rstd, {T});
+    f32(a.q, {T, d.attn_width()});
+    f32(a.k, {T, d.kv_width()});
+    f32(a.v, {T, d.kv_width()});
+    f32(a.attn_out, {T, d.attn_width()});
+    f32(a.lse, {d.micro_batch, d.heads, d.seq});
+    f32(a.resid_mid, {T, d.hidden});
+    f32(a.norm2_out, {T, d.hidden});
+    if (d.layernorm) f32(a.norm2_mean, {T});
+    f32(a.norm2_rstd, {T});
+    f32(a.fc1_out, {T, d.fc1_width()});
+    f32(a.act_out, {T, d.ffn});
+  }
+  LayerScratch& s = scratch_;
+  f32(s.qkv, {T, d.qkv_width()});
+  f32(s.branch, {T, d.hidden});
+  f32(s.dnorm, {T, d.hidden});
+  f32(s.dact, {T, d.ffn});
+  f32(s.dfc1, {T, d.fc1_width()});
+  f32(s.dattn, {T, d.attn_width()});
+  f32(s.dq, {T, d.attn_width()});
+  f32(s.dk, {T, d.kv_width()});
+  f32(s.dv, {T, d.kv_width()});
+  f32(final_out_, {T, d.hidden});
+  if (d.layernorm) f32(final_mean_, {T});
+  f32(final_rstd_, {T});
+  f32(logits_, {T, d.padded_vocab});
+  f32(row_max_, {T});
+  f32(sumexp_, {T});
+  f32(target_logit_, {T});
+  f32(token_loss_, {T});
+  f32(dres_, {T, d.hidden});
+  acts_.allocate();
+  for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
+
+  int32_t* pos = positions_.i();
+  for (int64_t s = 0; s < d.seq; ++s)
+    for (int64_t b = 0; b < d.micro_batch; ++b) pos[s * d.micro_batch + b] = static_cast<int32_t>(s);
+}
+
+void GPTModel::init_parameters(uint64_t seed) { reg_.initialize(params_, seed); }
+
+void GPTModel::zero_grads() { ops_.fill(Tensor::f32(grads_, {reg_.total_numel()}), 0.0f); }
+
+GPTModel::LossSums GPTModel::forward(uint64_t key, bool training) {
+  const GPTDims& d = training ? dims_ : eval_dims_;
+  // Embedding: word (+ learned position) then dropout.
+  Tensor x = residual_[0];
+  ops_.embedding_fwd(x, ids_, P(word_emb_), 0, false);
+  if (pos_emb_ >= 0) ops_.embedding_fwd(x, positions_, P(pos_emb_), 0, true);
+  if (d.hidden_dropout > 0) ops_.dropout_fwd(x, x, d.hidden_dropout, mix_key(key, kEmbedding), 0);
+
+  LayerContext c{ops_, d, reg_, params_, grads_, positions_};
+  for (int64_t l = 0; l < d.num_layers; ++l)
+    layer_forward(c, layer_params_[l], layer_acts_[l], scratch_, residual_[l], residual_[l + 1], mix_key(key, l));
+
+  Tensor h = residual_[d.num_layers];
+  if (d.layernorm)
+    ops_.layernorm_fwd(final_out_, final_mean_, final_rstd_, h, P(final_w_), P(final_b_), d.norm_eps);
+  else
+    ops_.rmsnorm_fwd(final_out_, final_rstd_, h, P(final_w_), d.norm_eps);
+  linear_forward(ops_, logits_, final_out_, P(output_weight()), Tensor());
+
+  ops_.ce_row_max(row_max_, logits_, 0, d.vocab);
+  ops_.ce_sumexp_target(sumexp_, target_logit_, logits_, row_max_, labels_, 0, d.vocab);
+  ops_.ce_loss(token_loss_, row_max_, sumexp_, target_logit_);
+  LossSums sums;
+  sums.weighted_loss = ops_.dot(token_loss_, loss_mask_);
+  const float* m = loss_mask_.f();
+  for (int64_t t = 0; t < d.tokens(); ++t) sums.mask_sum += m[t];
+  return sums;
+}
+
+void GPTModel::backward(float loss_scale, uint64_t key) {
+  const GPTDims& d = dims_;
+  const int64_t T = d.tokens();
+  float* gs = grad_scale_.f();
+  const float* m = loss_mask_.f();
+  for (int64_t t = 0; t < T; ++t) gs[t] = m[t] * loss_scale;
+
+  Tensor dlogits = logits_;
+  ops_.ce_bwd(dlogits, logits_, row_max_, sumexp_, labels_, grad_scale_, 0, d.vocab);
+  // logits = final_out @ W^T: dW += dlogits^T final_out; d(final_out) = dlogits @ W.
+  linear_backward(ops_, scratch_.dnorm, G(output_weight()), Tensor(), dlogits, final_out_, P(output_weight()));
+  ops_.fill(dres_, 0.0f);
+  Tensor h = residual_[d.num_layers];
+  if (d.layernorm)
+    ops_.layernorm_bwd(dres_, G(final_w_), G(final_b_), scratch_.dnorm, h, P(final_w_), final_mean_, final_rstd_);
+  else
+    ops_.rmsnorm_bwd(dres_, G(final_w_), scratch_.dnorm, h, P(final_w_), final_rstd_);
+
+  LayerContext c{ops_, d, reg_, params_, grads_, positions_};
+  for (int64_t l = d.num_layers - 1; l >= 0; --l)
+    layer_backward(c, layer_params_[l], layer_acts_[l], scratch_, residual_[l], dres_, mix_key(key, l));
+
+  Tensor demb = dres_;
+  if (d.hidden_dropout > 0) {
+    demb = scratch_.branch;
+    ops_.dropout_bwd(demb, dres_, d.hidden_dropout, mix_key(key, kEmbedding), 0);
+  }
+  ops_.embedding_bwd(G(word_emb_), ids_, demb, 0);
+  if (pos_emb_ >= 0) ops_.embedding_bwd(G(pos_emb_), positions_, demb, 0);
+}
+
+}  // namespace mpt::model

@@ -1,0 +1,81 @@
+#include "model/param_registry.h"
+
+#include <algorithm>
+
+#include "core/rng.h"
+
+namespace mpt::model {
+
+int ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, Init init, float init_std,
+                       bool weight_decay) {
+  MPT_ASSERT(find(name) < 0);
+  ParamInfo p;
+  p.name = name;
+  p.numel = 1;
+  for (int64_t d : shape) p.numel *= d;
+  p.global_shape = shape;
+  p.global_offset.assign(shape.size(), 0);
+  p.shape = std::move(shape);
+  p.offset = total_;
+  p.init = init;
+  p.init_std = init_std;
+  p.weight_decay = weight_decay;
+  total_ += (p.numel + kAlign - 1) / kAlign * kAlign;
+  params_.push_back(std::move(p));
+  return static_cast<int>(params_.size()) - 1;
+}
+
+int64_t ParamRegistry::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p.numel;
+  return n;
+}
+
+int ParamRegistry::find(const std::string& name) const {
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (params_[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+Tensor ParamRegistry::view(float* base, int index) const {
+  if (index < 0) return Tensor();
+  const ParamInfo& p = params_[index];
+  Tensor t;
+  t.data = base + p.offset;
+  t.dtype = DType::kF32;
+  t.ndim = static_cast<int>(p.shape.size());
+  for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
+  return t;
+}
+
+void ParamRegistry::initialize(float* base, uint64_t seed) const {
+  for (const auto& p : params_) {
+    float* dst = base + p.offset;
+    switch (p.init) {
+      case Init::kZeros: std::fill(dst, dst + p.numel, 0.0f); break;
+      case Init::kOnes: std::fill(dst, dst + p.numel, 1.0f); break;
+      case Init::kNormal: {
+        uint64_t key = mix_key(seed, hash_name(p.name));
+        // Row-major walk of the local slice, indexing the global tensor.
+        const int nd = static_cast<int>(p.shape.size());
+        int64_t inner = p.shape[nd - 1];
+        int64_t rows = p.numel / inner;
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+          int64_t rem = r, global = 0, stride = p.global_shape[nd - 1];
+          global = p.global_offset[nd - 1];
+          for (int d = nd - 2; d >= 0; --d) {
+            int64_t idx = rem % p.shape[d];
+            rem /= p.shape[d];
+            global += (idx + p.global_offset[d]) * stride;
+            stride *= p.global_shape[d];
+          }
+          fill_normal(dst + r * inner, inner, key, static_cast<uint64_t>(global), 0.0f, p.init_std);
+        }
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace mpt::model

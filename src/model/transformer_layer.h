@@ -1,0 +1,64 @@
+// One pre-norm transformer layer: x + drop(proj(attn(norm1(x)))), then + drop(fc2(act(fc1(norm2(.))))).
+// Forward saves what backward needs in LayerActs; backward walks the same steps in reverse
+// and accumulates parameter gradients.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/ops.h"
+#include "model/gpt_dims.h"
+#include "model/param_registry.h"
+
+namespace mpt::model {
+
+// Indices into the registry; -1 for parameters this configuration does not have.
+struct LayerParams {
+  int norm1_w = -1, norm1_b = -1;
+  int qkv_w = -1, qkv_b = -1;
+  int proj_w = -1, proj_b = -1;
+  int norm2_w = -1, norm2_b = -1;
+  int fc1_w = -1, fc1_b = -1;
+  int fc2_w = -1, fc2_b = -1;
+};
+
+// Registers layer `index`'s parameters under Megatron's names.
+LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index);
+
+// Activations a layer keeps from forward to backward (T = seq * micro_batch tokens).
+struct LayerActs {
+  Tensor norm1_out, norm1_mean, norm1_rstd;  // [T,H], [T], [T]
+  Tensor q, k, v;                            // after RoPE: [T, heads*D], [T, groups*D] x2
+  Tensor attn_out, lse;                      // [T, heads*D], [B, heads, S]
+  Tensor resid_mid;                          // x + attention branch [T,H]
+  Tensor norm2_out, norm2_mean, norm2_rstd;
+  Tensor fc1_out, act_out;                   // [T, fc1_width], [T, ffn]
+};
+
+// Scratch shared by every layer (overwritten freely inside one call).
+struct LayerScratch {
+  Tensor qkv;        // [T, qkv_width]; reused as dqkv in backward
+  Tensor branch;     // [T,H]: projection / fc2 output, and their gradients
+  Tensor dnorm;      // [T,H]
+  Tensor dact;       // [T, ffn]
+  Tensor dfc1;       // [T, fc1_width]
+  Tensor dattn;      // [T, heads*D]
+  Tensor dq, dk, dv;
+};
+
+struct LayerContext {
+  backend::Ops& ops;
+  const GPTDims& dims;
+  const ParamRegistry& reg;
+  float* params;
+  float* grads;
+  Tensor positions;  // i32 [T]: each token's position in its sequence
+};
+
+// x [T,H] -> out [T,H] (out must not alias x). dropout_key selects this layer's masks.
+void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor out,
+                   uint64_t dropout_key);
+// dres holds d(out) on entry and d(x) on return; x is the layer's saved input.
+void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor dres,
+                    uint64_t dropout_key);
+
+}  // namespace mpt::model

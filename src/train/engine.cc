@@ -1,0 +1,305 @@
+#include "train/engine.h"
+
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "backend/devices.h"
+#include "backend/ops.h"
+#include "core/rng.h"
+#include "data/sample_source.h"
+#include "model/gpt_dims.h"
+#include "model/gpt_model.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+#include "train/checkpointing.h"
+#include "train/metrics.h"
+
+namespace mpt::train {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+data::Split parse_split(int which) { return which == 0 ? data::Split::kTrain : data::Split::kValid; }
+
+std::unique_ptr<data::SampleSource> make_source(const config::Recipe& r, int which) {
+  const auto& src = r.derived.dataset_source;
+  const uint64_t seed = static_cast<uint64_t>(r.dataset.random_seed);
+  if (src == "mock") return data::make_mock_source(r.model.vocab_size, r.model.seq_length, seed, parse_split(which));
+  if (src == "corpus")
+    return data::make_corpus_source(r.model.seq_length, seed, parse_split(which), r.dataset.split.value_or(""));
+  fail(Status::kNotSupported, "dataset.source '", src, "' is not supported yet");
+}
+}  // namespace
+
+struct Engine::Impl {
+  config::Recipe recipe;
+  Logger log;
+  std::unique_ptr<backend::Ops> ops;
+  model::GPTDims dims;
+  std::unique_ptr<model::GPTModel> model;
+  std::unique_ptr<optim::AdamW> optimizer;
+  optim::LRSchedule schedule;
+  std::unique_ptr<data::SampleSource> train_data, valid_data;
+  std::vector<int32_t> staging;  // [rows, seq+1] of the global batch drawn from the dataset
+  int64_t iteration = 0;
+  int64_t consumed_samples = 0;
+  int64_t rows = 0;              // samples per global batch on this rank
+  int64_t num_microbatches = 0;
+  int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
+
+  Impl(const config::Recipe& r, Logger l) : recipe(r), log(std::move(l)) {
+    MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
+    ops = backend::make_cpu_ops(0);
+    if (backend::cuda_device_count() > 0)
+      log.warn(str("mptrain: GPU found (", backend::cuda_device_summary(),
+                   ") but this build has no CUDA training backend yet; training on the CPU"));
+    dims = model::make_dims(recipe);
+    num_microbatches = recipe.derived.num_microbatches;
+    rows = dims.micro_batch * num_microbatches;
+    eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
+    model = std::make_unique<model::GPTModel>(dims, *ops);
+    model->init_parameters(static_cast<uint64_t>(recipe.rng.seed));
+    optim::AdamWConfig oc;
+    oc.beta1 = recipe.optimizer.adam_beta1;
+    oc.beta2 = recipe.optimizer.adam_beta2;
+    oc.eps = recipe.optimizer.adam_eps;
+    oc.clip_grad = recipe.optimizer.clip_grad;
+    optimizer = std::make_unique<optim::AdamW>(model->registry(), *ops, oc);
+    schedule = optim::LRSchedule::from_recipe(recipe);
+    train_data = make_source(recipe, 0);
+    staging.resize(static_cast<size_t>(rows * (dims.seq + 1)));
+    log.info(str("mptrain: backend ", ops->name(), ", ", model->registry().num_parameters(), " parameters, ",
+                 num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
+    log.info(str("mptrain: data ", train_data->describe()));
+    MemoryReport m = memory();
+    log.info(str("mptrain: memory plan (bytes): params ", m.params_bytes, ", grads ", m.grads_bytes, ", optimizer ",
+                 m.optimizer_bytes, ", activations ", m.activations_peak_bytes));
+  }
+
+  MemoryReport memory() const {
+    MemoryReport m;
+    m.params_bytes = model->params_bytes();
+    m.grads_bytes = model->params_bytes();
+    m.optimizer_bytes = optimizer->state_bytes();
+    m.activations_peak_bytes = model->activations_bytes();
+    return m;
+  }
+
+  // Copies micro-batch `mb` of a [rows, cols] block into the model's token-major inputs.
+  void load_microbatch(int64_t mb, const int32_t* tokens, const int32_t* labels, const float* mask, int64_t cols) {
+    model::MicroBatchInput in = model->input();
+    const int64_t B = dims.micro_batch, S = dims.seq;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = mb * B + b;
+      const int32_t* tok = tokens + row * cols;
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t t = s * B + b;
+        in.ids[t] = tok[s];
+        in.labels[t] = labels ? labels[row * S + s] : tok[s + 1];
+        float m = mask ? mask[row * S + s] : 1.0f;
+        if (recipe.dataset.eod_mask_loss && tok[s] == eod_id) m = 0.0f;
+        in.loss_mask[t] = m;
+        if (m == 0.0f) in.labels[t] = 0;  // masked targets may hold any value
+      }
+    }
+  }
+
+  void check_host_batch(const HostBatch& b) const {
+    const int64_t S = dims.seq;
+    MPT_CHECK(b.tokens != nullptr, Status::kInvalidArgument, "batch.tokens is NULL");
+    MPT_CHECK(b.rows == rows, Status::kInvalidArgument, "batch.rows is ", b.rows, " but the recipe needs ", rows,
+              " (micro_batch_size ", dims.micro_batch, " x ", num_microbatches, " micro-batches)");
+    const int64_t want_cols = b.labels ? S : S + 1;
+    MPT_CHECK(b.cols == want_cols, Status::kInvalidArgument, "batch.cols is ", b.cols, " but must be ", want_cols,
+              b.labels ? " (seq_length, labels given)" : " (seq_length + 1, labels taken from the shifted tokens)");
+    for (int64_t r = 0; r < b.rows; ++r)
+      for (int64_t c = 0; c < b.cols; ++c) {
+        int32_t v = b.tokens[r * b.cols + c];
+        MPT_CHECK(v >= 0 && v < dims.vocab, Status::kInvalidArgument, "batch.tokens[", r, "][", c, "] = ", v,
+                  " is outside the vocabulary [0, ", dims.vocab, ")");
+      }
+    for (int64_t r = 0; r < b.rows; ++r)
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t i = r * S + s;
+        float m = b.loss_mask ? b.loss_mask[i] : 1.0f;
+        MPT_CHECK(std::isfinite(m) && m >= 0.0f, Status::kInvalidArgument, "batch.loss_mask[", r, "][", s, "] = ", m,
+                  " must be finite and >= 0");
+        if (b.labels && m != 0.0f) {
+          int32_t v = b.labels[i];
+          MPT_CHECK(v >= 0 && v < dims.vocab, Status::kInvalidArgument, "batch.labels[", r, "][", s, "] = ", v,
+                    " is outside the vocabulary [0, ", dims.vocab, ")");
+        }
+      }
+  }
+
+  uint64_t dropout_key(int64_t it, int64_t mb) const {
+    return mix_key(mix_key(static_cast<uint64_t>(recipe.rng.seed), static_cast<uint64_t>(it)), static_cast<uint64_t>(mb));
+  }
+
+  StepResult step(const HostBatch* batch) {
+    const auto t0 = Clock::now();
+    const int32_t* tokens;
+    const int32_t* labels = nullptr;
+    const float* mask = nullptr;
+    int64_t cols;
+    if (batch) {
+      check_host_batch(*batch);
+      tokens = batch->tokens, labels = batch->labels, mask = batch->loss_mask, cols = batch->cols;
+    } else {
+      data::fill_batch(*train_data, consumed_samples, rows, staging.data());
+      tokens = staging.data(), cols = dims.seq + 1;
+    }
+
+    model->zero_grads();
+    double loss_sum = 0;
+    for (int64_t mb = 0; mb < num_microbatches; ++mb) {
+      load_microbatch(mb, tokens, labels, mask, cols);
+      const uint64_t key = dropout_key(iteration, mb);
+      model::GPTModel::LossSums s = model->forward(key);
+      // Megatron: per-micro-batch token mean, averaged over micro-batches.
+      const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
+      loss_sum += s.weighted_loss / denom;
+      model->backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key);
+    }
+    const double lm_loss = loss_sum / static_cast<double>(num_microbatches);
+    const double norm = optimizer->grad_norm(model->grads());
+    MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
+              "; parameters were not updated");
+    MPT_CHECK(std::isfinite(norm), Status::kNumerical, "iteration ", iteration + 1, ": gradient norm is ", norm,
+              " (NaN or Inf in the gradients); parameters were not updated");
+
+    const double lr = schedule.lr_at(iteration);
+    optimizer->step(model->params(), model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+    ++iteration;
+    consumed_samples += rows * recipe.derived.data_parallel_size;
+
+    StepResult r;
+    r.iteration = iteration;
+    r.lm_loss = lm_loss;
+    r.grad_norm = norm;
+    r.lr = lr;
+    r.tokens = rows * recipe.derived.data_parallel_size * dims.seq;
+    r.consumed_samples = consumed_samples;
+    r.step_time_s = seconds_since(t0);
+    return r;
+  }
+
+  double evaluate() {
+    if (!valid_data) valid_data = make_source(recipe, 1);
+    const int64_t iters = recipe.validation.eval_iters;
+    double total = 0;
+    for (int64_t i = 0; i < iters; ++i) {
+      data::fill_batch(*valid_data, i * rows, rows, staging.data());
+      for (int64_t mb = 0; mb < num_microbatches; ++mb) {
+        load_microbatch(mb, staging.data(), nullptr, nullptr, dims.seq + 1);
+        model::GPTModel::LossSums s = model->forward(0, false);
+        total += s.weighted_loss / (s.mask_sum > 0 ? s.mask_sum : 1.0);
+      }
+    }
+    return total / static_cast<double>(iters * num_microbatches);
+  }
+};
+
+Engine::Engine(const config::Recipe& recipe, Logger logger) : impl_(std::make_unique<Impl>(recipe, std::move(logger))) {
+  const auto& ck = impl_->recipe.checkpoint;
+  if (ck.load) {
+    if (checkpoint_exists(*ck.load)) {
+      load_checkpoint(*ck.load);
+    } else {
+      MPT_CHECK(!ck.exit_on_missing_checkpoint, Status::kIoError, "checkpoint.load: no checkpoint found in '",
+                *ck.load, "' (checkpoint.exit_on_missing_checkpoint is set)");
+      impl_->log.warn(str("mptrain: no checkpoint in '", *ck.load, "'; starting from scratch"));
+    }
+  }
+}
+
+Engine::~Engine() = default;
+
+StepResult Engine::train_step(const HostBatch* batch) { return impl_->step(batch); }
+
+StepResult Engine::train() {
+  Impl& m = *impl_;
+  const config::Recipe& r = m.recipe;
+  const int64_t train_iters = *r.train.train_iters;
+  const int64_t stop = r.train.exit_interval ? std::min(train_iters, m.iteration + *r.train.exit_interval) : train_iters;
+  MetricsFile metrics;
+  if (r.logger.metrics_file) metrics.open(*r.logger.metrics_file, m.iteration == 0);
+
+  StepResult last;
+  IntervalStats acc;
+  int64_t in_interval = 0;
+  double interval_time = 0;
+  bool memory_logged = false;
+  while (m.iteration < stop) {
+    last = m.step(nullptr);
+    const double tps = static_cast<double>(last.tokens) / last.step_time_s;
+    metrics.write_step(last, tps);
+    if (!memory_logged) {
+      metrics.write_memory(0, m.memory());
+      memory_logged = true;
+    }
+    ++in_interval;
+    interval_time += last.step_time_s;
+    acc.lm_loss += last.lm_loss;
+    acc.grad_norm += last.grad_norm;
+    if (last.iteration % r.logger.log_interval == 0 || last.iteration == stop) {
+      IntervalStats s;
+      s.iteration = last.iteration;
+      s.train_iters = train_iters;
+      s.consumed_samples = last.consumed_samples;
+      s.global_batch_size = m.rows * r.derived.data_parallel_size;
+      s.ms_per_iteration = 1000.0 * interval_time / static_cast<double>(in_interval);
+      s.lr = last.lr;
+      s.lm_loss = acc.lm_loss / static_cast<double>(in_interval);
+      s.grad_norm = acc.grad_norm / static_cast<double>(in_interval);
+      s.tokens_per_sec = static_cast<double>(last.tokens) * static_cast<double>(in_interval) / interval_time;
+      m.log.info(format_log_line(s));
+      acc = IntervalStats();
+      in_interval = 0;
+      interval_time = 0;
+    }
+    if (r.validation.eval_interval && last.iteration % *r.validation.eval_interval == 0) {
+      const double vl = m.evaluate();
+      m.log.info(str(" validation loss at iteration ", last.iteration, " | lm loss value: ", vl,
+                     " | lm loss PPL: ", std::exp(std::min(vl, 20.0))));
+      metrics.write_validation(last.iteration, vl);
+    }
+    if (r.checkpoint.save && r.checkpoint.save_interval && last.iteration % *r.checkpoint.save_interval == 0)
+      save_checkpoint(*r.checkpoint.save);
+  }
+  if (r.checkpoint.save && m.iteration > 0 &&
+      !(r.checkpoint.save_interval && m.iteration % *r.checkpoint.save_interval == 0))
+    save_checkpoint(*r.checkpoint.save);
+  return last;
+}
+
+std::string Engine::save_checkpoint(const std::string& save_dir) {
+  Impl& m = *impl_;
+  CheckpointState st{m.iteration, m.consumed_samples, m.optimizer->step_count()};
+  std::string dir = save_model_checkpoint(save_dir, m.recipe, *m.model, *m.optimizer, st);
+  m.log.info(str("mptrain: saved checkpoint ", dir));
+  return dir;
+}
+
+void Engine::load_checkpoint(const std::string& dir) {
+  Impl& m = *impl_;
+  CheckpointState st = load_model_checkpoint(dir, m.recipe, *m.model, *m.optimizer);
+  if (!m.recipe.checkpoint.finetune) {
+    m.iteration = st.iteration;
+    m.consumed_samples = st.consumed_samples;
+    m.optimizer->set_step_count(st.optimizer_steps);
+  }
+  m.log.info(str("mptrain: loaded checkpoint from ", dir, " at iteration ", st.iteration));
+}
+
+const config::Recipe& Engine::recipe() const { return impl_->recipe; }
+int64_t Engine::iteration() const { return impl_->iteration; }
+int64_t Engine::num_parameters() const { return impl_->model->registry().num_parameters(); }
+MemoryReport Engine::memory() const { return impl_->memory(); }
+
+}  // namespace mpt::train

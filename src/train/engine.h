@@ -1,0 +1,75 @@
+// The engine: owns the backend, the model, the optimizer and the data stream for one rank
+// and runs training steps. The CLI and the C ABI are thin layers over this class.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "config/recipe.h"
+#include "core/log.h"
+
+namespace mpt::train {
+
+// A global batch (this rank's share) supplied by the host instead of the recipe's dataset.
+// tokens [rows, cols]; labels [rows, seq] or null; loss_mask [rows, seq] or null.
+// With labels, cols == seq_length; without, cols == seq_length + 1 and labels are the
+// tokens shifted by one. rows == micro_batch_size * num_microbatches.
+struct HostBatch {
+  const int32_t* tokens = nullptr;
+  const int32_t* labels = nullptr;
+  const float* loss_mask = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+struct StepResult {
+  int64_t iteration = 0;         // iterations completed, this one included
+  double lm_loss = 0;            // mean over micro-batches of the per-token mean loss
+  double grad_norm = 0;          // global L2 norm before clipping
+  double lr = 0;                 // learning rate this step used
+  int64_t tokens = 0;            // tokens in the global batch
+  double step_time_s = 0;
+  int64_t consumed_samples = 0;  // after this step
+};
+
+struct MemoryReport {
+  int64_t params_bytes = 0;
+  int64_t grads_bytes = 0;
+  int64_t optimizer_bytes = 0;
+  int64_t activations_peak_bytes = 0;
+};
+
+class Engine {
+ public:
+  // Takes a finalized recipe. Builds the backend, model (this rank's slice), optimizer and
+  // data stream; loads checkpoint.load if set. Throws mpt::Error.
+  Engine(const config::Recipe& recipe, Logger logger);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // One global batch: all micro-batches, gradient accumulation, clipping, optimizer step.
+  StepResult train_step(const HostBatch* batch = nullptr);
+
+  // Runs train_iters steps from the current iteration with logging, metrics and periodic
+  // checkpoints as the recipe says. Returns the last step's result.
+  StepResult train();
+
+  // Saves SAVE_DIR/iter_XXXXXXX/ and updates latest_checkpointed_iteration.txt.
+  // Returns the directory written.
+  std::string save_checkpoint(const std::string& save_dir);
+  // Loads a checkpoint: an iter_XXXXXXX directory, or a save directory (its latest).
+  void load_checkpoint(const std::string& dir);
+
+  const config::Recipe& recipe() const;
+  int64_t iteration() const;
+  int64_t num_parameters() const;
+  MemoryReport memory() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mpt::train

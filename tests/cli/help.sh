@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# mptrain's help, version and usage errors: exit 0 for help/version, 2 for a bad command line.
+# Usage: help.sh MPTRAIN SOURCE_DIR
+set -u
+mptrain=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# One rank: forget any launcher (torchrun, srun, mpirun) the tests were started under.
+unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
+  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+
+# run EXPECTED_EXIT ARGS...: runs mptrain, keeps stdout/stderr in $tmp/out and $tmp/err.
+run() {
+  local want=$1; shift
+  "$mptrain" "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  [[ $got == "$want" ]] || fail "mptrain $* exited $got, expected $want; stderr: $(cat "$tmp/err")"
+}
+
+for form in --help -h help; do
+  run 0 "$form"
+  for word in "mptrain [OPTIONS] RECIPE.toml" config train section.key=value --threads --quiet \
+              --nproc-per-node --version "Exit status"; do
+    grep -qF -- "$word" "$tmp/out" || fail "mptrain $form does not mention '$word'"
+  done
+done
+run 0 config --help   # help wins wherever it appears
+
+run 0 --version
+grep -qE '^mptrain [0-9]+\.[0-9]+\.[0-9]+$' "$tmp/out" || fail "--version printed '$(cat "$tmp/out")'"
+
+# Usage errors: exit 2 with "mptrain: error:" and a pointer to --help.
+run 2
+grep -q "mptrain: error: missing the recipe file" "$tmp/err" || fail "no-argument message: $(cat "$tmp/err")"
+grep -q "mptrain --help" "$tmp/err" || fail "usage error does not point to --help"
+run 2 --frobnicate recipe.toml
+grep -q "unknown option '--frobnicate'" "$tmp/err" || fail "unknown option message: $(cat "$tmp/err")"
+run 2 config
+run 2 --threads
+run 2 --threads zero recipe.toml
+grep -q -- "--threads expects an integer" "$tmp/err" || fail "--threads message: $(cat "$tmp/err")"
+run 2 --threads=0 recipe.toml
+run 2 recipe.toml not-an-override
+grep -q "section.key=value" "$tmp/err" || fail "bad override message: $(cat "$tmp/err")"
+run 2 --nproc-per-node 2 recipe.toml
+grep -q "multi-process launch is not supported yet" "$tmp/err" || fail "nproc message: $(cat "$tmp/err")"
+run 2 --nproc-per-node=4 train recipe.toml
+
+# A missing recipe file is a runtime error (1), not a usage error.
+run 1 config "$tmp/does-not-exist.toml"
+grep -q "mptrain: error: .*does-not-exist.toml" "$tmp/err" || fail "missing file message: $(cat "$tmp/err")"
+# --nproc-per-node 1 is the single-process run and is accepted.
+run 1 --nproc-per-node 1 config "$tmp/does-not-exist.toml"
+echo "help.sh: ok"
