@@ -124,21 +124,28 @@ std::optional<StagingName> parse_staging_name(const std::string& name, const std
   return out;
 }
 
-// Staging and set-aside directories of this host's finished or dead processes. A set-aside
+// Staging and set-aside directories left by this host's dead processes. A set-aside
 // directory is the only copy of its checkpoint when a replace died between its two renames.
 void clean_stale_staging(const std::string& save_dir) {
   const std::string host = host_name();
-  const int64_t self = ::getpid();
   std::error_code ec;
   std::vector<std::string> names;
   for (const auto& entry : std::filesystem::directory_iterator(save_dir, ec))
     names.push_back(entry.path().filename().string());
   if (ec) fail(Status::kIoError, save_dir, ": cannot list directory: ", ec.message());
+  const std::string latest_tmp = std::string(".") + kLatestFile + ".tmp_" + host + "_";
   for (const std::string& name : names) {
+    if (name.rfind(latest_tmp, 0) == 0) {
+      std::string pid = name.substr(latest_tmp.size());
+      if (!pid.empty() && pid.size() <= 10 && pid.find_first_not_of("0123456789") == std::string::npos &&
+          !process_is_alive(std::stoll(pid)))
+        remove_tree(join_path(save_dir, name));
+      continue;
+    }
     for (const std::string prefix : {kStagingPrefix, kAsidePrefix}) {
       auto parsed = parse_staging_name(name, prefix);
       if (!parsed || parsed->host != host) continue;
-      if (parsed->pid != self && process_is_alive(parsed->pid)) continue;
+      if (process_is_alive(parsed->pid)) continue;  // ours included: a save may be under way
       std::string path = join_path(save_dir, name);
       std::string final_dir = join_path(save_dir, parsed->iter_dir);
       if (prefix == kAsidePrefix && !path_exists(final_dir)) {
@@ -183,7 +190,11 @@ std::string begin_checkpoint(const std::string& save_dir, int64_t iteration) {
   MPT_CHECK(iteration >= 0, Status::kInvalidArgument, "checkpoint iteration ", iteration,
             " is negative");
   MPT_CHECK(!save_dir.empty(), Status::kInvalidArgument, "checkpoint save directory is empty");
-  make_directories(save_dir);
+  if (!is_directory(save_dir)) {
+    make_directories(save_dir);
+    std::string parent = std::filesystem::path(save_dir).lexically_normal().parent_path().string();
+    fsync_directory(parent.empty() ? "." : parent);
+  }
   clean_stale_staging(save_dir);
   std::string staging =
       join_path(save_dir, kStagingPrefix + iteration_dir_name(iteration) + "_" + process_tag());
@@ -264,6 +275,12 @@ std::string commit_checkpoint(const std::string& save_dir, int64_t iteration,
     text = index.to_text();
   } catch (const json::exception& e) {
     fail(Status::kInvalidArgument, "checkpoint: meta is not serialisable as JSON: ", e.what());
+  }
+  // What is published must pass the reader's checks (e.g. a meta nested too deeply).
+  try {
+    CheckpointIndex::from_json(parse_json_strict(text, kIndexFile), kIndexFile);
+  } catch (const Error& e) {
+    fail(Status::kInvalidArgument, "checkpoint: index.json would not read back: ", e.what());
   }
   {
     FileWriter out(join_path(staging_dir, kIndexFile));

@@ -37,7 +37,7 @@ std::string save_checkpoint(const std::string& save_dir, int64_t iteration,
 // --- the steps of save_checkpoint ------------------------------------------------------
 // Creates SAVE_DIR/.tmp_iter_XXXXXXX_<host>_<pid>/ and returns it. Removes staging
 // directories that this host's dead processes left behind (and puts back a checkpoint a
-// crash left set aside during a replace). One save per save directory at a time per process.
+// crash left set aside during a replace). One save per save directory at a time.
 std::string begin_checkpoint(const std::string& save_dir, int64_t iteration);
 
 // Writes `slices` into staging_dir/file_name (fsync'ed) and returns this file's part of

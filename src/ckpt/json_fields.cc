@@ -9,7 +9,35 @@ namespace mpt::ckpt {
 
 using nlohmann::json;
 
+namespace {
+
+// The parsed tree is freed recursively, so a crafted file of nested brackets could
+// exhaust the stack; its depth is measured before parsing.
+constexpr int kMaxJsonDepth = 256;
+
+void check_depth(std::string_view text, const std::string& where) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      MPT_CHECK(++depth <= kMaxJsonDepth, Status::kCorruptData, where,
+                ": invalid JSON: nested deeper than ", kMaxJsonDepth, " levels at byte ", i);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+}  // namespace
+
 json parse_json_strict(std::string_view text, const std::string& where) {
+  check_depth(text, where);
   std::vector<std::set<std::string>> open_objects;
   std::string duplicate;
   auto on_event = [&](int /*depth*/, json::parse_event_t event, json& parsed) {

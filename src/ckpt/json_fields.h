@@ -12,8 +12,8 @@
 
 namespace mpt::ckpt {
 
-// Parses `text`; rejects syntax errors and duplicate keys (which JSON readers resolve
-// differently, so a file could mean two things).
+// Parses `text`; rejects syntax errors, nesting deeper than 256 levels and duplicate keys
+// (which JSON readers resolve differently, so a file could mean two things).
 nlohmann::json parse_json_strict(std::string_view text, const std::string& where);
 
 // A short rendering of a JSON value for error messages.

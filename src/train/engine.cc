@@ -14,6 +14,7 @@
 #include "optim/lr_schedule.h"
 #include "train/checkpointing.h"
 #include "train/metrics.h"
+#include "train/tensorboard.h"
 
 namespace mpt::train {
 
@@ -229,6 +230,8 @@ StepResult Engine::train() {
   const int64_t stop = r.train.exit_interval ? std::min(train_iters, m.iteration + *r.train.exit_interval) : train_iters;
   MetricsFile metrics;
   if (r.logger.metrics_file) metrics.open(*r.logger.metrics_file, m.iteration == 0);
+  std::unique_ptr<TensorBoardWriter> tb;
+  if (r.logger.tensorboard_dir) tb = std::make_unique<TensorBoardWriter>(*r.logger.tensorboard_dir);
 
   StepResult last;
   IntervalStats acc;
@@ -259,6 +262,14 @@ StepResult Engine::train() {
       s.grad_norm = acc.grad_norm / static_cast<double>(in_interval);
       s.tokens_per_sec = static_cast<double>(last.tokens) * static_cast<double>(in_interval) / interval_time;
       m.log.info(format_log_line(s));
+      if (tb) {
+        tb->add_scalar("lm loss", s.lm_loss, s.iteration);
+        tb->add_scalar("grad-norm", s.grad_norm, s.iteration);
+        tb->add_scalar("learning-rate", s.lr, s.iteration);
+        tb->add_scalar("throughput/tokens-per-sec", s.tokens_per_sec, s.iteration);
+        tb->add_scalar("iteration-time-ms", s.ms_per_iteration, s.iteration);
+        tb->flush();
+      }
       acc = IntervalStats();
       in_interval = 0;
       interval_time = 0;
@@ -268,6 +279,10 @@ StepResult Engine::train() {
       m.log.info(str(" validation loss at iteration ", last.iteration, " | lm loss value: ", vl,
                      " | lm loss PPL: ", std::exp(std::min(vl, 20.0))));
       metrics.write_validation(last.iteration, vl);
+      if (tb) {
+        tb->add_scalar("lm loss validation", vl, last.iteration);
+        tb->flush();
+      }
     }
     if (r.checkpoint.save && r.checkpoint.save_interval && last.iteration % *r.checkpoint.save_interval == 0)
       save_checkpoint(*r.checkpoint.save);

@@ -56,6 +56,10 @@ class CkptCorruption : public ::testing::Test {
     save_checkpoint(save_, 10, slices, {{"k", 1}});
   }
   void TearDown() override { fs::remove_all(save_); }
+  void reset() {  // a fresh, intact checkpoint for the next case in one test
+    TearDown();
+    SetUp();
+  }
 
   std::string shard(int i) const { return dir_ + "/shard_0000" + std::to_string(i) + ".safetensors"; }
 
@@ -189,22 +193,22 @@ TEST_F(CkptCorruption, BadIndexJson) {
 TEST_F(CkptCorruption, BadIndexFields) {
   edit_index([](json& j) { j["format"] = "torch_dist"; });
   expect_error(Status::kCorruptData, {"index.json", "format 'torch_dist'"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["version"] = 2; });
   expect_error(Status::kNotSupported, {"index.json", "version 2"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["iteration"] = 11; });
   expect_error(Status::kCorruptData, {"index.json", "iteration 11 does not match"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["files"]["../escape"] = j["files"]["shard_00000.safetensors"]; });
   expect_error(Status::kCorruptData, {"index.json", "'../escape'", "not a plain file name"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["files"]["shard_00000.safetensors"]["crc32c"] = "xyz"; });
   expect_error(Status::kCorruptData, {"index.json", "crc32c 'xyz'"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["tensors"]["w"]["shards"][1]["file"] = "shard_00009.safetensors"; });
   expect_error(Status::kCorruptData, {"index.json", "'shard_00009.safetensors' that is not listed"});
-  SetUp();
+  reset();
   edit_index([](json& j) { j["tensors"]["w"].erase("global_shape"); });
   expect_error(Status::kCorruptData, {"index.json", "tensor 'w'", "missing field 'global_shape'"});
 }

@@ -90,6 +90,7 @@ TEST(CkptSafetensors, RejectsBadLengthPrefix) {
 TEST(CkptSafetensors, RejectsBadJson) {
   expect_corrupt(file_with_header("{\"a\": ", 0), "invalid JSON");
   expect_corrupt(file_with_header("[1, 2]", 0), "expected a JSON object");
+  expect_corrupt(file_with_header(std::string(1 << 20, '[') + std::string(1 << 20, ']'), 0), "nested deeper");
   expect_corrupt(file_with_header(
                      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
                      R"("a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",

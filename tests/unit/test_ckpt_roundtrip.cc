@@ -212,6 +212,9 @@ TEST_F(CkptRoundTrip, CrashedSaveIsIgnoredAndCleanedUp) {
   const std::string dead6 = save_ + "/.tmp_iter_0000006_" + host + "_" + std::to_string(dead_pid());
   const std::string dead5 = save_ + "/.tmp_iter_0000005_" + host + "_" + std::to_string(dead_pid());
   const std::string live = save_ + "/.tmp_iter_0000007_" + host + "_" + std::to_string(::getppid());
+  const std::string dead_latest =
+      save_ + "/.latest_checkpointed_iteration.txt.tmp_" + host + "_" + std::to_string(dead_pid());
+  std::ofstream(dead_latest) << "6";
   for (const std::string& d : {dead6, dead5, live}) {
     fs::create_directories(d);
     std::ofstream(d + "/shard_00000.safetensors") << "partial";
@@ -227,6 +230,7 @@ TEST_F(CkptRoundTrip, CrashedSaveIsIgnoredAndCleanedUp) {
   save_checkpoint(save_, 8, {slice("x", DType::kF32, {2}, {0}, {2}, a.data())}, {});
   EXPECT_FALSE(fs::exists(dead6));
   EXPECT_FALSE(fs::exists(dead5));
+  EXPECT_FALSE(fs::exists(dead_latest));
   EXPECT_TRUE(fs::exists(live));  // its owner may still finish
   EXPECT_TRUE(fs::exists(save_ + "/iter_0000005/index.json"));
 }
@@ -321,6 +325,13 @@ TEST_F(CkptRoundTrip, BadSlicesAreRejectedBeforeAnyWrite) {
             Status::kInvalidArgument);
   EXPECT_FALSE(fs::exists(save_ + "/iter_0000001"));
   EXPECT_TRUE(hidden_entries().empty());
+  nlohmann::json deep = 1;
+  for (int i = 0; i < 300; ++i) deep = nlohmann::json::array({deep});
+  EXPECT_EQ(status_of([&] {
+              save_checkpoint(save_, 1, {slice("x", DType::kF32, {4}, {0}, {4}, d.data())}, {{"deep", deep}});
+            }),
+            Status::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(save_ + "/iter_0000001"));
 }
 
 TEST_F(CkptRoundTrip, BadReadRequestsAreInvalidArguments) {

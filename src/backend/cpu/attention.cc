@@ -31,13 +31,15 @@ void check_dims(const char* op, const AttentionDims& d) {
   blas_load();
 }
 
-void check_qkv(const char* op, const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_f32(op, "q", q);
-  check_f32(op, "k", k);
-  check_f32(op, "v", v);
-  check_numel(op, "q", q, d.seq_q * d.batch * d.heads * d.head_dim);
-  check_numel(op, "k", k, d.seq_kv * d.batch * d.groups * d.head_dim);
-  check_numel(op, "v", v, d.seq_kv * d.batch * d.groups * d.head_dim);
+// names: the three argument names, e.g. {"q", "k", "v"} or {"dq", "dk", "dv"}.
+void check_qkv(const char* op, const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v,
+               const char* const (&names)[3]) {
+  check_f32(op, names[0], q);
+  check_f32(op, names[1], k);
+  check_f32(op, names[2], v);
+  check_numel(op, names[0], q, d.seq_q * d.batch * d.heads * d.head_dim);
+  check_numel(op, names[1], k, d.seq_kv * d.batch * d.groups * d.head_dim);
+  check_numel(op, names[2], v, d.seq_kv * d.batch * d.groups * d.head_dim);
 }
 
 // Strides and base offsets of one (batch, head) slice in the token-major layouts.
@@ -79,7 +81,7 @@ void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const A
                    AttentionScratch& scratch) {
   const char* op = "attention_fwd";
   check_dims(op, d);
-  check_qkv(op, d, q, k, v);
+  check_qkv(op, d, q, k, v, {"q", "k", "v"});
   check_f32(op, "out", out);
   check_numel(op, "out", out, q.numel());
   check_f32(op, "lse", lse);
@@ -127,14 +129,14 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tenso
                    const AttentionDims& d, AttentionScratch& scratch) {
   const char* op = "attention_bwd";
   check_dims(op, d);
-  check_qkv(op, d, q, k, v);
+  check_qkv(op, d, q, k, v, {"q", "k", "v"});
   check_f32(op, "out", out);
   check_numel(op, "out", out, q.numel());
   check_f32(op, "dout", dout);
   check_numel(op, "dout", dout, q.numel());
   check_f32(op, "lse", lse);
   check_numel(op, "lse", lse, d.batch * d.heads * d.seq_q);
-  check_qkv(op, d, dq, dk, dv);
+  check_qkv(op, d, dq, dk, dv, {"dq", "dk", "dv"});
 
   const int64_t sq = d.seq_q, skv = d.seq_kv, dim = d.head_dim, pairs = d.batch * d.heads;
   const int64_t hpg = d.heads / d.groups, block = sq * skv;
