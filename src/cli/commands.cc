@@ -32,8 +32,6 @@ Logger console_logger(bool quiet) {
   return Logger(sink, quiet ? LogLevel::kWarn : LogLevel::kInfo);
 }
 
-double mib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
-
 }  // namespace
 
 int run_config(const Invocation& inv) {
@@ -47,11 +45,6 @@ int run_train(const Invocation& inv) {
   const config::Recipe recipe = resolved_recipe(inv);
   const Logger logger = console_logger(inv.quiet);
   train::Engine engine(recipe, logger);
-
-  const train::MemoryReport m = engine.memory();
-  logger.info(str("mptrain: ", inv.recipe_path, ": ", engine.num_parameters(), " parameters; ",
-                  "memory per rank: parameters ", mib(m.params_bytes), " MiB, gradients ",
-                  mib(m.grads_bytes), " MiB, optimizer ", mib(m.optimizer_bytes), " MiB"));
 
   const train::StepResult last = engine.train();
   logger.info(str("mptrain: finished at iteration ", last.iteration, ", lm loss ", last.lm_loss));

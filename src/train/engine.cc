@@ -78,8 +78,10 @@ struct Engine::Impl {
                  num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
     log.info(str("mptrain: data ", train_data->describe()));
     MemoryReport m = memory();
-    log.info(str("mptrain: memory plan (bytes): params ", m.params_bytes, ", grads ", m.grads_bytes, ", optimizer ",
-                 m.optimizer_bytes, ", activations ", m.activations_peak_bytes));
+    auto mib = [](int64_t b) { return str(static_cast<double>(b) / (1 << 20), " MiB"); };
+    log.info(str("mptrain: memory per rank, allocated once: parameters ", mib(m.params_bytes), ", gradients ",
+                 mib(m.grads_bytes), ", optimizer ", mib(m.optimizer_bytes), ", activations ",
+                 mib(m.activations_peak_bytes)));
   }
 
   MemoryReport memory() const {
