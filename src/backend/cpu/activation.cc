@@ -47,12 +47,12 @@ inline ValueGrad evaluate(Activation act, float x) {
 // Checks and returns (rows, F).
 void shapes(const char* op, const Tensor& x, const Tensor& y, Activation act, bool gated, int64_t* rows,
             int64_t* features) {
-  check_arg(static_cast<int>(act) >= 0 && static_cast<int>(act) <= static_cast<int>(Activation::kSquaredRelu), op,
+  MPT_CPU_CHECK(static_cast<int>(act) >= 0 && static_cast<int>(act) <= static_cast<int>(Activation::kSquaredRelu), op,
             str("unknown activation ", static_cast<int>(act)));
   check_f32(op, "x", x);
   check_f32(op, "out/dout", y);
   const int64_t width = last_dim(x);
-  check_arg(!gated || width % 2 == 0, op, "gated x " + describe(x) + " must have an even last axis");
+  MPT_CPU_CHECK(!gated || width % 2 == 0, op, "gated x " + describe(x) + " must have an even last axis");
   *features = gated ? width / 2 : width;
   *rows = width == 0 ? 0 : x.numel() / width;
   check_numel(op, "out/dout", y, *rows * *features);

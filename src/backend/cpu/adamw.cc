@@ -17,8 +17,8 @@ void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const A
   check_numel(op, "grad", grad, n);
   check_numel(op, "exp_avg", exp_avg, n);
   check_numel(op, "exp_avg_sq", exp_avg_sq, n);
-  check_arg(a.step >= 1, op, str("step ", a.step, " must be >= 1"));
-  check_arg(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, op,
+  MPT_CPU_CHECK(a.step >= 1, op, str("step ", a.step, " must be >= 1"));
+  MPT_CPU_CHECK(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, op,
             str("beta1 ", a.beta1, " and beta2 ", a.beta2, " must be in [0, 1)"));
   // Bias corrections in double: 1 - 0.999^step loses digits in float for small steps.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.step)));

@@ -16,17 +16,17 @@ namespace mpt::backend::cpu {
 namespace {
 
 void check_dims(const char* op, const AttentionDims& d) {
-  check_arg(d.seq_q > 0 && d.seq_kv > 0 && d.batch > 0 && d.heads > 0 && d.groups > 0 && d.head_dim > 0, op,
+  MPT_CPU_CHECK(d.seq_q > 0 && d.seq_kv > 0 && d.batch > 0 && d.heads > 0 && d.groups > 0 && d.head_dim > 0, op,
             str("dims must be positive: seq_q ", d.seq_q, ", seq_kv ", d.seq_kv, ", batch ", d.batch, ", heads ",
                 d.heads, ", groups ", d.groups, ", head_dim ", d.head_dim));
-  check_arg(d.heads % d.groups == 0, op, str("heads ", d.heads, " must be a multiple of groups ", d.groups));
-  check_arg(!d.causal || d.seq_q == d.seq_kv, op,
+  MPT_CPU_CHECK(d.heads % d.groups == 0, op, str("heads ", d.heads, " must be a multiple of groups ", d.groups));
+  MPT_CPU_CHECK(!d.causal || d.seq_q == d.seq_kv, op,
             str("causal attention needs seq_q == seq_kv, got ", d.seq_q, " and ", d.seq_kv));
-  check_arg(d.dropout_p >= 0 && d.dropout_p < 1, op, str("dropout_p ", d.dropout_p, " must be in [0, 1)"));
-  check_arg(std::isfinite(d.softmax_scale) && d.softmax_scale > 0, op,
+  MPT_CPU_CHECK(d.dropout_p >= 0 && d.dropout_p < 1, op, str("dropout_p ", d.dropout_p, " must be in [0, 1)"));
+  MPT_CPU_CHECK(std::isfinite(d.softmax_scale) && d.softmax_scale > 0, op,
             str("softmax_scale ", d.softmax_scale, " must be positive (usually 1/sqrt(head_dim))"));
   // Checked here because the GEMMs run inside a parallel region, where nothing may throw.
-  check_arg(d.batch * d.heads * d.head_dim <= INT_MAX && d.seq_q <= INT_MAX && d.seq_kv <= INT_MAX, op,
+  MPT_CPU_CHECK(d.batch * d.heads * d.head_dim <= INT_MAX && d.seq_q <= INT_MAX && d.seq_kv <= INT_MAX, op,
             "dimensions exceed the 32-bit BLAS interface");
   blas_load();
 }

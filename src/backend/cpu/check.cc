@@ -41,8 +41,6 @@ void check_numel(const char* op, const char* arg, const Tensor& t, int64_t expec
             expected, " elements");
 }
 
-void check_arg(bool cond, const char* op, const std::string& what) {
-  MPT_CHECK(cond, Status::kInvalidArgument, op, ": ", what);
-}
+void invalid_argument(const char* op, const std::string& what) { fail(Status::kInvalidArgument, op, ": ", what); }
 
 }  // namespace mpt::backend::cpu

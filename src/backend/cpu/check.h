@@ -19,8 +19,19 @@ void check_i32(const char* op, const char* arg, const Tensor& t);
 // Throws unless t holds exactly `expected` elements.
 void check_numel(const char* op, const char* arg, const Tensor& t, int64_t expected);
 
-// Throws with "op: what" unless cond holds.
-void check_arg(bool cond, const char* op, const std::string& what);
+// Throws kInvalidArgument with "op: what".
+[[noreturn]] void invalid_argument(const char* op, const std::string& what);
+
+}  // namespace mpt::backend::cpu
+
+// Throws with "op: what" unless cond holds. A macro so that the message (often built with
+// str()) is only formatted on failure: checks run on every op call of every step.
+#define MPT_CPU_CHECK(cond, op, what)                                    \
+  do {                                                                   \
+    if (!(cond)) ::mpt::backend::cpu::invalid_argument((op), (what));    \
+  } while (0)
+
+namespace mpt::backend::cpu {
 
 // Size of the last axis: a tensor is read as [numel / last_dim, last_dim] rows.
 inline int64_t last_dim(const Tensor& t) { return t.ndim == 0 ? 1 : t.shape[t.ndim - 1]; }

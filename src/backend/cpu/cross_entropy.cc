@@ -17,10 +17,10 @@ struct Layout {
 
 Layout ce_layout(const char* op, const Tensor& logits, int64_t vocab_start, int64_t vocab_valid) {
   check_f32(op, "logits", logits);
-  check_arg(vocab_start >= 0 && vocab_valid >= 0, op,
+  MPT_CPU_CHECK(vocab_start >= 0 && vocab_valid >= 0, op,
             str("vocab_start ", vocab_start, " and vocab_valid ", vocab_valid, " must be non-negative"));
   const int64_t cols = last_dim(logits);
-  check_arg(cols > 0, op, "logits " + describe(logits) + " has no columns");
+  MPT_CPU_CHECK(cols > 0, op, "logits " + describe(logits) + " has no columns");
   return {logits.numel() / cols, cols, std::clamp<int64_t>(vocab_valid - vocab_start, 0, cols)};
 }
 

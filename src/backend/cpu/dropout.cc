@@ -12,8 +12,8 @@ void apply_mask(const char* op, Tensor dst, Tensor src, float p, uint64_t key, i
   check_f32(op, "output", dst);
   check_f32(op, "input", src);
   check_numel(op, "input", src, dst.numel());
-  check_arg(p >= 0 && p < 1, op, str("p ", p, " must be in [0, 1)"));
-  check_arg(row_offset >= 0, op, str("row_offset ", row_offset, " must be non-negative"));
+  MPT_CPU_CHECK(p >= 0 && p < 1, op, str("p ", p, " must be in [0, 1)"));
+  MPT_CPU_CHECK(row_offset >= 0, op, str("row_offset ", row_offset, " must be non-negative"));
   const int64_t cols = last_dim(dst), n = dst.numel();
   const uint64_t first = static_cast<uint64_t>(row_offset) * static_cast<uint64_t>(cols);
   const float* ps = src.f();

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "backend/cpu/check.h"
 #include "backend/cpu/threading.h"
@@ -13,19 +12,26 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 16;
 
+// Sums fixed 64K-element chunks (in parallel) and adds the chunk sums in index order, so
+// the result does not depend on the thread count. Partials live on the stack, a block of
+// chunks at a time: this runs every step and must not allocate.
 template <typename Term>
 double chunked_sum(int64_t n, Term term) {
+  constexpr int64_t kBlockChunks = 256;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
-#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t end = std::min(n, (c + 1) * kChunk);
-    double s = 0;
-    for (int64_t i = c * kChunk; i < end; ++i) s += term(i);
-    partial[c] = s;
-  }
   double total = 0;
-  for (double p : partial) total += p;
+  for (int64_t c0 = 0; c0 < chunks; c0 += kBlockChunks) {
+    const int64_t nc = std::min(kBlockChunks, chunks - c0);
+    double partial[kBlockChunks];
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork)
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t begin = (c0 + c) * kChunk, end = std::min(n, begin + kChunk);
+      double s = 0;
+      for (int64_t i = begin; i < end; ++i) s += term(i);
+      partial[c] = s;
+    }
+    for (int64_t c = 0; c < nc; ++c) total += partial[c];
+  }
   return total;
 }
 
@@ -40,9 +46,9 @@ void fill(Tensor x, float value) {
 }
 
 void copy(Tensor dst, Tensor src) {
-  check_arg(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy",
+  MPT_CPU_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), "copy",
             "dst " + describe(dst) + " and src " + describe(src) + " must share dtype and numel");
-  check_arg((dst.data && src.data) || dst.numel() == 0, "copy", "dst or src has no data");
+  MPT_CPU_CHECK((dst.data && src.data) || dst.numel() == 0, "copy", "dst or src has no data");
   if (dst.data == src.data || dst.numel() == 0) return;
   const int64_t bytes = static_cast<int64_t>(dst.bytes());
   const int64_t chunks = (bytes + (1 << 20) - 1) >> 20;

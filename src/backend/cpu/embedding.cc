@@ -17,7 +17,7 @@ int64_t embedding_hidden(const char* op, const Tensor& rows, const Tensor& ids, 
   check_i32(op, "ids", ids);
   check_f32(op, "out/dout", rows);
   const int64_t h = last_dim(table);
-  check_arg(h > 0 && table.ndim >= 2, op, "table " + describe(table) + " must be [V_local, H]");
+  MPT_CPU_CHECK(h > 0 && table.ndim >= 2, op, "table " + describe(table) + " must be [V_local, H]");
   check_numel(op, "out/dout", rows, ids.numel() * h);
   return h;
 }

@@ -22,7 +22,7 @@ void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alph
   const int64_t b_rows = rows_of(b), b_cols = last_dim(b);
   const int64_t am = trans_a ? a_cols : a_rows, ak = trans_a ? a_rows : a_cols;
   const int64_t bk = trans_b ? b_cols : b_rows, bn = trans_b ? b_rows : b_cols;
-  check_arg(am == m && bn == n && ak == bk, "matmul",
+  MPT_CPU_CHECK(am == m && bn == n && ak == bk, "matmul",
             "shapes do not match: c " + describe(c) + ", a " + describe(a) + (trans_a ? "^T" : "") + ", b " +
                 describe(b) + (trans_b ? "^T" : ""));
   sgemm(trans_a, trans_b, m, n, ak, alpha, a.f(), std::max<int64_t>(a_cols, 1), b.f(), std::max<int64_t>(b_cols, 1),
@@ -33,7 +33,7 @@ void add_bias(Tensor y, Tensor bias) {
   check_f32("add_bias", "y", y);
   check_f32("add_bias", "bias", bias);
   const int64_t n = bias.numel();
-  check_arg(n > 0 && last_dim(y) == n, "add_bias", "y " + describe(y) + " rows must match bias " + describe(bias));
+  MPT_CPU_CHECK(n > 0 && last_dim(y) == n, "add_bias", "y " + describe(y) + " rows must match bias " + describe(bias));
   const int64_t rows = y.numel() / n;
   float* py = y.f();
   const float* pb = bias.f();
@@ -46,7 +46,7 @@ void bias_grad(Tensor dbias, Tensor dy) {
   check_f32("bias_grad", "dbias", dbias);
   check_f32("bias_grad", "dy", dy);
   const int64_t n = dbias.numel();
-  check_arg(n > 0 && last_dim(dy) == n, "bias_grad",
+  MPT_CPU_CHECK(n > 0 && last_dim(dy) == n, "bias_grad",
             "dy " + describe(dy) + " rows must match dbias " + describe(dbias));
   const int64_t rows = dy.numel() / n;
   float* pd = dbias.f();

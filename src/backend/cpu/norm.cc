@@ -17,7 +17,7 @@ int64_t norm_rows(const char* op, const Tensor& x, const Tensor& weight) {
   check_f32(op, "x", x);
   check_f32(op, "weight", weight);
   const int64_t h = weight.numel();
-  check_arg(h > 0 && last_dim(x) == h, op, "x " + describe(x) + " last axis must match weight " + describe(weight));
+  MPT_CPU_CHECK(h > 0 && last_dim(x) == h, op, "x " + describe(x) + " last axis must match weight " + describe(weight));
   return x.numel() / h;
 }
 

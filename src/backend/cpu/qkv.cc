@@ -12,14 +12,14 @@ namespace {
 // Checks sizes and returns the number of tokens T.
 int64_t qkv_tokens(const char* op, const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v,
                    int64_t groups, int64_t hpg, int64_t d) {
-  check_arg(groups > 0 && hpg > 0 && d > 0, op,
+  MPT_CPU_CHECK(groups > 0 && hpg > 0 && d > 0, op,
             str("groups ", groups, ", heads_per_group ", hpg, ", head_dim ", d, " must be positive"));
   check_f32(op, "qkv", qkv);
   check_f32(op, "q", q);
   check_f32(op, "k", k);
   check_f32(op, "v", v);
   const int64_t width = groups * (hpg + 2) * d;
-  check_arg(qkv.numel() % width == 0, op, "qkv " + describe(qkv) + str(" rows must hold ", width, " values"));
+  MPT_CPU_CHECK(qkv.numel() % width == 0, op, "qkv " + describe(qkv) + str(" rows must hold ", width, " values"));
   const int64_t tokens = qkv.numel() / width;
   check_numel(op, "q", q, tokens * groups * hpg * d);
   check_numel(op, "k", k, tokens * groups * d);

@@ -1,7 +1,6 @@
 #include "backend/cpu/rope.h"
 
 #include <cmath>
-#include <vector>
 
 #include "backend/cpu/check.h"
 #include "backend/cpu/threading.h"
@@ -12,26 +11,30 @@ void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t r
   const char* op = "rope";
   check_f32(op, "x", x);
   check_i32(op, "positions", positions);
-  check_arg(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0, op,
+  MPT_CPU_CHECK(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0, op,
             str("heads ", heads, ", head_dim ", head_dim, ", rotary_dim ", rotary_dim,
                 ": need rotary_dim even and in (0, head_dim]"));
-  check_arg(base > 0 && std::isfinite(base), op, str("base ", base, " must be positive"));
+  MPT_CPU_CHECK(base > 0 && std::isfinite(base), op, str("base ", base, " must be positive"));
   const int64_t width = heads * head_dim;
-  check_arg(x.numel() % width == 0, op, "x " + describe(x) + str(" rows must hold heads*head_dim = ", width));
+  MPT_CPU_CHECK(x.numel() % width == 0, op, "x " + describe(x) + str(" rows must hold heads*head_dim = ", width));
   const int64_t tokens = x.numel() / width;
   check_numel(op, "positions", positions, tokens);
+  // Fixed-size tables on the stack: this op runs every layer of every step and must not
+  // allocate. 1024 rotary channels is far beyond any real head size.
+  constexpr int64_t kMaxRotaryDim = 1024;
+  MPT_CPU_CHECK(rotary_dim <= kMaxRotaryDim, op, str("rotary_dim ", rotary_dim, " exceeds ", kMaxRotaryDim));
   const int64_t half = rotary_dim / 2;
   float* px = x.f();
   const int32_t* pos = positions.i();
   const double sign = inverse ? -1.0 : 1.0;
-  std::vector<double> freq(static_cast<size_t>(half));
+  double freq[kMaxRotaryDim / 2];
   for (int64_t i = 0; i < half; ++i)
     freq[i] = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
 #pragma omp parallel if(tokens * width >= kMinParallelWork)
   {
     // cos and sin of this token's angles, shared by its heads; angles in double because
     // pos * freq reaches 1e5 radians at long context.
-    std::vector<float> cs(static_cast<size_t>(2 * half));
+    float cs[kMaxRotaryDim];
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tokens; ++t) {
       for (int64_t i = 0; i < half; ++i) {
