@@ -53,7 +53,7 @@ void load_context(mpt_context* ctx, const mpt_init_options* opts) {
   const int64_t port = MPT_PLACE_FIELD(master_port);
 #undef MPT_PLACE_FIELD
   const char* addr = MPT_FIELD_OR(opts, mpt_init_options, master_addr, nullptr);
-  ctx->place = mpt::api::resolve_launch_place(rank, world, local, addr, port);
+  ctx->place = mpt::dist::resolve_launch_place(rank, world, local, addr, port);
 
   ctx->recipe = path ? mpt::config::load_recipe_file(path) : mpt::config::load_recipe_string(toml);
   for (size_t i = 0; i < num_overrides; ++i) {

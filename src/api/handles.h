@@ -10,7 +10,7 @@
 #include <new>
 #include <string>
 
-#include "api/launch_env.h"
+#include "dist/launch_env.h"
 #include "config/recipe.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -26,7 +26,7 @@ struct mpt_context {
   mpt_log_fn log_fn = nullptr;
   void* log_user_data = nullptr;
   int32_t log_level = MPT_LOG_INFO;
-  mpt::api::LaunchPlace place;
+  mpt::dist::LaunchPlace place;
   mpt_model* model = nullptr;  // owned; at most one at a time
 };
 

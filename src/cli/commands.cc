@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <string>
 
-#include "api/launch_env.h"
+#include "dist/launch_env.h"
 #include "config/recipe.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -16,7 +16,7 @@ namespace {
 config::Recipe resolved_recipe(const Invocation& inv) {
   config::Recipe recipe = config::load_recipe_file(inv.recipe_path);
   config::apply_overrides(recipe, inv.overrides);
-  const api::LaunchPlace place = api::resolve_launch_place();
+  const dist::LaunchPlace place = dist::resolve_launch_place();
   config::finalize(recipe, place.world_size);
   return recipe;
 }

@@ -12,7 +12,7 @@
 
 #include "core/error.h"
 
-namespace mpt::api {
+namespace mpt::dist {
 
 struct LaunchPlace {
   int64_t rank = 0;
@@ -71,4 +71,4 @@ inline LaunchPlace resolve_launch_place(int64_t rank = -1, int64_t world_size = 
   return p;
 }
 
-}  // namespace mpt::api
+}  // namespace mpt::dist
