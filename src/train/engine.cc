@@ -236,6 +236,9 @@ StepResult Engine::train() {
   if (r.logger.tensorboard_dir) tb = std::make_unique<TensorBoardWriter>(*r.logger.tensorboard_dir);
 
   StepResult last;
+  last.iteration = m.iteration;
+  last.consumed_samples = m.consumed_samples;
+  const int64_t first_iteration = m.iteration;
   IntervalStats acc;
   int64_t in_interval = 0;
   double interval_time = 0;
@@ -289,7 +292,7 @@ StepResult Engine::train() {
     if (r.checkpoint.save && r.checkpoint.save_interval && last.iteration % *r.checkpoint.save_interval == 0)
       save_checkpoint(*r.checkpoint.save);
   }
-  if (r.checkpoint.save && m.iteration > 0 &&
+  if (r.checkpoint.save && m.iteration > first_iteration &&
       !(r.checkpoint.save_interval && m.iteration % *r.checkpoint.save_interval == 0))
     save_checkpoint(*r.checkpoint.save);
   return last;

@@ -225,6 +225,28 @@ TEST(Engine, MetricsFileHasTheDocumentedFields) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Engine, DivergenceStopsWithAnErrorAndNoUpdate) {
+  // An absurd learning rate blows the weights up after one step; the next step must report
+  // the non-finite loss instead of applying it.
+  Engine e(small({"optimizer.lr=1e30", "scheduler.lr_warmup_iters=0", "scheduler.lr_decay_style=constant",
+                  "optimizer.clip_grad=0"}),
+           quiet());
+  e.train_step();
+  int64_t failed_at = -1;
+  for (int i = 0; i < 4 && failed_at < 0; ++i) {
+    const int64_t before = e.iteration();
+    try {
+      e.train_step();
+    } catch (const Error& err) {
+      EXPECT_EQ(err.status(), Status::kNumerical);
+      EXPECT_NE(std::string(err.what()).find("parameters were not updated"), std::string::npos) << err.what();
+      failed_at = before;
+      EXPECT_EQ(e.iteration(), before);  // the failed step did not count
+    }
+  }
+  EXPECT_GE(failed_at, 1) << "the diverged run was never stopped";
+}
+
 TEST(LRSchedule, WarmupThenDecayAsMegatron) {
   optim::LRSchedule s;
   s.max_lr = 1.0;
