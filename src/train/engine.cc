@@ -1,6 +1,11 @@
 #include "train/engine.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <cmath>
 #include <vector>
 
@@ -208,8 +213,20 @@ struct Engine::Impl {
   }
 };
 
+namespace {
+// Fails at start, not after hours of training, when checkpoints could not be written.
+void check_save_dir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  MPT_CHECK(!ec, Status::kIoError, "checkpoint.save: cannot create '", dir, "': ", ec.message());
+  MPT_CHECK(::access(dir.c_str(), W_OK | X_OK) == 0, Status::kIoError, "checkpoint.save: '", dir,
+            "' is not writable: ", std::strerror(errno));
+}
+}  // namespace
+
 Engine::Engine(const config::Recipe& recipe, Logger logger) : impl_(std::make_unique<Impl>(recipe, std::move(logger))) {
   const auto& ck = impl_->recipe.checkpoint;
+  if (ck.save) check_save_dir(*ck.save);
   if (ck.load) {
     if (checkpoint_exists(*ck.load)) {
       load_checkpoint(*ck.load);

@@ -131,6 +131,16 @@ TEST(Engine, MissingCheckpointIsAnErrorOnlyWhenAsked) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Engine, UnwritableSaveDirFailsBeforeTraining) {
+  try {
+    Engine e(small({"checkpoint.save=/proc/mptrain-cannot-exist/ckpt"}), quiet());
+    FAIL() << "expected an error";
+  } catch (const Error& err) {
+    EXPECT_EQ(err.status(), Status::kIoError);
+    EXPECT_NE(std::string(err.what()).find("checkpoint.save"), std::string::npos) << err.what();
+  }
+}
+
 TEST(Engine, HostBatchEqualsDatasetBatch) {
   config::Recipe r = small();
   const int64_t rows = 8, S = 16;
