@@ -1,6 +1,7 @@
 // Learning-rate and weight-decay schedules as Megatron's OptimizerParamScheduler computes
 // them: linear warmup from lr_warmup_init to lr, then constant / linear / cosine decay to
-// min_lr over lr_decay_iters. `step` counts optimizer steps already taken.
+// min_lr over lr_decay_iters. `step` counts optimizer steps already taken, so the first
+// update of a warmup runs at warmup_init, exactly as in Megatron.
 #pragma once
 
 #include <cstdint>
