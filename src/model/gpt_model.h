@@ -28,6 +28,7 @@ class GPTModel {
   const GPTDims& dims() const { return dims_; }
   const ParamRegistry& registry() const { return reg_; }
   float* params() { return params_; }
+  const float* params() const { return params_; }
   float* grads() { return grads_; }
   int64_t flat_numel() const { return reg_.total_numel(); }
 

@@ -35,10 +35,9 @@ bool checkpoint_exists(const std::string& dir) {
 
 std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe,
                                   const model::GPTModel& model, optim::AdamW& optimizer, const CheckpointState& st) {
-  auto& m = const_cast<model::GPTModel&>(model);
   std::vector<ckpt::TensorSlice> tensors;
   for (const auto& p : model.registry().params()) {
-    tensors.push_back(slice_of(p, p.name, m.params()));
+    tensors.push_back(slice_of(p, p.name, model.params()));
     if (recipe.checkpoint.save_optim) {
       tensors.push_back(slice_of(p, kExpAvg + p.name, optimizer.exp_avg()));
       tensors.push_back(slice_of(p, kExpAvgSq + p.name, optimizer.exp_avg_sq()));
