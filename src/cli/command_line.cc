@@ -22,12 +22,28 @@ bool starts_with(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
 }
 
+DocumentUnit parse_document_unit(const std::string& text) {
+  if (text == "file") return DocumentUnit::kFile;
+  if (text == "line") return DocumentUnit::kLine;
+  if (text == "paragraph") return DocumentUnit::kParagraph;
+  throw UsageError("--docs expects file, line or paragraph, got '" + text + "'");
+}
+
+// A value that names something (a file, a prefix, a key) cannot be empty.
+std::string non_empty(const std::string& option, const std::string& value) {
+  if (value.empty()) throw UsageError(option + " needs a non-empty value");
+  return value;
+}
+
 }  // namespace
 
 Invocation parse_command_line(int argc, const char* const* argv) {
   Invocation inv;
   std::vector<std::string> positionals;
   bool help = false, version = false, options_done = false;
+  // Options of one data command, by name, to reject them under any other command.
+  std::vector<std::string> preprocess_options, dataset_info_options;
+  bool docs_given = false;
 
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -56,6 +72,28 @@ Invocation parse_command_line(int argc, const char* const* argv) {
       inv.threads = parse_count("--threads", *v, 4096);
     } else if (auto n = value_of("--nproc-per-node")) {
       inv.nproc_per_node = parse_count("--nproc-per-node", *n, 1024);
+    } else if (auto in = value_of("--input")) {
+      inv.preprocess.inputs.push_back(non_empty("--input", *in));
+      preprocess_options.push_back("--input");
+    } else if (auto out = value_of("--output-prefix")) {
+      inv.preprocess.output_prefix = non_empty("--output-prefix", *out);
+      preprocess_options.push_back("--output-prefix");
+    } else if (auto key = value_of("--json-key")) {
+      inv.preprocess.json_key = non_empty("--json-key", *key);
+      preprocess_options.push_back("--json-key");
+    } else if (auto docs = value_of("--docs")) {
+      inv.preprocess.docs = parse_document_unit(*docs);
+      docs_given = true;
+      preprocess_options.push_back("--docs");
+    } else if (arg == "--append-eod") {
+      inv.preprocess.append_eod = true;
+      preprocess_options.push_back(arg);
+    } else if (arg == "--overwrite") {
+      inv.preprocess.overwrite = true;
+      preprocess_options.push_back(arg);
+    } else if (arg == "--scan") {
+      inv.scan = true;
+      dataset_info_options.push_back(arg);
     } else {
       throw UsageError("unknown option '" + arg + "'");
     }
@@ -72,6 +110,36 @@ Invocation parse_command_line(int argc, const char* const* argv) {
   if (inv.nproc_per_node > 1)
     throw UsageError("--nproc-per-node " + std::to_string(inv.nproc_per_node) +
                      ": multi-process launch is not supported yet");
+
+  const std::string first = positionals.empty() ? "" : positionals[0];
+  auto reject_options = [](const std::vector<std::string>& given, const char* owner, const std::string& command) {
+    if (!given.empty())
+      throw UsageError(given.front() + " is an option of '" + owner + "', not of '" + command + "'");
+  };
+  if (first == "preprocess") {
+    reject_options(dataset_info_options, "dataset-info", first);
+    if (positionals.size() > 1)
+      throw UsageError("preprocess takes no arguments besides its options, got '" + positionals[1] +
+                       "' (name each input with --input FILE)");
+    if (inv.preprocess.inputs.empty()) throw UsageError("preprocess needs at least one --input FILE");
+    if (inv.preprocess.output_prefix.empty()) throw UsageError("preprocess needs --output-prefix PREFIX");
+    if (docs_given && !inv.preprocess.json_key.empty())
+      throw UsageError("--docs applies to plain text; with --json-key each JSON line is one document");
+    inv.command = Command::kPreprocess;
+    return inv;
+  }
+  if (first == "dataset-info") {
+    reject_options(preprocess_options, "preprocess", first);
+    if (positionals.size() < 2) throw UsageError("dataset-info needs the dataset PREFIX (of PREFIX.bin and PREFIX.idx)");
+    if (positionals.size() > 2)
+      throw UsageError("dataset-info takes one PREFIX, got also '" + positionals[2] + "'");
+    inv.command = Command::kDatasetInfo;
+    inv.dataset_prefix = positionals[1];
+    return inv;
+  }
+  const std::string command = first == "config" ? "config" : "train";
+  reject_options(preprocess_options, "preprocess", command);
+  reject_options(dataset_info_options, "dataset-info", command);
 
   size_t next = 0;
   if (!positionals.empty()) {
@@ -105,6 +173,9 @@ std::string usage_text() {
   mptrain [OPTIONS] RECIPE.toml [section.key=value ...]
   mptrain [OPTIONS] train RECIPE.toml [section.key=value ...]
   mptrain [OPTIONS] config RECIPE.toml [section.key=value ...]
+  mptrain preprocess --input FILE [--input FILE ...] --output-prefix PREFIX
+                     [--json-key KEY] [--docs file|line|paragraph] [--append-eod] [--overwrite]
+  mptrain dataset-info PREFIX [--scan]
   mptrain help | --help | -h
   mptrain --version
 
@@ -114,6 +185,16 @@ Commands:
             and saves checkpoints as the [checkpoint] section says.
   config    Validate the recipe with its overrides and print the resolved recipe as
             TOML (loadable again as a recipe). Nothing is trained.
+  preprocess
+            Tokenize text into a Megatron indexed dataset, PREFIX.bin and PREFIX.idx (as
+            Megatron-LM's tools/preprocess_data.py writes them), for dataset.source =
+            "indexed". The tokenizer is byte-level: ids 0..255 are the UTF-8 bytes and 256
+            ends a document; tokens are stored as uint16, one sequence per document.
+            Documents without any token are skipped. Prints the document and token counts.
+  dataset-info
+            Check PREFIX.bin and PREFIX.idx (from mptrain or Megatron-LM) and print the
+            dtype, the sequence, document and token counts, the file sizes and the
+            shortest, mean and longest sequence.
   help      Print this text.
 
 Overrides:
@@ -133,9 +214,27 @@ Options:
   --help, -h          Print this text and exit.
   --                  Treat every later argument as a recipe or an override.
 
+Preprocess options:
+  --input FILE          A file to read; repeat for several, read in the order given.
+  --output-prefix PREFIX
+                        Write PREFIX.bin and PREFIX.idx (through PREFIX.bin.tmp and
+                        PREFIX.idx.tmp, renamed when complete).
+  --json-key KEY        The inputs are JSON lines: every line is an object whose string
+                        field KEY is one document (blank lines are skipped). A line that
+                        is not such an object is an error naming FILE:LINE.
+  --docs UNIT           What a document of a plain-text input is: file (the whole file,
+                        the default), line (one line, without its line ending) or
+                        paragraph (lines up to a blank line, joined by newlines).
+  --append-eod          End every document with the end-of-document token 256.
+  --overwrite           Replace an existing PREFIX.bin / PREFIX.idx (refused otherwise).
+
+Dataset-info options:
+  --scan                Also read every token and print the largest token id.
+
 Exit status:
   0  success
-  1  the recipe, an override, the data or a checkpoint was rejected, or training failed
+  1  the recipe, an override, the data or a checkpoint was rejected, training failed, or
+     an input or dataset could not be read or written
      (the message names the file, line and key where it can)
   2  the command line itself is wrong
 )";

@@ -9,7 +9,20 @@
 
 namespace mpt::cli {
 
-enum class Command { kTrain, kConfig, kHelp, kVersion };
+enum class Command { kTrain, kConfig, kHelp, kVersion, kPreprocess, kDatasetInfo };
+
+// What one document of a plain-text input is (`preprocess --docs`).
+enum class DocumentUnit { kFile, kLine, kParagraph };
+
+// `mptrain preprocess`: text or JSON lines to a Megatron indexed dataset.
+struct PreprocessOptions {
+  std::vector<std::string> inputs;   // --input FILE, repeatable, in order
+  std::string output_prefix;         // --output-prefix PREFIX: PREFIX.bin and PREFIX.idx
+  std::string json_key;              // --json-key KEY: inputs are JSON lines; empty: plain text
+  bool append_eod = false;           // --append-eod: end each document with the EOD token
+  DocumentUnit docs = DocumentUnit::kFile;  // --docs file|line|paragraph (plain text only)
+  bool overwrite = false;            // --overwrite: replace an existing PREFIX.bin/.idx
+};
 
 struct Invocation {
   Command command = Command::kTrain;
@@ -18,6 +31,9 @@ struct Invocation {
   std::optional<int> threads;          // --threads N
   bool quiet = false;                  // --quiet: warnings and errors only
   int nproc_per_node = 1;              // --nproc-per-node N
+  PreprocessOptions preprocess;        // kPreprocess
+  std::string dataset_prefix;          // kDatasetInfo: the dataset's PREFIX
+  bool scan = false;                   // kDatasetInfo --scan: read every token
 };
 
 // A command line that cannot be understood; the program exits with status 2.

@@ -8,5 +8,8 @@ namespace mpt::cli {
 
 int run_train(const Invocation& inv);
 int run_config(const Invocation& inv);
+// src/cli/data_commands.cc: `mptrain preprocess` and `mptrain dataset-info`.
+int run_preprocess(const Invocation& inv);
+int run_dataset_info(const Invocation& inv);
 
 }  // namespace mpt::cli

@@ -1,4 +1,5 @@
-// mptrain: train a transformer from a TOML recipe, or print the resolved recipe.
+// mptrain: train a transformer from a TOML recipe, print the resolved recipe, or prepare
+// and inspect indexed datasets.
 // Exit status: 0 success, 1 rejected input or failed training, 2 bad command line.
 #include <omp.h>
 
@@ -28,6 +29,10 @@ int run(int argc, char** argv) {
     case Command::kVersion:
       std::printf("mptrain %s\n", MPT_VERSION_STRING);
       return 0;
+    case Command::kPreprocess:
+      return mpt::cli::run_preprocess(inv);
+    case Command::kDatasetInfo:
+      return mpt::cli::run_dataset_info(inv);
     case Command::kConfig:
     case Command::kTrain:
       break;

@@ -7,6 +7,8 @@
 
 #include "config/finalize_internal.h"
 #include "core/error.h"
+#include "data/dataset_builder.h"
+#include "data/split.h"
 
 namespace mpt::config {
 namespace {
@@ -83,22 +85,47 @@ void check_dataset(Checker& c) {
   if (ds.seq_length && *ds.seq_length != m.seq_length) {
     c.fail("dataset.seq_length", str("must equal model.seq_length (", m.seq_length, "), got ", *ds.seq_length));
   }
-  c.d.dataset_source = !ds.source.empty() ? ds.source : (ds.data_path.empty() ? "mock" : "indexed");
+  const bool has_data = !ds.data_path.empty() || !ds.blend.empty();
+  c.d.dataset_source = !ds.source.empty() ? ds.source : (has_data ? "indexed" : "mock");
   const std::string& source = c.d.dataset_source;
+  if (!ds.data_path.empty() && !ds.blend.empty()) {
+    c.fail("dataset.blend", "cannot be combined with dataset.data_path; give the datasets in one of them");
+  }
+  if (!ds.data_path.empty()) {
+    try {
+      data::parse_data_path(ds.data_path, "dataset.data_path");
+    } catch (const Error& e) {
+      c.fail("dataset.data_path", e.what());
+    }
+  }
+  for (size_t i = 0; i < ds.blend.size(); ++i) {
+    const BlendItem& b = ds.blend[i];
+    if (b.prefix.empty()) c.fail("dataset.blend", str("entry ", i + 1, " has an empty prefix"));
+    if (!(b.weight > 0) || !std::isfinite(b.weight))
+      c.fail("dataset.blend", str("entry ", i + 1, " (", toml_quote(b.prefix), ") has weight ", format_number(b.weight),
+                                  "; weights must be positive"));
+  }
   if (source == "corpus" && m.vocab_size > 0 && m.vocab_size < kByteTokenizerVocab) {
     c.fail("model.vocab_size",
            str("must be >= ", kByteTokenizerVocab, " for dataset.source \"corpus\" (the byte tokenizer has 256 byte ids "
                "and an end-of-document id), got ", m.vocab_size));
   }
-  if (source == "indexed" && ds.data_path.empty()) {
-    c.fail("dataset.source", "\"indexed\" needs dataset.data_path");
+  if (source == "indexed" && !has_data) {
+    c.fail("dataset.source", "\"indexed\" needs dataset.data_path or dataset.blend");
   }
-  if ((source == "mock" || source == "corpus") && !ds.data_path.empty()) {
-    c.fail("dataset.data_path", str("is only read when dataset.source is \"indexed\", but it is \"", source, "\""));
+  if ((source == "mock" || source == "corpus") && has_data) {
+    c.fail(ds.blend.empty() ? "dataset.data_path" : "dataset.blend",
+           str("is only read when dataset.source is \"indexed\", but it is \"", source, "\""));
   }
   if (ds.split && !valid_split(*ds.split)) {
     c.fail("dataset.split", str("must be up to three comma-separated non-negative weights with a positive sum, "
                                 "e.g. \"969,30,1\"; got ", toml_quote(*ds.split)));
+  } else if (c.r.validation.eval_interval && source != "mock") {
+    const std::string split = ds.split.value_or(source == "indexed" ? data::kDefaultIndexedSplit : data::kDefaultSplit);
+    if (data::parse_split_weights(split)[1] == 0.0)
+      c.fail("validation.eval_interval", str("asks for validation, but dataset.split ", toml_quote(split),
+                                             " gives the validation split no data; give it a weight or unset "
+                                             "validation.eval_interval"));
   }
 }
 

@@ -90,6 +90,27 @@ std::optional<Value> convert_node(const toml::node& node, const KeySpec& spec, s
       }
       break;
     }
+    case KeyType::kBlend: {
+      const toml::array* arr = node.as_array();
+      if (arr == nullptr) break;
+      std::vector<BlendItem> blend;
+      for (const toml::node& element : *arr) {
+        const toml::array* pair = element.as_array();
+        const bool ok = pair && pair->size() == 2 && (*pair)[0].is_string() &&
+                        ((*pair)[1].is_integer() || (*pair)[1].is_floating_point());
+        if (!ok) {
+          error = str("expected ", type_phrase(spec.type), " such as [[\"data/a\", 0.3], [\"data/b\", 0.7]], got an element ",
+                      describe_node(element));
+          return std::nullopt;
+        }
+        BlendItem item;
+        item.prefix = (*pair)[0].as_string()->get();
+        item.weight = (*pair)[1].is_integer() ? static_cast<double>((*pair)[1].as_integer()->get())
+                                              : (*pair)[1].as_floating_point()->get();
+        blend.push_back(std::move(item));
+      }
+      return Value(std::move(blend));
+    }
   }
   error = str("expected ", type_phrase(spec.type), ", got ", describe_node(node));
   return std::nullopt;

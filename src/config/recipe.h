@@ -125,14 +125,24 @@ struct DDPConfig {
   bool use_megatron_fsdp = false;
 };
 
+// One dataset of a blend: dataset.blend = [["path/prefix", 0.3], ...].
+struct BlendItem {
+  std::string prefix;
+  double weight = 1.0;
+  bool operator==(const BlendItem& o) const { return prefix == o.prefix && weight == o.weight; }
+};
+
 struct DatasetConfig {
-  std::string source;                      // mock | corpus | indexed; empty: indexed if data_path else mock
+  std::string source;                      // mock | corpus | indexed; empty: indexed if data_path/blend else mock
   std::optional<int64_t> seq_length;       // must equal model.seq_length when set
   int64_t random_seed = 1234;
   std::vector<std::string> data_path;      // Megatron .bin/.idx prefixes, optionally weight-prefixed
-  std::optional<std::string> split;        // e.g. "969,30,1"
+  std::vector<BlendItem> blend;            // the same as [prefix, weight] pairs
+  std::optional<std::string> split;        // e.g. "969,30,1"; unset: "969,30,1" (indexed), "90,10,0" (corpus)
   std::optional<std::string> path_to_cache;
+  bool mmap_bin_files = true;
   bool eod_mask_loss = false;
+  int64_t num_workers = 2;                 // batches prepared ahead in the background; 0: in the training loop
 };
 
 struct CheckpointConfig {

@@ -34,6 +34,11 @@ struct KeyTraits<std::vector<std::string>> {
   static constexpr KeyType type = KeyType::kStringList;
 };
 
+template <>
+struct KeyTraits<std::vector<BlendItem>> {
+  static constexpr KeyType type = KeyType::kBlend;
+};
+
 template <typename T>
 struct Unwrap {
   using type = T;
@@ -204,9 +209,12 @@ std::vector<KeySpec> build_table() {
       MPT_KEY(dataset, seq_length).at_least(1),
       MPT_KEY(dataset, random_seed).at_least(0),
       MPT_KEY(dataset, data_path),
+      MPT_KEY(dataset, blend),
       MPT_KEY(dataset, split),
       MPT_KEY(dataset, path_to_cache),
+      MPT_KEY(dataset, mmap_bin_files),
       MPT_KEY(dataset, eod_mask_loss),
+      MPT_KEY(dataset, num_workers).at_least(0),
 
       MPT_KEY(checkpoint, save),
       MPT_KEY(checkpoint, load),

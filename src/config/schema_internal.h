@@ -15,9 +15,10 @@
 namespace mpt::config {
 
 // A key's value; std::monostate is an unset optional (Bridge's None).
-using Value = std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<std::string>>;
+using Value =
+    std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<std::string>, std::vector<BlendItem>>;
 
-enum class KeyType { kBool, kInt, kFloat, kString, kStringList };
+enum class KeyType { kBool, kInt, kFloat, kString, kStringList, kBlend };
 
 struct KeySpec {
   std::string_view section;  // empty for a top-level key (`mixed_precision = "bf16_mixed"`)

@@ -94,6 +94,18 @@ std::string render(const Value& v) {
       }
       return out + "]";
     }
+    std::string operator()(const std::vector<BlendItem>& blend) const {
+      std::string out = "[";
+      for (size_t i = 0; i < blend.size(); ++i) {
+        if (i) out += ", ";
+        out += '[';
+        out += toml_quote(blend[i].prefix);
+        out += ", ";
+        out += format_double(blend[i].weight);
+        out += ']';
+      }
+      return out + "]";
+    }
   };
   return std::visit(Visitor{}, v);
 }
@@ -105,6 +117,7 @@ const char* type_phrase(KeyType type) {
     case KeyType::kFloat: return "a number";
     case KeyType::kString: return "a string";
     case KeyType::kStringList: return "a string or a list of strings";
+    case KeyType::kBlend: return "a list of [prefix, weight] pairs";
   }
   return "a value";
 }

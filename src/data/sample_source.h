@@ -2,7 +2,7 @@
 // ever) to seq_length + 1 tokens: inputs are tokens [0, seq), labels tokens [1, seq + 1).
 // The engine pulls global batch i as samples [i * global_batch, (i + 1) * global_batch), so
 // the sample stream alone fixes what every rank sees, and a resumed run continues it.
-// Mock data, the embedded corpus and (later) Megatron indexed datasets are each a source.
+// Mock data, the embedded corpus, Megatron GPT datasets and blends of them are each a source.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +21,12 @@ class SampleSource {
   virtual int64_t seq_length() const = 0;
   // One line for the log: what the data is, its size and its epoch.
   virtual std::string describe() const = 0;
-  // Writes sample `index` (any index >= 0) into out[0, seq_length + 1). Depends only on
+  // Number of samples, or -1 when the source is unbounded (mock data, the corpus).
+  // A bounded source throws Error(kInvalidArgument) for an index >= size(), saying that
+  // the data built for this run is exhausted.
+  virtual int64_t size() const { return -1; }
+  // Writes sample `index` (0 <= index, and < size() when bounded) into
+  // out[0, seq_length + 1). Depends only on
   // the index and the source's settings, never on earlier calls; safe from several threads.
   // A negative index throws Error(kInvalidArgument).
   virtual void sample(int64_t index, int32_t* out) const = 0;

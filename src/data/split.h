@@ -13,8 +13,10 @@ enum class Split { kTrain = 0, kValid = 1, kTest = 2 };
 // "train", "valid", "test".
 const char* split_name(Split split);
 
-// Used when dataset.split is unset.
+// Used when dataset.split is unset: for the embedded corpus, and for indexed datasets
+// (Megatron-LM's default).
 constexpr const char* kDefaultSplit = "90,10,0";
+constexpr const char* kDefaultIndexedSplit = "969,30,1";
 
 // Parses up to three non-negative weights separated by ',' or '/' (missing ones are 0) and
 // normalises them to sum 1. Throws Error(kInvalidConfig) naming dataset.split and the value.

@@ -45,6 +45,7 @@ std::string save_model_checkpoint(const std::string& save_dir, const config::Rec
   }
   nlohmann::json meta = {{"iteration", st.iteration},
                          {"consumed_samples", st.consumed_samples},
+                         {"consumed_valid_samples", st.consumed_valid_samples},
                          {"optimizer_steps", st.optimizer_steps},
                          {"has_optimizer_state", recipe.checkpoint.save_optim},
                          {"rng", {{"seed", recipe.rng.seed}, {"generator", "philox4x32-10, counter = iteration"}}},
@@ -67,6 +68,7 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
     st.iteration = meta.at("iteration").get<int64_t>();
     st.consumed_samples = meta.at("consumed_samples").get<int64_t>();
     st.optimizer_steps = meta.at("optimizer_steps").get<int64_t>();
+    st.consumed_valid_samples = meta.value("consumed_valid_samples", int64_t{0});
   } catch (const nlohmann::json::exception& e) {
     fail(Status::kCorruptData, reader.directory(), "/index.json: meta is missing a field: ", e.what());
   }

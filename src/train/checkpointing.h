@@ -15,6 +15,7 @@ namespace mpt::train {
 struct CheckpointState {
   int64_t iteration = 0;
   int64_t consumed_samples = 0;
+  int64_t consumed_valid_samples = 0;  // validation data read so far: each evaluation continues it
   int64_t optimizer_steps = 0;
 };
 

@@ -12,6 +12,8 @@
 #include "backend/devices.h"
 #include "backend/ops.h"
 #include "core/rng.h"
+#include "data/dataset_builder.h"
+#include "data/loader.h"
 #include "data/sample_source.h"
 #include "model/gpt_dims.h"
 #include "model/gpt_model.h"
@@ -30,15 +32,54 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-data::Split parse_split(int which) { return which == 0 ? data::Split::kTrain : data::Split::kValid; }
+// The train and validation sample streams of a recipe.
+struct DataStreams {
+  std::shared_ptr<data::SampleSource> train, valid;  // valid is null without validation
+  std::vector<std::string> log_lines;
+};
 
-std::unique_ptr<data::SampleSource> make_source(const config::Recipe& r, int which) {
-  const auto& src = r.derived.dataset_source;
+DataStreams make_streams(const config::Recipe& r, int64_t global_batch) {
+  const std::string& src = r.derived.dataset_source;
+  const bool validate = r.validation.eval_interval.has_value();
   const uint64_t seed = static_cast<uint64_t>(r.dataset.random_seed);
-  if (src == "mock") return data::make_mock_source(r.model.vocab_size, r.model.seq_length, seed, parse_split(which));
-  if (src == "corpus")
-    return data::make_corpus_source(r.model.seq_length, seed, parse_split(which), r.dataset.split.value_or(""));
-  fail(Status::kNotSupported, "dataset.source '", src, "' is not supported yet");
+  DataStreams out;
+  if (src == "mock" || src == "corpus") {
+    auto make = [&](data::Split split) -> std::shared_ptr<data::SampleSource> {
+      if (src == "mock") return data::make_mock_source(r.model.vocab_size, r.model.seq_length, seed, split);
+      return data::make_corpus_source(r.model.seq_length, seed, split, r.dataset.split.value_or(""));
+    };
+    out.train = make(data::Split::kTrain);
+    if (validate) out.valid = make(data::Split::kValid);
+    out.log_lines.push_back(out.train->describe());
+    return out;
+  }
+  MPT_CHECK(src == "indexed", Status::kNotSupported, "dataset.source '", src, "' is not supported");
+  data::DataSpec spec;
+  if (!r.dataset.blend.empty()) {
+    for (const config::BlendItem& b : r.dataset.blend) spec.blend.push_back(data::BlendEntry{b.prefix, b.weight});
+  } else {
+    spec.blend = data::parse_data_path(r.dataset.data_path, "dataset.data_path");
+  }
+  spec.split = r.dataset.split.value_or(data::kDefaultIndexedSplit);
+  spec.seq_length = r.model.seq_length;
+  spec.seed = static_cast<uint32_t>(r.dataset.random_seed);
+  spec.cache_dir = r.dataset.path_to_cache.value_or("");
+  spec.mmap_bin = r.dataset.mmap_bin_files;
+  // Megatron's sample counts: every training step, and eval_iters batches at each
+  // evaluation plus one more round.
+  const int64_t train_iters = *r.train.train_iters;
+  spec.num_samples[0] = train_iters * global_batch;
+  if (validate)
+    spec.num_samples[1] = (train_iters / *r.validation.eval_interval + 1) * r.validation.eval_iters * global_batch;
+  data::SplitSources sources = data::build_indexed_sources(spec);
+  out.train = sources.by_split[0];
+  out.valid = sources.by_split[1];
+  MPT_CHECK(out.train != nullptr, Status::kInvalidConfig, "dataset.split ", spec.split,
+            " leaves the training split empty");
+  MPT_CHECK(!validate || out.valid != nullptr, Status::kInvalidConfig, "dataset.split ", spec.split,
+            " leaves the validation split empty, but validation.eval_interval asks for validation");
+  out.log_lines = std::move(sources.log_lines);
+  return out;
 }
 }  // namespace
 
@@ -50,10 +91,11 @@ struct Engine::Impl {
   std::unique_ptr<model::GPTModel> model;
   std::unique_ptr<optim::AdamW> optimizer;
   optim::LRSchedule schedule;
-  std::unique_ptr<data::SampleSource> train_data, valid_data;
-  std::vector<int32_t> staging;  // [rows, seq+1] of the global batch drawn from the dataset
+  std::unique_ptr<data::BatchLoader> train_loader, valid_loader;
+  data::RankBatch host_staging;  // a host-supplied batch in the loader's layout
   int64_t iteration = 0;
   int64_t consumed_samples = 0;
+  int64_t consumed_valid_samples = 0;
   int64_t rows = 0;              // samples per global batch on this rank
   int64_t num_microbatches = 0;
   int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
@@ -77,11 +119,20 @@ struct Engine::Impl {
     oc.clip_grad = recipe.optimizer.clip_grad;
     optimizer = std::make_unique<optim::AdamW>(model->registry(), *ops, oc);
     schedule = optim::LRSchedule::from_recipe(recipe);
-    train_data = make_source(recipe, 0);
-    staging.resize(static_cast<size_t>(rows * (dims.seq + 1)));
     log.info(str("mptrain: backend ", ops->name(), ", ", model->registry().num_parameters(), " parameters, ",
                  num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
-    log.info(str("mptrain: data ", train_data->describe()));
+    DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
+    for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
+    data::LoaderLayout layout;
+    layout.micro_batch = dims.micro_batch;
+    layout.num_microbatches = num_microbatches;
+    data::LoaderOptions lo;
+    lo.vocab_size = dims.vocab;
+    lo.eod_mask_loss = recipe.dataset.eod_mask_loss;
+    lo.eod_id = eod_id;
+    lo.prefetch = recipe.dataset.num_workers;
+    train_loader = std::make_unique<data::BatchLoader>(streams.train, layout, lo);
+    if (streams.valid) valid_loader = std::make_unique<data::BatchLoader>(streams.valid, layout, lo);
     MemoryReport m = memory();
     auto mib = [](int64_t b) { return str(static_cast<double>(b) / (1 << 20), " MiB"); };
     log.info(str("mptrain: memory per rank, allocated once: parameters ", mib(m.params_bytes), ", gradients ",
@@ -98,23 +149,44 @@ struct Engine::Impl {
     return m;
   }
 
-  // Copies micro-batch `mb` of a [rows, cols] block into the model's token-major inputs.
-  void load_microbatch(int64_t mb, const int32_t* tokens, const int32_t* labels, const float* mask, int64_t cols) {
+  // Copies micro-batch `mb` of a batch into the model's token-major inputs.
+  void load_microbatch(int64_t mb, const data::RankBatch& batch) {
     model::MicroBatchInput in = model->input();
     const int64_t B = dims.micro_batch, S = dims.seq;
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = mb * B + b;
-      const int32_t* tok = tokens + row * cols;
+      const size_t row = static_cast<size_t>((mb * B + b) * S);
       for (int64_t s = 0; s < S; ++s) {
         const int64_t t = s * B + b;
-        in.ids[t] = tok[s];
-        in.labels[t] = labels ? labels[row * S + s] : tok[s + 1];
-        float m = mask ? mask[row * S + s] : 1.0f;
-        if (recipe.dataset.eod_mask_loss && tok[s] == eod_id) m = 0.0f;
+        const float m = batch.loss_mask[row + static_cast<size_t>(s)];
+        in.ids[t] = batch.tokens[row + static_cast<size_t>(s)];
+        in.labels[t] = m == 0.0f ? 0 : batch.labels[row + static_cast<size_t>(s)];  // masked targets may hold any value
         in.loss_mask[t] = m;
-        if (m == 0.0f) in.labels[t] = 0;  // masked targets may hold any value
       }
     }
+  }
+
+  // A host-supplied batch in the loader's layout, with the same end-of-document masking.
+  const data::RankBatch& stage_host_batch(const HostBatch& hb) {
+    check_host_batch(hb);
+    const int64_t S = dims.seq;
+    data::RankBatch& b = host_staging;
+    b.rows = rows;
+    b.cols = S;
+    b.tokens.resize(static_cast<size_t>(rows * S));
+    b.labels.resize(static_cast<size_t>(rows * S));
+    b.loss_mask.resize(static_cast<size_t>(rows * S));
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* tok = hb.tokens + r * hb.cols;
+      for (int64_t s = 0; s < S; ++s) {
+        const size_t i = static_cast<size_t>(r * S + s);
+        b.tokens[i] = tok[s];
+        b.labels[i] = hb.labels ? hb.labels[i] : tok[s + 1];
+        float m = hb.loss_mask ? hb.loss_mask[i] : 1.0f;
+        if (recipe.dataset.eod_mask_loss && tok[s] == eod_id) m = 0.0f;
+        b.loss_mask[i] = m;
+      }
+    }
+    return b;
   }
 
   void check_host_batch(const HostBatch& b) const {
@@ -151,22 +223,20 @@ struct Engine::Impl {
 
   StepResult step(const HostBatch* batch) {
     const auto t0 = Clock::now();
-    const int32_t* tokens;
-    const int32_t* labels = nullptr;
-    const float* mask = nullptr;
-    int64_t cols;
+    double data_wait = 0;
+    const data::RankBatch* data_batch;
     if (batch) {
-      check_host_batch(*batch);
-      tokens = batch->tokens, labels = batch->labels, mask = batch->loss_mask, cols = batch->cols;
+      data_batch = &stage_host_batch(*batch);
     } else {
-      data::fill_batch(*train_data, consumed_samples, rows, staging.data());
-      tokens = staging.data(), cols = dims.seq + 1;
+      if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
+      data_batch = &train_loader->next();
+      data_wait = train_loader->last_wait_s();
     }
 
     model->zero_grads();
     double loss_sum = 0;
     for (int64_t mb = 0; mb < num_microbatches; ++mb) {
-      load_microbatch(mb, tokens, labels, mask, cols);
+      load_microbatch(mb, *data_batch);
       const uint64_t key = dropout_key(iteration, mb);
       model::GPTModel::LossSums s = model->forward(key);
       // Megatron: per-micro-batch token mean, averaged over micro-batches.
@@ -194,17 +264,23 @@ struct Engine::Impl {
     r.tokens = rows * recipe.derived.data_parallel_size * dims.seq;
     r.consumed_samples = consumed_samples;
     r.step_time_s = seconds_since(t0);
+    r.data_wait_s = data_wait;
     return r;
   }
 
+  // eval_iters global batches of the validation split, continuing where the previous
+  // evaluation stopped (Megatron's consumed_valid_samples).
   double evaluate() {
-    if (!valid_data) valid_data = make_source(recipe, 1);
+    MPT_CHECK(valid_loader != nullptr, Status::kInvalidConfig,
+              "validation needs validation.eval_interval set when the engine is built");
     const int64_t iters = recipe.validation.eval_iters;
     double total = 0;
+    if (valid_loader->position() != consumed_valid_samples) valid_loader->seek(consumed_valid_samples);
     for (int64_t i = 0; i < iters; ++i) {
-      data::fill_batch(*valid_data, i * rows, rows, staging.data());
+      const data::RankBatch& vb = valid_loader->next();
+      consumed_valid_samples += valid_loader->global_batch();
       for (int64_t mb = 0; mb < num_microbatches; ++mb) {
-        load_microbatch(mb, staging.data(), nullptr, nullptr, dims.seq + 1);
+        load_microbatch(mb, vb);
         model::GPTModel::LossSums s = model->forward(0, false);
         total += s.weighted_loss / (s.mask_sum > 0 ? s.mask_sum : 1.0);
       }
@@ -236,6 +312,8 @@ Engine::Engine(const config::Recipe& recipe, Logger logger) : impl_(std::make_un
       impl_->log.warn(str("mptrain: no checkpoint in '", *ck.load, "'; starting from scratch"));
     }
   }
+  // Start preparing the first batch while the caller gets ready.
+  impl_->train_loader->seek(impl_->consumed_samples);
 }
 
 Engine::~Engine() = default;
@@ -317,7 +395,11 @@ StepResult Engine::train() {
 
 std::string Engine::save_checkpoint(const std::string& save_dir) {
   Impl& m = *impl_;
-  CheckpointState st{m.iteration, m.consumed_samples, m.optimizer->step_count()};
+  CheckpointState st;
+  st.iteration = m.iteration;
+  st.consumed_samples = m.consumed_samples;
+  st.consumed_valid_samples = m.consumed_valid_samples;
+  st.optimizer_steps = m.optimizer->step_count();
   std::string dir = save_model_checkpoint(save_dir, m.recipe, *m.model, *m.optimizer, st);
   m.log.info(str("mptrain: saved checkpoint ", dir));
   return dir;
@@ -329,6 +411,7 @@ void Engine::load_checkpoint(const std::string& dir) {
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;
     m.consumed_samples = st.consumed_samples;
+    m.consumed_valid_samples = st.consumed_valid_samples;
     m.optimizer->set_step_count(st.optimizer_steps);
   }
   m.log.info(str("mptrain: loaded checkpoint from ", dir, " at iteration ", st.iteration));

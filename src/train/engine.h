@@ -31,6 +31,7 @@ struct StepResult {
   int64_t tokens = 0;            // tokens in the global batch
   double step_time_s = 0;
   int64_t consumed_samples = 0;  // after this step
+  double data_wait_s = 0;        // time the step waited for its batch (0 when prefetched in time)
 };
 
 struct MemoryReport {

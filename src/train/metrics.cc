@@ -41,7 +41,8 @@ void MetricsFile::write_step(const StepResult& r, double tokens_per_sec) {
   nlohmann::json j = {{"iteration", r.iteration},       {"lm_loss", r.lm_loss},
                       {"grad_norm", r.grad_norm},       {"lr", r.lr},
                       {"step_time_s", r.step_time_s},   {"tokens_per_sec", tokens_per_sec},
-                      {"consumed_samples", r.consumed_samples}, {"tokens", r.tokens}};
+                      {"consumed_samples", r.consumed_samples}, {"tokens", r.tokens},
+                      {"data_wait_s", r.data_wait_s}};
   write_line(j.dump());
 }
 

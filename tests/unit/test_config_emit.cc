@@ -72,6 +72,7 @@ TEST(ConfigEmit, AwkwardValuesRoundTripExactly) {
   r.checkpoint.save = "runs/\"quoted\" dir\\with\tescapes\nand newline";
   r.checkpoint.load = "caf\xc3\xa9/\x01";
   r.dataset.data_path = {"0.5", "/data/a b", ""};
+  r.dataset.blend = {{"/data/c \"d\"", 0.1 + 0.2}, {"e", 3.0}};
   r.dataset.split = "";
   r.model.recompute_modules = {"core_attn", "mlp"};
   r.rng.seed = -7;

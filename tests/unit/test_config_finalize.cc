@@ -197,6 +197,34 @@ TEST(ConfigFinalize, DatasetRules) {
   EXPECT_TRUE(has(problems_with({"dataset.source=indexed"}), "dataset.source: \"indexed\" needs dataset.data_path"));
   EXPECT_TRUE(has(problems_with({"dataset.data_path=a"}), "dataset.data_path: is only read when dataset.source is"));
   EXPECT_TRUE(has(problems_with({"dataset.split=9,x"}), "dataset.split: must be up to three"));
+  // Indexed data: a prefix list, a weighted list, or a blend table; never two of them.
+  EXPECT_TRUE(has(problems_with({"dataset.source=indexed"}), "needs dataset.data_path or dataset.blend"));
+  EXPECT_TRUE(has(problems_with({"dataset.source=indexed", "dataset.data_path=[\"a\", \"b\"]",
+                                 "dataset.blend=[[\"c\", 1]]"}),
+                  "dataset.blend: cannot be combined with dataset.data_path"));
+  EXPECT_TRUE(has(problems_with({"dataset.source=indexed", "dataset.blend=[[\"c\", 0]]"}),
+                  "dataset.blend: entry 1 (\"c\") has weight 0; weights must be positive"));
+  {
+    Recipe bad = valid();
+    EXPECT_TRUE(has(error_message([&] { apply_overrides(bad, {"dataset.blend=[[\"c\", \"x\"]]"}); }),
+                    "dataset.blend: expected a list of [prefix, weight] pairs"));
+  }
+  EXPECT_TRUE(has(problems_with({"dataset.source=indexed", "dataset.data_path=[\"0.3\", \"a\", \"b\"]"}),
+                  "dataset.data_path:"));
+  EXPECT_TRUE(has(problems_with({"dataset.split=100,0,0", "validation.eval_interval=5"}),
+                  "validation.eval_interval: asks for validation, but dataset.split \"100,0,0\" gives the "
+                  "validation split no data"));
+  EXPECT_TRUE(has(problems_with({"dataset.blend=[[\"c\", 1]]"}), "dataset.blend: is only read when dataset.source is"));
+  {
+    Recipe ok = valid();
+    apply_overrides(ok, {"dataset.source=indexed", "dataset.blend=[[\"a\", 0.3], [\"b\", 7]]"});
+    finalize(ok, 1);  // the files are opened by the engine, not by finalize
+    EXPECT_EQ(ok.derived.dataset_source, "indexed");
+    Recipe implied = valid();
+    apply_overrides(implied, {"dataset.source=", "dataset.data_path=[\"30\", \"a\", \"70\", \"b\"]"});
+    finalize(implied, 1);
+    EXPECT_EQ(implied.derived.dataset_source, "indexed");
+  }
   Recipe r = valid();
   apply_overrides(r, {"dataset.seq_length=32", "dataset.split=969,30,1"});
   finalize(r, 1);
@@ -261,8 +289,6 @@ TEST(ConfigFinalize, NotSupportedYetIsReportedWithTheRest) {
   const std::string world = problems_with({}, 2);
   EXPECT_EQ(world, "test.toml: world_size: training on more than one rank (world size 2) is not supported yet");
   EXPECT_TRUE(has(problems_with({"scheduler.lr_decay_style=WSD"}), "the lr_decay_style \"WSD\" is not supported yet"));
-  EXPECT_TRUE(has(problems_with({"dataset.source=indexed", "dataset.data_path=a"}),
-                  "dataset.data_path: reading Megatron indexed datasets (.bin/.idx) is not supported yet"));
   Recipe r = valid();
   apply_overrides(r, {"mixed_precision=fp32", "ddp.grad_reduce_in_fp32=true", "mixed_precision.fp32=false"});
   finalize(r, 1);  // the fp32 preset and the two plain DDP switches are built

@@ -12,6 +12,7 @@
 #include "data/byte_tokenizer.h"
 #include "data/corpus.h"
 #include "data/sample_source.h"
+#include "test_errors.h"
 
 namespace mpt::data {
 namespace {
@@ -23,20 +24,6 @@ Tokens sample_of(const SampleSource& src, int64_t index) {
   src.sample(index, out.data());
   return out;
 }
-
-// The error a call throws, or a failure if it throws none.
-template <typename Fn>
-Error error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "no error thrown";
-  return Error(Status::kOk, "");
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // --- mock -------------------------------------------------------------------------------
 
