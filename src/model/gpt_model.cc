@@ -15,26 +15,41 @@ struct Planned {
 };
 }  // namespace
 
-GPTModel::GPTModel(const GPTDims& d, backend::Ops& ops) : dims_(d), eval_dims_(d), ops_(ops) {
+GPTModel::GPTModel(const GPTDims& d, backend::Ops& ops, const StorageFactory& storage, int64_t unit_align)
+    : dims_(d), eval_dims_(d), ops_(ops) {
   eval_dims_.hidden_dropout = 0;
   eval_dims_.attention_dropout = 0;
   MPT_CHECK(d.heads % d.groups == 0, Status::kInvalidConfig, "heads ", d.heads, " not divisible by groups ", d.groups);
+  MPT_CHECK(unit_align > 0 && unit_align % ParamRegistry::kAlign == 0, Status::kInvalidArgument, "unit alignment ",
+            unit_align, " must be a positive multiple of ", ParamRegistry::kAlign);
+  auto close_unit = [&](std::string name) {
+    reg_.pad_to(unit_align);
+    const int64_t begin = units_.empty() ? 0 : units_.back().end;
+    units_.push_back(ParamUnit{std::move(name), begin, reg_.total_numel()});
+  };
   word_emb_ = reg_.add("embedding.word_embeddings.weight", {d.padded_vocab, d.hidden}, Init::kNormal,
                        d.embedding_init_std, true);
   if (d.learned_positions)
     pos_emb_ = reg_.add("embedding.position_embeddings.weight", {d.seq, d.hidden}, Init::kNormal,
                         d.embedding_init_std, true);
-  for (int64_t l = 0; l < d.num_layers; ++l) layer_params_.push_back(register_layer(reg_, d, l));
+  close_unit("embedding");
+  for (int64_t l = 0; l < d.num_layers; ++l) {
+    layer_params_.push_back(register_layer(reg_, d, l));
+    close_unit(str("decoder.layers.", l));
+  }
   final_w_ = reg_.add("decoder.final_layernorm.weight", {d.hidden}, Init::kOnes, 0, false);
   if (d.layernorm) final_b_ = reg_.add("decoder.final_layernorm.bias", {d.hidden}, Init::kZeros, 0, false);
   if (!d.tied_output)
     output_w_ = reg_.add("output_layer.weight", {d.padded_vocab, d.hidden}, Init::kNormal, d.init_std, true);
+  close_unit("head");
 
-  size_t bytes = static_cast<size_t>(reg_.total_numel()) * sizeof(float);
-  size_t poff = weights_.reserve(bytes), goff = weights_.reserve(bytes);
-  weights_.allocate();
-  params_ = weights_.at<float>(poff);
-  grads_ = weights_.at<float>(goff);
+  if (storage) {
+    storage_ = storage(reg_, units_);
+  } else {
+    auto full = std::make_unique<FullStorage>(reg_.total_numel());
+    full->set_units(&units_);
+    storage_ = std::move(full);
+  }
   plan_activations();
 }
 
@@ -101,28 +116,48 @@ void GPTModel::plan_activations() {
     for (int64_t b = 0; b < d.micro_batch; ++b) pos[s * d.micro_batch + b] = static_cast<int32_t>(s);
 }
 
-void GPTModel::init_parameters(uint64_t seed) { reg_.initialize(params_, seed); }
+void GPTModel::init_parameters(uint64_t seed) {
+  MPT_CHECK(params() != nullptr, Status::kInvalidArgument,
+            "init_parameters needs resident parameters; a sharding storage initialises its shards");
+  reg_.initialize(params(), seed);
+}
 
-void GPTModel::zero_grads() { ops_.fill(Tensor::f32(grads_, {reg_.total_numel()}), 0.0f); }
+void GPTModel::zero_grads() { storage_->zero_grads(); }
 
 GPTModel::LossSums GPTModel::forward(uint64_t key, bool training) {
   const GPTDims& d = training ? dims_ : eval_dims_;
+  ParamStorage& st = *storage_;
+  st.begin_pass(training ? Pass::kForward : Pass::kEval);
   // Embedding: word (+ learned position) then dropout.
   Tensor x = residual_[0];
-  ops_.embedding_fwd(x, ids_, P(word_emb_), 0, false);
-  if (pos_emb_ >= 0) ops_.embedding_fwd(x, positions_, P(pos_emb_), 0, true);
+  float* emb = st.unit_params(0);
+  ops_.embedding_fwd(x, ids_, P(0, emb, word_emb_), 0, false);
+  if (pos_emb_ >= 0) ops_.embedding_fwd(x, positions_, P(0, emb, pos_emb_), 0, true);
+  st.params_done(0);
   if (d.hidden_dropout > 0) ops_.dropout_fwd(x, x, d.hidden_dropout, mix_key(key, kEmbedding), 0);
 
-  LayerContext c{ops_, d, reg_, params_, grads_, positions_};
-  for (int64_t l = 0; l < d.num_layers; ++l)
+  for (int64_t l = 0; l < d.num_layers; ++l) {
+    const int u = static_cast<int>(l) + 1;
+    LayerContext c{ops_, d, reg_, st.unit_params(u), nullptr, units_[static_cast<size_t>(u)].begin, positions_};
     layer_forward(c, layer_params_[l], layer_acts_[l], scratch_, residual_[l], residual_[l + 1], mix_key(key, l));
+    st.params_done(u);
+  }
 
+  const int hu = head_unit();
+  float* head = st.unit_params(hu);
   Tensor h = residual_[d.num_layers];
   if (d.layernorm)
-    ops_.layernorm_fwd(final_out_, final_mean_, final_rstd_, h, P(final_w_), P(final_b_), d.norm_eps);
+    ops_.layernorm_fwd(final_out_, final_mean_, final_rstd_, h, P(hu, head, final_w_), P(hu, head, final_b_),
+                       d.norm_eps);
   else
-    ops_.rmsnorm_fwd(final_out_, final_rstd_, h, P(final_w_), d.norm_eps);
-  linear_forward(ops_, logits_, final_out_, P(output_weight()), Tensor());
+    ops_.rmsnorm_fwd(final_out_, final_rstd_, h, P(hu, head, final_w_), d.norm_eps);
+  if (d.tied_output) {
+    linear_forward(ops_, logits_, final_out_, P(0, st.unit_params(0), word_emb_), Tensor());
+    st.params_done(0);
+  } else {
+    linear_forward(ops_, logits_, final_out_, P(hu, head, output_w_), Tensor());
+  }
+  st.params_done(hu);
 
   ops_.ce_row_max(row_max_, logits_, 0, d.vocab);
   ops_.ce_sumexp_target(sumexp_, target_logit_, logits_, row_max_, labels_, 0, d.vocab);
@@ -141,28 +176,52 @@ void GPTModel::backward(float loss_scale, uint64_t key) {
   const float* m = loss_mask_.f();
   for (int64_t t = 0; t < T; ++t) gs[t] = m[t] * loss_scale;
 
+  ParamStorage& st = *storage_;
+  st.begin_pass(Pass::kBackward);
   Tensor dlogits = logits_;
   ops_.ce_bwd(dlogits, logits_, row_max_, sumexp_, labels_, grad_scale_, 0, d.vocab);
   // logits = final_out @ W^T: dW += dlogits^T final_out; d(final_out) = dlogits @ W.
-  linear_backward(ops_, scratch_.dnorm, G(output_weight()), Tensor(), dlogits, final_out_, P(output_weight()));
+  const int hu = head_unit();
+  float* head = st.unit_params(hu);
+  float* head_g = st.unit_grads(hu);
+  if (d.tied_output) {
+    // The tied weight lives in the embedding unit, whose gradients stay open until the
+    // embedding's own backward has added to them.
+    linear_backward(ops_, scratch_.dnorm, P(0, st.unit_grads(0), word_emb_), Tensor(), dlogits, final_out_,
+                    P(0, st.unit_params(0), word_emb_));
+    st.params_done(0);
+  } else {
+    linear_backward(ops_, scratch_.dnorm, P(hu, head_g, output_w_), Tensor(), dlogits, final_out_,
+                    P(hu, head, output_w_));
+  }
   ops_.fill(dres_, 0.0f);
   Tensor h = residual_[d.num_layers];
   if (d.layernorm)
-    ops_.layernorm_bwd(dres_, G(final_w_), G(final_b_), scratch_.dnorm, h, P(final_w_), final_mean_, final_rstd_);
+    ops_.layernorm_bwd(dres_, P(hu, head_g, final_w_), P(hu, head_g, final_b_), scratch_.dnorm, h,
+                       P(hu, head, final_w_), final_mean_, final_rstd_);
   else
-    ops_.rmsnorm_bwd(dres_, G(final_w_), scratch_.dnorm, h, P(final_w_), final_rstd_);
+    ops_.rmsnorm_bwd(dres_, P(hu, head_g, final_w_), scratch_.dnorm, h, P(hu, head, final_w_), final_rstd_);
+  st.params_done(hu);
+  st.grads_done(hu);
 
-  LayerContext c{ops_, d, reg_, params_, grads_, positions_};
-  for (int64_t l = d.num_layers - 1; l >= 0; --l)
+  for (int64_t l = d.num_layers - 1; l >= 0; --l) {
+    const int u = static_cast<int>(l) + 1;
+    LayerContext c{ops_, d, reg_, st.unit_params(u), st.unit_grads(u), units_[static_cast<size_t>(u)].begin,
+                   positions_};
     layer_backward(c, layer_params_[l], layer_acts_[l], scratch_, residual_[l], dres_, mix_key(key, l));
+    st.params_done(u);
+    st.grads_done(u);
+  }
 
   Tensor demb = dres_;
   if (d.hidden_dropout > 0) {
     demb = scratch_.branch;
     ops_.dropout_bwd(demb, dres_, d.hidden_dropout, mix_key(key, kEmbedding), 0);
   }
-  ops_.embedding_bwd(G(word_emb_), ids_, demb, 0);
-  if (pos_emb_ >= 0) ops_.embedding_bwd(G(pos_emb_), positions_, demb, 0);
+  float* emb_g = st.unit_grads(0);
+  ops_.embedding_bwd(P(0, emb_g, word_emb_), ids_, demb, 0);
+  if (pos_emb_ >= 0) ops_.embedding_bwd(P(0, emb_g, pos_emb_), positions_, demb, 0);
+  st.grads_done(0);
 }
 
 }  // namespace mpt::model

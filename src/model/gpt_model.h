@@ -4,12 +4,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "backend/ops.h"
 #include "core/arena.h"
 #include "model/gpt_dims.h"
 #include "model/param_registry.h"
+#include "model/param_storage.h"
 #include "model/transformer_layer.h"
 
 namespace mpt::model {
@@ -21,17 +24,29 @@ struct MicroBatchInput {
   float* loss_mask = nullptr;   // [T]
 };
 
+// Builds the storage for a model's registry and units (see param_storage.h).
+using StorageFactory =
+    std::function<std::unique_ptr<ParamStorage>(const ParamRegistry&, const std::vector<ParamUnit>&)>;
+
 class GPTModel {
  public:
-  GPTModel(const GPTDims& dims, backend::Ops& ops);
+  // unit_align: every unit's flat range starts and ends at a multiple of it (a data-parallel
+  // storage asks for a multiple of its group size so units shard evenly). Without a factory
+  // the model keeps every parameter and gradient resident (FullStorage).
+  GPTModel(const GPTDims& dims, backend::Ops& ops, const StorageFactory& storage = nullptr,
+           int64_t unit_align = ParamRegistry::kAlign);
 
   const GPTDims& dims() const { return dims_; }
   const ParamRegistry& registry() const { return reg_; }
-  float* params() { return params_; }
-  const float* params() const { return params_; }
-  float* grads() { return grads_; }
+  const std::vector<ParamUnit>& units() const { return units_; }
+  ParamStorage& storage() { return *storage_; }
+  // The whole flat buffers; null when the storage shards them.
+  float* params() { return storage_->full_params(); }
+  const float* params() const { return storage_->full_params(); }
+  float* grads() { return storage_->full_grads(); }
   int64_t flat_numel() const { return reg_.total_numel(); }
 
+  // Needs resident parameters (a sharding storage initialises its own shards).
   void init_parameters(uint64_t seed);
   void zero_grads();
 
@@ -48,13 +63,15 @@ class GPTModel {
   // Backward of loss_scale * sum(loss * mask); accumulates into grads().
   void backward(float loss_scale, uint64_t dropout_key);
 
-  int64_t params_bytes() const { return reg_.total_numel() * 4; }
+  int64_t params_bytes() const { return storage_->params_bytes(); }
+  int64_t grads_bytes() const { return storage_->grads_bytes(); }
   int64_t activations_bytes() const { return static_cast<int64_t>(acts_.size()); }
 
  private:
   void plan_activations();
-  Tensor P(int i) const { return reg_.view(params_, i); }
-  Tensor G(int i) const { return reg_.view(grads_, i); }
+  int head_unit() const { return static_cast<int>(units_.size()) - 1; }
+  // Views of parameter i inside unit u's current area.
+  Tensor P(int u, float* area, int i) const { return reg_.view(area, units_[static_cast<size_t>(u)].begin, i); }
   int output_weight() const { return dims_.tied_output ? word_emb_ : output_w_; }
 
   GPTDims dims_;
@@ -64,9 +81,8 @@ class GPTModel {
   int word_emb_ = -1, pos_emb_ = -1, final_w_ = -1, final_b_ = -1, output_w_ = -1;
   std::vector<LayerParams> layer_params_;
 
-  Arena weights_;  // params then grads, same layout
-  float* params_ = nullptr;
-  float* grads_ = nullptr;
+  std::vector<ParamUnit> units_;  // embedding, decoder layers, head
+  std::unique_ptr<ParamStorage> storage_;
 
   Arena acts_;
   Tensor ids_, labels_, loss_mask_, positions_, grad_scale_;

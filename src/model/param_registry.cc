@@ -37,15 +37,23 @@ int ParamRegistry::find(const std::string& name) const {
   return -1;
 }
 
-Tensor ParamRegistry::view(float* base, int index) const {
+Tensor ParamRegistry::view(float* base, int index) const { return view(base, 0, index); }
+
+Tensor ParamRegistry::view(float* range, int64_t range_begin, int index) const {
   if (index < 0) return Tensor();
   const ParamInfo& p = params_[index];
+  MPT_ASSERT(p.offset >= range_begin);
   Tensor t;
-  t.data = base + p.offset;
+  t.data = range + (p.offset - range_begin);
   t.dtype = DType::kF32;
   t.ndim = static_cast<int>(p.shape.size());
   for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
   return t;
+}
+
+void ParamRegistry::pad_to(int64_t multiple) {
+  MPT_ASSERT(multiple > 0);
+  total_ = (total_ + multiple - 1) / multiple * multiple;
 }
 
 void ParamRegistry::initialize(float* base, uint64_t seed) const {

@@ -43,6 +43,11 @@ class ParamRegistry {
   // A view of parameter `index` inside a flat buffer laid out by this registry; a negative
   // index (an absent optional parameter) gives an empty view.
   Tensor view(float* base, int index) const;
+  // The same inside a buffer holding only the flat range that starts at `range_begin`
+  // (one unit of the model; see param_storage.h).
+  Tensor view(float* range, int64_t range_begin, int index) const;
+  // Pads the layout so the next parameter starts at a multiple of `multiple` elements.
+  void pad_to(int64_t multiple);
 
   // Draws every parameter from the layout-invariant generator: element i of a parameter is
   // normal_at(key(seed, name), global flat index of i) so any slicing gives the same values.

@@ -28,17 +28,17 @@ backend::AttentionDims attention_dims(const GPTDims& d, uint64_t key) {
 
 void norm_forward(const LayerContext& c, int w, int b, Tensor out, Tensor mean, Tensor rstd, Tensor x) {
   if (c.dims.layernorm)
-    c.ops.layernorm_fwd(out, mean, rstd, x, c.reg.view(c.params, w), c.reg.view(c.params, b), c.dims.norm_eps);
+    c.ops.layernorm_fwd(out, mean, rstd, x, c.P(w), c.P(b), c.dims.norm_eps);
   else
-    c.ops.rmsnorm_fwd(out, rstd, x, c.reg.view(c.params, w), c.dims.norm_eps);
+    c.ops.rmsnorm_fwd(out, rstd, x, c.P(w), c.dims.norm_eps);
 }
 
 void norm_backward(const LayerContext& c, int w, int b, Tensor dx, Tensor dout, Tensor x, Tensor mean, Tensor rstd) {
   if (c.dims.layernorm)
-    c.ops.layernorm_bwd(dx, c.reg.view(c.grads, w), c.reg.view(c.grads, b), dout, x, c.reg.view(c.params, w), mean,
+    c.ops.layernorm_bwd(dx, c.G(w), c.G(b), dout, x, c.P(w), mean,
                         rstd);
   else
-    c.ops.rmsnorm_bwd(dx, c.reg.view(c.grads, w), dout, x, c.reg.view(c.params, w), rstd);
+    c.ops.rmsnorm_bwd(dx, c.G(w), dout, x, c.P(w), rstd);
 }
 }  // namespace
 
@@ -66,7 +66,7 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
                    uint64_t key) {
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
-  auto P = [&](int i) { return c.reg.view(c.params, i); };
+  auto P = [&](int i) { return c.P(i); };
 
   // Attention branch.
   norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
@@ -94,8 +94,8 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
                     uint64_t key) {
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
-  auto P = [&](int i) { return c.reg.view(c.params, i); };
-  auto G = [&](int i) { return c.reg.view(c.grads, i); };
+  auto P = [&](int i) { return c.P(i); };
+  auto G = [&](int i) { return c.G(i); };
 
   // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))).
   Tensor dbranch = s.branch;

@@ -45,13 +45,17 @@ struct LayerScratch {
   Tensor dq, dk, dv;
 };
 
+// params/grads hold the layer's unit: the flat range starting at `base`.
 struct LayerContext {
   backend::Ops& ops;
   const GPTDims& dims;
   const ParamRegistry& reg;
   float* params;
   float* grads;
+  int64_t base;
   Tensor positions;  // i32 [T]: each token's position in its sequence
+  Tensor P(int i) const { return reg.view(params, base, i); }
+  Tensor G(int i) const { return reg.view(grads, base, i); }
 };
 
 // x [T,H] -> out [T,H] (out must not alias x). dropout_key selects this layer's masks.

@@ -143,7 +143,7 @@ struct Engine::Impl {
   MemoryReport memory() const {
     MemoryReport m;
     m.params_bytes = model->params_bytes();
-    m.grads_bytes = model->params_bytes();
+    m.grads_bytes = model->grads_bytes();
     m.optimizer_bytes = optimizer->state_bytes();
     m.activations_peak_bytes = model->activations_bytes();
     return m;
