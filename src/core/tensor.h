@@ -10,7 +10,7 @@
 
 namespace mpt {
 
-enum class DType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI32 = 3, kI64 = 4, kU8 = 5 };
+enum class DType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI32 = 3, kI64 = 4, kU8 = 5, kF64 = 6 };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
@@ -20,6 +20,7 @@ inline size_t dtype_size(DType t) {
     case DType::kI32: return 4;
     case DType::kI64: return 8;
     case DType::kU8: return 1;
+    case DType::kF64: return 8;
   }
   return 0;
 }

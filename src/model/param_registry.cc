@@ -86,4 +86,34 @@ void ParamRegistry::initialize(float* base, uint64_t seed) const {
   }
 }
 
+void ParamRegistry::initialize_range(float* out, int64_t begin, int64_t end, uint64_t seed) const {
+  MPT_ASSERT(0 <= begin && begin <= end && end <= total_);
+  std::fill(out, out + (end - begin), 0.0f);
+  for (const auto& p : params_) {
+    const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+    if (lo >= hi) continue;
+    float* dst = out + (lo - begin);
+    if (p.init == Init::kOnes) std::fill(dst, dst + (hi - lo), 1.0f);
+    if (p.init != Init::kNormal) continue;
+    const uint64_t key = mix_key(seed, hash_name(p.name));
+    const int nd = static_cast<int>(p.shape.size());
+    const int64_t inner = p.shape[nd - 1];
+    // Element e of the local slice is (row e / inner, column e % inner); rows map to the
+    // global tensor as in initialize().
+    for (int64_t e = lo - p.offset; e < hi - p.offset;) {
+      const int64_t r = e / inner, c = e % inner;
+      const int64_t n = std::min(inner - c, hi - p.offset - e);
+      int64_t rem = r, global = p.global_offset[nd - 1], stride = p.global_shape[nd - 1];
+      for (int d = nd - 2; d >= 0; --d) {
+        const int64_t idx = rem % p.shape[d];
+        rem /= p.shape[d];
+        global += (idx + p.global_offset[d]) * stride;
+        stride *= p.global_shape[d];
+      }
+      fill_normal(out + (p.offset + e - begin), n, key, static_cast<uint64_t>(global + c), 0.0f, p.init_std);
+      e += n;
+    }
+  }
+}
+
 }  // namespace mpt::model

@@ -52,6 +52,9 @@ class ParamRegistry {
   // Draws every parameter from the layout-invariant generator: element i of a parameter is
   // normal_at(key(seed, name), global flat index of i) so any slicing gives the same values.
   void initialize(float* base, uint64_t seed) const;
+  // The same values for flat elements [begin, end) only, written to out[0, end - begin)
+  // (alignment padding gets zeros): a rank holding a shard initialises just its shard.
+  void initialize_range(float* out, int64_t begin, int64_t end, uint64_t seed) const;
 
  private:
   std::vector<ParamInfo> params_;
