@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config libtomlplusplus-dev libopenblas-dev nlohmann-json3-dev libgtest-dev)
+packages=(build-essential cmake pkg-config libtomlplusplus-dev libopenblas-dev nlohmann-json3-dev libgtest-dev libgloo-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

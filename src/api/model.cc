@@ -80,7 +80,7 @@ mpt_status mpt_build_model(mpt_context* ctx, mpt_model** out_model) noexcept {
     model->ctx = ctx;
     model->recipe = ctx->recipe;
     mpt::config::finalize(model->recipe, ctx->place.world_size);
-    model->engine = std::make_unique<mpt::train::Engine>(model->recipe, make_logger(ctx));
+    model->engine = std::make_unique<mpt::train::Engine>(model->recipe, make_logger(ctx), ctx->place);
     ctx->model = model.release();
     *out_model = ctx->model;
   });

@@ -45,12 +45,15 @@ Invocation parse_command_line(int argc, const char* const* argv) {
   std::vector<std::string> preprocess_options, dataset_info_options;
   bool docs_given = false;
 
+  std::vector<std::string> launch_options;  // given, by name, for the checks below
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (options_done || arg.empty() || arg[0] != '-' || arg == "-") {
       positionals.push_back(arg);
+      inv.rank_arguments.push_back(arg);
       continue;
     }
+    const int first_index = i;
     // Options taking a value accept both "--name value" and "--name=value".
     auto value_of = [&](const std::string& name) -> std::optional<std::string> {
       if (arg == name) {
@@ -72,6 +75,15 @@ Invocation parse_command_line(int argc, const char* const* argv) {
       inv.threads = parse_count("--threads", *v, 4096);
     } else if (auto n = value_of("--nproc-per-node")) {
       inv.nproc_per_node = parse_count("--nproc-per-node", *n, 1024);
+      continue;  // a launch option: not passed on to the ranks
+    } else if (auto port = value_of("--master-port")) {
+      inv.master_port = parse_count("--master-port", *port, 65535);
+      launch_options.push_back("--master-port");
+      continue;
+    } else if (auto addr = value_of("--master-addr")) {
+      inv.master_addr = non_empty("--master-addr", *addr);
+      launch_options.push_back("--master-addr");
+      continue;
     } else if (auto in = value_of("--input")) {
       inv.preprocess.inputs.push_back(non_empty("--input", *in));
       preprocess_options.push_back("--input");
@@ -97,6 +109,7 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     } else {
       throw UsageError("unknown option '" + arg + "'");
     }
+    for (int j = first_index; j <= i; ++j) inv.rank_arguments.push_back(argv[j]);
   }
 
   if (help) {
@@ -107,15 +120,18 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     inv.command = Command::kVersion;
     return inv;
   }
-  if (inv.nproc_per_node > 1)
-    throw UsageError("--nproc-per-node " + std::to_string(inv.nproc_per_node) +
-                     ": multi-process launch is not supported yet");
+  if (!launch_options.empty() && inv.nproc_per_node < 2)
+    throw UsageError(launch_options.front() +
+                     " sets the rendezvous of ranks started by --nproc-per-node N (N > 1); "
+                     "under torchrun, srun or mpirun set MASTER_ADDR and MASTER_PORT instead");
 
   const std::string first = positionals.empty() ? "" : positionals[0];
   auto reject_options = [](const std::vector<std::string>& given, const char* owner, const std::string& command) {
     if (!given.empty())
       throw UsageError(given.front() + " is an option of '" + owner + "', not of '" + command + "'");
   };
+  if ((first == "preprocess" || first == "dataset-info") && inv.nproc_per_node > 1)
+    throw UsageError("--nproc-per-node starts ranks for 'train' and 'config', not for '" + first + "'");
   if (first == "preprocess") {
     reject_options(dataset_info_options, "dataset-info", first);
     if (positionals.size() > 1)
@@ -207,9 +223,20 @@ Options:
   --threads N         Use N CPU threads for computation (default: OpenMP's default,
                       usually every core; OMP_NUM_THREADS is honoured too).
   --quiet, -q         Print only warnings and errors, not progress lines.
-  --nproc-per-node N  Start N local processes, one per rank (only N = 1 is supported
-                      yet). Under torchrun, srun or mpirun the rank and world size come
-                      from their environment variables instead.
+  --nproc-per-node N  Start N local processes, ranks 0..N-1 of one job, as torchrun
+                      --nproc-per-node N does: each runs this command line without the
+                      launch options, with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+                      MASTER_ADDR and MASTER_PORT set, and every line it prints starts
+                      with "[rankK]: ". When a rank fails the others are stopped (SIGTERM,
+                      SIGKILL 5 s later) and mptrain exits 1; SIGINT and SIGTERM are passed
+                      on to the ranks. Unless --threads or OMP_NUM_THREADS says otherwise,
+                      each rank gets an equal share of the CPU cores. Under torchrun, srun
+                      or mpirun leave this out: the rank and world size come from their
+                      environment variables.
+  --master-addr A     With --nproc-per-node: the MASTER_ADDR given to the ranks
+                      (default 127.0.0.1).
+  --master-port P     With --nproc-per-node: the MASTER_PORT given to the ranks (default:
+                      a free port).
   --version           Print the version and exit.
   --help, -h          Print this text and exit.
   --                  Treat every later argument as a recipe or an override.
@@ -235,8 +262,10 @@ Exit status:
   0  success
   1  the recipe, an override, the data or a checkpoint was rejected, training failed, or
      an input or dataset could not be read or written
-     (the message names the file, line and key where it can)
+     (the message names the file, line and key where it can); with --nproc-per-node:
+     a rank failed (the message names it)
   2  the command line itself is wrong
+  128+S  with --nproc-per-node: stopped by signal S (130 for SIGINT, 143 for SIGTERM)
 )";
 }
 

@@ -30,7 +30,12 @@ struct Invocation {
   std::vector<std::string> overrides;  // "section.key=value", in order
   std::optional<int> threads;          // --threads N
   bool quiet = false;                  // --quiet: warnings and errors only
-  int nproc_per_node = 1;              // --nproc-per-node N
+  int nproc_per_node = 1;              // --nproc-per-node N: launch N local ranks
+  std::string master_addr;             // --master-addr A (with --nproc-per-node); empty: 127.0.0.1
+  int master_port = 0;                 // --master-port P (with --nproc-per-node); 0: a free port
+  // argv[1..] without --nproc-per-node, --master-addr and --master-port: the command line
+  // each launched rank runs.
+  std::vector<std::string> rank_arguments;
   PreprocessOptions preprocess;        // kPreprocess
   std::string dataset_prefix;          // kDatasetInfo: the dataset's PREFIX
   bool scan = false;                   // kDatasetInfo --scan: read every token

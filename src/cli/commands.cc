@@ -44,10 +44,11 @@ int run_config(const Invocation& inv) {
 int run_train(const Invocation& inv) {
   const config::Recipe recipe = resolved_recipe(inv);
   const Logger logger = console_logger(inv.quiet);
-  train::Engine engine(recipe, logger);
+  const dist::LaunchPlace place = dist::resolve_launch_place();
+  train::Engine engine(recipe, logger, place);
 
   const train::StepResult last = engine.train();
-  logger.info(str("mptrain: finished at iteration ", last.iteration, ", lm loss ", last.lm_loss));
+  if (place.rank == 0) logger.info(str("mptrain: finished at iteration ", last.iteration, ", lm loss ", last.lm_loss));
   return 0;
 }
 

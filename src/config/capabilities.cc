@@ -20,8 +20,7 @@ void check_capabilities(Checker& c) {
     return k != nullptr && k->get(r) != k->default_value();
   };
 
-  // Parallelism: one rank, no model splitting.
-  unbuilt(c.world_size > 1, "world_size", str("training on more than one rank (world size ", c.world_size, ")"));
+  // Parallelism: data parallel only, no model splitting.
   unbuilt(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size", "tensor parallelism");
   unbuilt(m.pipeline_model_parallel_size > 1, "model.pipeline_model_parallel_size", "pipeline parallelism");
   unbuilt(m.virtual_pipeline_model_parallel_size.has_value(), "model.virtual_pipeline_model_parallel_size",
@@ -63,10 +62,14 @@ void check_capabilities(Checker& c) {
 
   // Optimizer and data-parallel machinery.
   unbuilt(r.optimizer.optimizer == "sgd", "optimizer.optimizer", "the optimizer \"sgd\"");
-  unbuilt(r.optimizer.use_distributed_optimizer, "optimizer.use_distributed_optimizer", "the distributed optimizer");
   unbuilt(r.optimizer.overlap_param_gather, "optimizer.overlap_param_gather", "overlapped parameter all-gathers");
   for (const KeySpec& k : key_table()) {
-    if (k.section != "ddp" || k.name == "check_for_nan_in_grad" || k.name == "grad_reduce_in_fp32") continue;
+    static const char* const kBuilt[] = {"check_for_nan_in_grad", "grad_reduce_in_fp32", "overlap_grad_reduce",
+                                         "bucket_size", "use_distributed_optimizer", "data_parallel_sharding_strategy",
+                                         "average_in_collective"};
+    bool built = false;
+    for (const char* name : kBuilt) built = built || k.name == name;
+    if (k.section != "ddp" || built) continue;
     unbuilt(changed(k.full_name()), k.full_name(), "this data-parallel setting");
   }
   const std::string& style = r.scheduler.lr_decay_style;

@@ -55,6 +55,10 @@ class Communicator {
   virtual std::shared_ptr<Work> all_to_all_async(const void* in, const int64_t* send_counts, void* out,
                                                  const int64_t* recv_counts, DType dtype) = 0;
   virtual std::shared_ptr<Work> broadcast_async(void* data, int64_t count, DType dtype, int64_t root) = 0;
+  // Point-to-point: the communicator's thread posts sends and receives in issue order and
+  // Work::wait() waits for the transfer, so a send and a receive issued back to back (a
+  // pipeline's exchange) are in flight together. A receive matches the send with the same
+  // tag (0 .. 2^23 - 1) and byte count, in order; a size mismatch times out.
   virtual std::shared_ptr<Work> send_async(const void* data, int64_t count, DType dtype, int64_t peer,
                                            int64_t tag) = 0;
   virtual std::shared_ptr<Work> recv_async(void* data, int64_t count, DType dtype, int64_t peer, int64_t tag) = 0;
@@ -94,8 +98,10 @@ struct CommOptions {
 // `global_ranks` (sorted, each once), its own world rank among them. Members meet through
 // `store` under keys prefixed by the name. A group of one needs no network. The collectives
 // are ring algorithms (all-reduce = reduce-scatter + all-gather, 2(n-1)/n of the data sent
-// per rank). Throws Error(kDistributed) when the group cannot be formed within the timeout,
-// naming the ranks that never joined.
+// per rank); broadcast is a binomial tree, barrier a dissemination barrier. Reductions take
+// f32, f64, i32 and i64 (kAvg: floats only); other dtypes throw Error(kNotSupported). Throws
+// Error(kDistributed) when the group cannot be formed within the store's timeout, naming the
+// ranks that never joined.
 std::unique_ptr<Communicator> make_gloo_communicator(Store& store, const std::string& name,
                                                      const std::vector<int64_t>& global_ranks, int64_t world_rank,
                                                      const CommOptions& options);

@@ -1,8 +1,9 @@
 // The rendezvous store: a TCP key-value store hosted by rank 0, through which ranks
 // exchange communicator addresses and meet at barriers. Keys and values are byte strings.
 //
-// Frames, both directions: u32 little-endian length, then that many bytes: u8 opcode and
-// the operands, each string as u32 length + bytes. A frame that is too long (> 64 MiB),
+// Frames, both directions: u32 little-endian length, then that many bytes: u8 opcode (a
+// reply: u8 status) and the operands, each string as u32 length + bytes, integers as
+// little-endian i64 (store_wire_internal.h lists them). A frame that is too long (> 64 MiB),
 // truncated, or has an unknown opcode or operands that do not fill it exactly closes that
 // connection and is logged by the server; the server and the other clients carry on.
 //

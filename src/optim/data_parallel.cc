@@ -299,7 +299,14 @@ DataParallel::~DataParallel() {
   for (PendingGrad& p : m.pending) quiet_wait(p.work);
 }
 
-void DataParallel::begin_pass(model::Pass pass) { impl_->pass = pass; }
+void DataParallel::begin_pass(model::Pass pass) {
+  Impl& m = *impl_;
+  m.pass = pass;
+  // A unit prefetched for a pass that did not use it (the embedding after backward) may
+  // predate an optimizer step: a new pass starts from no gathered units.
+  if (m.shards_params())
+    for (int u = 0; u < static_cast<int>(m.units.size()); ++u) m.release_params(u);
+}
 
 float* DataParallel::unit_params(int u) {
   Impl& m = *impl_;

@@ -41,8 +41,11 @@ struct DataParallelConfig {
   Sharding sharding = Sharding::kNoShard;
   bool overlap_grad_reduce = true;
   int64_t bucket_numel = 40000000;  // no_shard/optim: units are merged into buckets up to this size
-  int64_t param_slots = 3;          // optim_grads_params: gathered units held at once
-  int64_t grad_slots = 3;           // optim_grads(_params): unit gradient buffers held at once
+  // Units held at once in working buffers: the one in use and the one prefetched or in
+  // flight, plus the embedding when the output layer is tied to it (its gradients stay open
+  // through backward, its parameters are read again by the head).
+  int64_t param_slots = 2;          // optim_grads_params: gathered units
+  int64_t grad_slots = 2;           // optim_grads(_params): unit gradient buffers
 };
 
 class DataParallel final : public model::ParamStorage {

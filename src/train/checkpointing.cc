@@ -33,14 +33,14 @@ bool checkpoint_exists(const std::string& dir) {
   }
 }
 
-std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe,
-                                  const model::GPTModel& model, optim::AdamW& optimizer, const CheckpointState& st) {
+std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe, const ModelBuffers& b,
+                                  const CheckpointState& st) {
   std::vector<ckpt::TensorSlice> tensors;
-  for (const auto& p : model.registry().params()) {
-    tensors.push_back(slice_of(p, p.name, model.params()));
+  for (const auto& p : b.registry->params()) {
+    tensors.push_back(slice_of(p, p.name, b.params));
     if (recipe.checkpoint.save_optim) {
-      tensors.push_back(slice_of(p, kExpAvg + p.name, optimizer.exp_avg()));
-      tensors.push_back(slice_of(p, kExpAvgSq + p.name, optimizer.exp_avg_sq()));
+      tensors.push_back(slice_of(p, kExpAvg + p.name, b.exp_avg));
+      tensors.push_back(slice_of(p, kExpAvgSq + p.name, b.exp_avg_sq));
     }
   }
   nlohmann::json meta = {{"iteration", st.iteration},
@@ -59,8 +59,7 @@ std::string save_model_checkpoint(const std::string& save_dir, const config::Rec
   return ckpt::save_checkpoint(save_dir, st.iteration, tensors, meta);
 }
 
-CheckpointState load_model_checkpoint(const std::string& dir, const config::Recipe& recipe, model::GPTModel& model,
-                                      optim::AdamW& optimizer) {
+CheckpointState load_model_checkpoint(const std::string& dir, const config::Recipe& recipe, const ModelBuffers& b) {
   ckpt::CheckpointReader reader(dir);
   const nlohmann::json& meta = reader.meta();
   CheckpointState st;
@@ -84,18 +83,18 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
     MPT_CHECK(reader.global_shape(name) == p.global_shape, Status::kCorruptData, reader.directory(), ": tensor '",
               name, "' has a different global shape than this model's (model config differs from the checkpoint's)");
   };
-  for (const auto& p : model.registry().params()) {
+  for (const auto& p : b.registry->params()) {
     check(p, p.name);
     if (want_optim) check(p, kExpAvg + p.name), check(p, kExpAvgSq + p.name);
   }
   auto read_into = [&](const model::ParamInfo& p, const std::string& name, float* base) {
     reader.read(name, DType::kF32, p.global_offset, p.shape, base + p.offset);
   };
-  for (const auto& p : model.registry().params()) {
-    read_into(p, p.name, model.params());
+  for (const auto& p : b.registry->params()) {
+    read_into(p, p.name, b.params);
     if (want_optim) {
-      read_into(p, kExpAvg + p.name, optimizer.exp_avg());
-      read_into(p, kExpAvgSq + p.name, optimizer.exp_avg_sq());
+      read_into(p, kExpAvg + p.name, b.exp_avg);
+      read_into(p, kExpAvgSq + p.name, b.exp_avg_sq);
     }
   }
   return st;

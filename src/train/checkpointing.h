@@ -7,8 +7,7 @@
 #include <string>
 
 #include "config/recipe.h"
-#include "model/gpt_model.h"
-#include "optim/adamw.h"
+#include "model/param_registry.h"
 
 namespace mpt::train {
 
@@ -22,12 +21,20 @@ struct CheckpointState {
 // True when `dir` is an iteration directory or a save directory holding a complete one.
 bool checkpoint_exists(const std::string& dir);
 
-std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe,
-                                  const model::GPTModel& model, optim::AdamW& optimizer, const CheckpointState& state);
+// Whole-layout buffers laid out by `registry`: the parameters and the two Adam moments.
+struct ModelBuffers {
+  const model::ParamRegistry* registry = nullptr;
+  float* params = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+};
+
+std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe, const ModelBuffers& b,
+                                  const CheckpointState& state);
 
 // Loads weights (and, unless checkpoint.load_optim is false or finetune is set, optimizer
-// state). Every tensor must be present with the model's global shape.
-CheckpointState load_model_checkpoint(const std::string& dir, const config::Recipe& recipe, model::GPTModel& model,
-                                      optim::AdamW& optimizer);
+// state). Every tensor must be present with the model's global shape; nothing is written
+// into the buffers unless all are.
+CheckpointState load_model_checkpoint(const std::string& dir, const config::Recipe& recipe, const ModelBuffers& b);
 
 }  // namespace mpt::train

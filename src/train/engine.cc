@@ -15,6 +15,10 @@
 #include "data/dataset_builder.h"
 #include "data/loader.h"
 #include "data/sample_source.h"
+#include "dist/communicator.h"
+#include "dist/parallel_state.h"
+#include "dist/store.h"
+#include "optim/data_parallel.h"
 #include "model/gpt_dims.h"
 #include "model/gpt_model.h"
 #include "optim/adamw.h"
@@ -86,6 +90,14 @@ DataStreams make_streams(const config::Recipe& r, int64_t global_batch) {
 struct Engine::Impl {
   config::Recipe recipe;
   Logger log;
+  dist::LaunchPlace place;
+  bool rank0 = true;
+  // The distributed runtime (world_size > 1).
+  std::unique_ptr<dist::StoreServer> store_server;
+  std::unique_ptr<dist::Store> store;
+  std::unique_ptr<dist::ParallelState> layout;
+  std::unique_ptr<dist::Communicator> dp_comm;
+  optim::DataParallel* dp = nullptr;  // the model's storage when data-parallel
   std::unique_ptr<backend::Ops> ops;
   model::GPTDims dims;
   std::unique_ptr<model::GPTModel> model;
@@ -100,8 +112,12 @@ struct Engine::Impl {
   int64_t num_microbatches = 0;
   int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
 
-  Impl(const config::Recipe& r, Logger l) : recipe(r), log(std::move(l)) {
+  Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p) : recipe(r), log(std::move(l)), place(p) {
     MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
+    MPT_CHECK(place.world_size == recipe.derived.world_size, Status::kInvalidArgument, "the recipe was finalized for ",
+              recipe.derived.world_size, " ranks but this process is rank ", place.rank, " of ", place.world_size);
+    rank0 = place.rank == 0;
+    if (!rank0) log.set_level(LogLevel::kWarn);
     ops = backend::make_cpu_ops(0);
     if (backend::cuda_device_count() > 0)
       log.warn(str("mptrain: GPU found (", backend::cuda_device_summary(),
@@ -110,34 +126,109 @@ struct Engine::Impl {
     num_microbatches = recipe.derived.num_microbatches;
     rows = dims.micro_batch * num_microbatches;
     eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
-    model = std::make_unique<model::GPTModel>(dims, *ops);
-    model->init_parameters(static_cast<uint64_t>(recipe.rng.seed));
+    const uint64_t seed = static_cast<uint64_t>(recipe.rng.seed);
+    if (place.world_size > 1) {
+      start_distributed();
+      const optim::DataParallelConfig dc = dp_config();
+      auto factory = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
+        auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
+        dp = storage.get();
+        return std::unique_ptr<model::ParamStorage>(std::move(storage));
+      };
+      model = std::make_unique<model::GPTModel>(dims, *ops, factory, model::ParamRegistry::kAlign * dp_comm->size());
+      dp->init_parameters(seed);
+    } else {
+      model = std::make_unique<model::GPTModel>(dims, *ops);
+      model->init_parameters(seed);
+    }
     optim::AdamWConfig oc;
     oc.beta1 = recipe.optimizer.adam_beta1;
     oc.beta2 = recipe.optimizer.adam_beta2;
     oc.eps = recipe.optimizer.adam_eps;
     oc.clip_grad = recipe.optimizer.clip_grad;
-    optimizer = std::make_unique<optim::AdamW>(model->registry(), *ops, oc);
+    optimizer = std::make_unique<optim::AdamW>(model->registry(), *ops, oc,
+                                               dp ? dp->owned() : std::vector<optim::FlatRange>{});
     schedule = optim::LRSchedule::from_recipe(recipe);
     log.info(str("mptrain: backend ", ops->name(), ", ", model->registry().num_parameters(), " parameters, ",
                  num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
     DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
     for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
-    data::LoaderLayout layout;
-    layout.micro_batch = dims.micro_batch;
-    layout.num_microbatches = num_microbatches;
+    data::LoaderLayout ll;
+    ll.micro_batch = dims.micro_batch;
+    ll.num_microbatches = num_microbatches;
+    if (layout) {
+      ll.dp_rank = layout->coords(place.rank).dp;
+      ll.dp_size = layout->dp();
+    }
     data::LoaderOptions lo;
     lo.vocab_size = dims.vocab;
     lo.eod_mask_loss = recipe.dataset.eod_mask_loss;
     lo.eod_id = eod_id;
     lo.prefetch = recipe.dataset.num_workers;
-    train_loader = std::make_unique<data::BatchLoader>(streams.train, layout, lo);
-    if (streams.valid) valid_loader = std::make_unique<data::BatchLoader>(streams.valid, layout, lo);
+    train_loader = std::make_unique<data::BatchLoader>(streams.train, ll, lo);
+    if (streams.valid) valid_loader = std::make_unique<data::BatchLoader>(streams.valid, ll, lo);
     MemoryReport m = memory();
     auto mib = [](int64_t b) { return str(static_cast<double>(b) / (1 << 20), " MiB"); };
     log.info(str("mptrain: memory per rank, allocated once: parameters ", mib(m.params_bytes), ", gradients ",
                  mib(m.grads_bytes), ", optimizer ", mib(m.optimizer_bytes), ", activations ",
                  mib(m.activations_peak_bytes)));
+  }
+
+  // Rendezvous and process groups. Only data parallelism is built so far (finalize refuses
+  // the other sizes), so the one group in use is dp-cp.
+  void start_distributed() {
+    const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
+    if (rank0) store_server = std::make_unique<dist::StoreServer>(static_cast<int>(place.master_port));
+    store = std::make_unique<dist::Store>(place.master_addr, static_cast<int>(place.master_port), timeout, place.rank);
+    dist::ParallelSizes sizes;
+    sizes.world = place.world_size;
+    sizes.tp = recipe.model.tensor_model_parallel_size;
+    sizes.cp = recipe.model.context_parallel_size;
+    sizes.pp = recipe.model.pipeline_model_parallel_size;
+    layout = std::make_unique<dist::ParallelState>(sizes);
+    store->wait_ranks("engine/start", place.rank, place.world_size);
+    const std::vector<int64_t> ranks = layout->group_of(dist::GroupKind::kDpCp, place.rank);
+    std::string name = "dp-cp:";
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      if (i) name += ',';
+      name += std::to_string(ranks[i]);
+    }
+    dist::CommOptions co;
+    co.timeout_s = timeout;
+    dp_comm = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
+    log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(), "; sharding ",
+                 recipe.ddp.data_parallel_sharding_strategy));
+  }
+
+  optim::DataParallelConfig dp_config() const {
+    optim::DataParallelConfig c;
+    const bool dist_opt = recipe.ddp.use_distributed_optimizer || recipe.optimizer.use_distributed_optimizer;
+    c.sharding = optim::parse_sharding(recipe.ddp.data_parallel_sharding_strategy);
+    if (dist_opt && c.sharding == optim::Sharding::kNoShard) c.sharding = optim::Sharding::kOptim;
+    c.overlap_grad_reduce = recipe.ddp.overlap_grad_reduce;
+    if (dims.tied_output) c.param_slots = c.grad_slots = 3;
+    if (recipe.ddp.bucket_size) c.bucket_numel = *recipe.ddp.bucket_size;
+    else c.bucket_numel = std::max<int64_t>(40000000, 1000000 * dp_comm->size());  // Megatron's default
+    return c;
+  }
+
+  double dp_average(double v) {
+    if (dp_comm) dp_comm->all_reduce(&v, 1, DType::kF64, dist::ReduceOp::kAvg);
+    return v;
+  }
+
+  // Whole-layout parameters and moments for a checkpoint (gathered when sharded).
+  struct WholeBuffers {
+    std::vector<float> params, m, v;
+  };
+  void gather_whole(WholeBuffers& w) {
+    const size_t n = static_cast<size_t>(model->flat_numel());
+    w.params.assign(n, 0.0f);
+    w.m.assign(n, 0.0f);
+    w.v.assign(n, 0.0f);
+    dp->gather_params(w.params.data());
+    dp->gather_owned(optimizer->exp_avg(), w.m.data());
+    dp->gather_owned(optimizer->exp_avg_sq(), w.v.data());
   }
 
   MemoryReport memory() const {
@@ -236,6 +327,7 @@ struct Engine::Impl {
     model->zero_grads();
     double loss_sum = 0;
     for (int64_t mb = 0; mb < num_microbatches; ++mb) {
+      if (dp) dp->set_last_microbatch(mb == num_microbatches - 1);
       load_microbatch(mb, *data_batch);
       const uint64_t key = dropout_key(iteration, mb);
       model::GPTModel::LossSums s = model->forward(key);
@@ -244,15 +336,21 @@ struct Engine::Impl {
       loss_sum += s.weighted_loss / denom;
       model->backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key);
     }
-    const double lm_loss = loss_sum / static_cast<double>(num_microbatches);
-    const double norm = optimizer->grad_norm(model->grads());
+    if (dp) dp->finish_grad_sync();
+    const double lm_loss = dp_average(loss_sum / static_cast<double>(num_microbatches));
+    const double norm = dp ? dp->grad_norm(*optimizer) : optimizer->grad_norm(model->grads());
     MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
               "; parameters were not updated");
     MPT_CHECK(std::isfinite(norm), Status::kNumerical, "iteration ", iteration + 1, ": gradient norm is ", norm,
               " (NaN or Inf in the gradients); parameters were not updated");
 
     const double lr = schedule.lr_at(iteration);
-    optimizer->step(model->params(), model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+    if (dp) {
+      optimizer->step(dp->owned_params(), dp->owned_grads(), norm, lr, schedule.weight_decay_at(iteration));
+      dp->finish_step();
+    } else {
+      optimizer->step(model->params(), model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+    }
     ++iteration;
     consumed_samples += rows * recipe.derived.data_parallel_size;
 
@@ -285,7 +383,7 @@ struct Engine::Impl {
         total += s.weighted_loss / (s.mask_sum > 0 ? s.mask_sum : 1.0);
       }
     }
-    return total / static_cast<double>(iters * num_microbatches);
+    return dp_average(total / static_cast<double>(iters * num_microbatches));
   }
 };
 
@@ -300,9 +398,10 @@ void check_save_dir(const std::string& dir) {
 }
 }  // namespace
 
-Engine::Engine(const config::Recipe& recipe, Logger logger) : impl_(std::make_unique<Impl>(recipe, std::move(logger))) {
+Engine::Engine(const config::Recipe& recipe, Logger logger, const dist::LaunchPlace& place)
+    : impl_(std::make_unique<Impl>(recipe, std::move(logger), place)) {
   const auto& ck = impl_->recipe.checkpoint;
-  if (ck.save) check_save_dir(*ck.save);
+  if (ck.save && impl_->rank0) check_save_dir(*ck.save);
   if (ck.load) {
     if (checkpoint_exists(*ck.load)) {
       load_checkpoint(*ck.load);
@@ -326,9 +425,9 @@ StepResult Engine::train() {
   const int64_t train_iters = *r.train.train_iters;
   const int64_t stop = r.train.exit_interval ? std::min(train_iters, m.iteration + *r.train.exit_interval) : train_iters;
   MetricsFile metrics;
-  if (r.logger.metrics_file) metrics.open(*r.logger.metrics_file, m.iteration == 0);
+  if (r.logger.metrics_file && m.rank0) metrics.open(*r.logger.metrics_file, m.iteration == 0);
   std::unique_ptr<TensorBoardWriter> tb;
-  if (r.logger.tensorboard_dir) tb = std::make_unique<TensorBoardWriter>(*r.logger.tensorboard_dir);
+  if (r.logger.tensorboard_dir && m.rank0) tb = std::make_unique<TensorBoardWriter>(*r.logger.tensorboard_dir);
 
   StepResult last;
   last.iteration = m.iteration;
@@ -400,14 +499,50 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
   st.consumed_samples = m.consumed_samples;
   st.consumed_valid_samples = m.consumed_valid_samples;
   st.optimizer_steps = m.optimizer->step_count();
-  std::string dir = save_model_checkpoint(save_dir, m.recipe, *m.model, *m.optimizer, st);
+  if (!m.dp) {
+    const ModelBuffers b{&m.model->registry(), m.model->params(), m.optimizer->exp_avg(), m.optimizer->exp_avg_sq()};
+    std::string dir = save_model_checkpoint(save_dir, m.recipe, b, st);
+    m.log.info(str("mptrain: saved checkpoint ", dir));
+    return dir;
+  }
+  // Every rank contributes its shards; rank 0 writes; all learn whether it succeeded.
+  Impl::WholeBuffers w;
+  m.gather_whole(w);
+  std::string dir;
+  std::exception_ptr error;
+  if (m.rank0) {
+    try {
+      const ModelBuffers b{&m.model->registry(), w.params.data(), w.m.data(), w.v.data()};
+      dir = save_model_checkpoint(save_dir, m.recipe, b, st);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  int64_t failed = error ? 1 : 0;
+  m.dp_comm->all_reduce(&failed, 1, DType::kI64, dist::ReduceOp::kMax);
+  if (error) std::rethrow_exception(error);
+  MPT_CHECK(failed == 0, Status::kIoError, "rank ", m.place.rank, ": rank 0 failed to save the checkpoint in '",
+            save_dir, "'");
   m.log.info(str("mptrain: saved checkpoint ", dir));
   return dir;
 }
 
 void Engine::load_checkpoint(const std::string& dir) {
   Impl& m = *impl_;
-  CheckpointState st = load_model_checkpoint(dir, m.recipe, *m.model, *m.optimizer);
+  CheckpointState st;
+  if (!m.dp) {
+    st = load_model_checkpoint(dir, m.recipe,
+                               ModelBuffers{&m.model->registry(), m.model->params(), m.optimizer->exp_avg(),
+                                            m.optimizer->exp_avg_sq()});
+  } else {
+    // Every rank reads the whole checkpoint and keeps its shards.
+    Impl::WholeBuffers w;
+    m.gather_whole(w);  // the current values, kept where the checkpoint has none (load_optim off)
+    st = load_model_checkpoint(dir, m.recipe, ModelBuffers{&m.model->registry(), w.params.data(), w.m.data(), w.v.data()});
+    m.dp->load_params(w.params.data());
+    m.dp->scatter_owned(w.m.data(), m.optimizer->exp_avg());
+    m.dp->scatter_owned(w.v.data(), m.optimizer->exp_avg_sq());
+  }
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;
     m.consumed_samples = st.consumed_samples;
@@ -421,5 +556,21 @@ const config::Recipe& Engine::recipe() const { return impl_->recipe; }
 int64_t Engine::iteration() const { return impl_->iteration; }
 int64_t Engine::num_parameters() const { return impl_->model->registry().num_parameters(); }
 MemoryReport Engine::memory() const { return impl_->memory(); }
+int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->bytes_sent() : 0; }
+
+std::vector<float> Engine::gather_parameters() {
+  Impl& m = *impl_;
+  std::vector<float> whole;
+  const float* src = m.model->params();
+  if (m.dp) {
+    whole.assign(static_cast<size_t>(m.model->flat_numel()), 0.0f);
+    m.dp->gather_params(whole.data());
+    src = whole.data();
+  }
+  std::vector<float> out;
+  out.reserve(static_cast<size_t>(m.model->registry().num_parameters()));
+  for (const model::ParamInfo& p : m.model->registry().params()) out.insert(out.end(), src + p.offset, src + p.offset + p.numel);
+  return out;
+}
 
 }  // namespace mpt::train

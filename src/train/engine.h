@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "config/recipe.h"
 #include "core/log.h"
+#include "dist/launch_env.h"
 
 namespace mpt::train {
 
@@ -44,8 +46,11 @@ struct MemoryReport {
 class Engine {
  public:
   // Takes a finalized recipe. Builds the backend, model (this rank's slice), optimizer and
-  // data stream; loads checkpoint.load if set. Throws mpt::Error.
-  Engine(const config::Recipe& recipe, Logger logger);
+  // data stream; loads checkpoint.load if set. Throws mpt::Error. With world_size > 1 every
+  // rank constructs its Engine with its own place: rank 0 hosts the rendezvous store at
+  // master_addr:master_port, all ranks meet there and form their process groups. Only
+  // rank 0 logs progress, writes metrics and writes checkpoints.
+  Engine(const config::Recipe& recipe, Logger logger, const dist::LaunchPlace& place = dist::LaunchPlace());
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -67,6 +72,12 @@ class Engine {
   int64_t iteration() const;
   int64_t num_parameters() const;
   MemoryReport memory() const;
+  // Bytes this rank has sent to its data-parallel peers so far.
+  int64_t dp_bytes_sent() const;
+  // Every parameter in registry order, concatenated without padding (so the result does
+  // not depend on the layout), gathered from the shards when they are sharded: a
+  // collective, every data-parallel rank must call it.
+  std::vector<float> gather_parameters();
 
  private:
   struct Impl;

@@ -216,8 +216,8 @@ static void test_null_and_misuse(void) {
   mpt_finalize(ctx);
 }
 
-/* The job layout from the options or from the launcher's environment. One rank is all this
- * version trains with; a larger world is accepted by mpt_init and refused when resolved. */
+/* The job layout from the options or from the launcher's environment: the world size
+ * reaches finalize(), which checks the recipe's batch sizes against it. */
 static void test_launch_place(void) {
   mpt_init_options opts = MPT_INIT_OPTIONS_INIT;
   mpt_context* ctx = NULL;
@@ -226,11 +226,11 @@ static void test_launch_place(void) {
   opts.recipe_toml = kTinyRecipe;
   opts.log_level = MPT_LOG_OFF;
   opts.rank = 0;
-  opts.world_size = 2;
+  opts.world_size = 3; /* 3 data-parallel ranks cannot split a global batch of 4 into micro-batches of 2 */
   CHECK_OK(mpt_init(&opts, &ctx), ctx);
   s = mpt_build_model(ctx, &model);
-  CHECK(s != MPT_OK && model == NULL, "a world of 2 built a model");
-  CHECK(contains(mpt_last_error(ctx), "world size 2"), "message: %s", mpt_last_error(ctx));
+  CHECK(s != MPT_OK && model == NULL, "a world of 3 built a model");
+  CHECK(contains(mpt_last_error(ctx), "global_batch_size"), "message: %s", mpt_last_error(ctx));
   mpt_finalize(ctx);
 
   opts.rank = -2;
@@ -240,12 +240,12 @@ static void test_launch_place(void) {
 
   opts.rank = -1;
   opts.world_size = -1;
-  CHECK(setenv("RANK", "1", 1) == 0 && setenv("WORLD_SIZE", "2", 1) == 0, "setenv");
+  CHECK(setenv("RANK", "1", 1) == 0 && setenv("WORLD_SIZE", "3", 1) == 0, "setenv");
   ctx = NULL;
   CHECK_OK(mpt_init(&opts, &ctx), ctx);
   s = mpt_config_toml(ctx, NULL, 0, NULL);
-  CHECK(s != MPT_OK && contains(mpt_last_error(ctx), "world size 2"),
-        "WORLD_SIZE=2 from the environment not seen (%d): %s", (int)s, mpt_last_error(ctx));
+  CHECK(s != MPT_OK && contains(mpt_last_error(ctx), "global_batch_size"),
+        "WORLD_SIZE=3 from the environment not seen (%d): %s", (int)s, mpt_last_error(ctx));
   mpt_finalize(ctx);
 
   CHECK(setenv("RANK", "one", 1) == 0, "setenv");

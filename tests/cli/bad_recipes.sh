@@ -48,11 +48,12 @@ grep -qF "unknown key 'model.num_layer'" "$tmp/err" || fail "unknown override ke
 code=$?
 [[ $code == 1 ]] || fail "wrong-type override exited $code, expected 1"
 grep -qF "hidden_size" "$tmp/err" || fail "wrong-type override not named: $(cat "$tmp/err")"
-# The world size comes from the launcher's environment; this version trains one rank.
-WORLD_SIZE=2 RANK=0 "$mptrain" config "$src/tests/data/cli_tiny.toml" >"$tmp/out" 2>"$tmp/err"
+# The world size comes from the launcher's environment: 3 data-parallel ranks cannot split
+# a global batch of 4 into micro-batches of 2.
+WORLD_SIZE=3 RANK=0 "$mptrain" config "$src/tests/data/cli_tiny.toml" >"$tmp/out" 2>"$tmp/err"
 code=$?
-[[ $code == 1 ]] || fail "WORLD_SIZE=2 exited $code, expected 1"
-grep -qF "world size 2" "$tmp/err" || fail "WORLD_SIZE=2 not reported: $(cat "$tmp/err")"
+[[ $code == 1 ]] || fail "WORLD_SIZE=3 exited $code, expected 1"
+grep -qF "global_batch_size" "$tmp/err" || fail "WORLD_SIZE=3 not reported: $(cat "$tmp/err")"
 RANK=x "$mptrain" config "$src/tests/data/cli_tiny.toml" >"$tmp/out" 2>"$tmp/err"
 code=$?
 [[ $code == 1 ]] || fail "RANK=x exited $code, expected 1"

@@ -43,9 +43,9 @@ grep -q -- "--threads expects an integer" "$tmp/err" || fail "--threads message:
 run 2 --threads=0 recipe.toml
 run 2 recipe.toml not-an-override
 grep -q "section.key=value" "$tmp/err" || fail "bad override message: $(cat "$tmp/err")"
-run 2 --nproc-per-node 2 recipe.toml
-grep -q "multi-process launch is not supported yet" "$tmp/err" || fail "nproc message: $(cat "$tmp/err")"
-run 2 --nproc-per-node=4 train recipe.toml
+run 2 --nproc-per-node 0 recipe.toml
+grep -q -- "--nproc-per-node expects an integer" "$tmp/err" || fail "nproc message: $(cat "$tmp/err")"
+run 2 --nproc-per-node=four train recipe.toml
 
 # A missing recipe file is a runtime error (1), not a usage error.
 run 1 config "$tmp/does-not-exist.toml"
