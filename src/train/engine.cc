@@ -557,6 +557,7 @@ int64_t Engine::iteration() const { return impl_->iteration; }
 int64_t Engine::num_parameters() const { return impl_->model->registry().num_parameters(); }
 MemoryReport Engine::memory() const { return impl_->memory(); }
 int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->bytes_sent() : 0; }
+int64_t Engine::flat_numel() const { return impl_->model->flat_numel(); }
 
 std::vector<float> Engine::gather_parameters() {
   Impl& m = *impl_;

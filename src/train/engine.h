@@ -74,6 +74,8 @@ class Engine {
   MemoryReport memory() const;
   // Bytes this rank has sent to its data-parallel peers so far.
   int64_t dp_bytes_sent() const;
+  // Elements of the flat parameter layout, alignment padding included.
+  int64_t flat_numel() const;
   // Every parameter in registry order, concatenated without padding (so the result does
   // not depend on the layout), gathered from the shards when they are sharded: a
   // collective, every data-parallel rank must call it.

@@ -72,6 +72,7 @@ struct RankRun {
   std::vector<float> params;  // every parameter, registry order, no padding
   MemoryReport memory;
   int64_t bytes_last_step = 0;
+  int64_t flat_numel = 0;
 };
 
 std::vector<RankRun> run(int64_t world, const std::vector<std::string>& overrides, int64_t steps = 10) {
@@ -102,6 +103,7 @@ std::vector<RankRun> run(int64_t world, const std::vector<std::string>& override
           rr.bytes_last_step = engine.dp_bytes_sent() - before;
         }
         rr.memory = engine.memory();
+        rr.flat_numel = engine.flat_numel();
         rr.params = engine.gather_parameters();
       } catch (...) {
         errors[static_cast<size_t>(rank)] = std::current_exception();
@@ -152,6 +154,25 @@ TEST_P(DataParallelEquivalence, MatchesOneRank) {
       run(c.dp, {str("ddp.data_parallel_sharding_strategy=", c.sharding), "ddp.overlap_grad_reduce=true"});
   expect_matches_oracle(got, str(c.sharding, " at DP=", c.dp));
 
+  // Bytes sent per rank in a step against the ring figures: an all-reduce sends 2(d-1)/d of
+  // the buffer, a reduce-scatter or all-gather (d-1)/d. optim_grads reduce-scatters every
+  // micro-batch; optim_grads_params also gathers every unit in forward and in backward.
+  {
+    const double d = static_cast<double>(c.dp), flat = static_cast<double>(got[0].flat_numel) * 4.0;
+    const double ring = (d - 1) / d * flat;
+    const double nmb = 8.0 / d;  // micro-batches per rank
+    const std::string s = c.sharding;
+    double expected = 2 * ring;  // no_shard, optim
+    if (s == "optim_grads") expected = nmb * ring + ring;
+    if (s == "optim_grads_params") expected = nmb * 3 * ring;
+    for (size_t k = 0; k < got.size(); ++k) {
+      const double ratio = static_cast<double>(got[k].bytes_last_step) / expected;
+      if (k == 0)
+        std::printf("%-18s DP=%lld: %lld bytes sent per step, %.4f of the ring figure\n", c.sharding,
+                    static_cast<long long>(c.dp), static_cast<long long>(got[k].bytes_last_step), ratio);
+      EXPECT_NEAR(ratio, 1.0, 0.1) << s << " rank " << k;
+    }
+  }
   // The optimizer state is sharded from `optim` on.
   const double opt_ratio = static_cast<double>(got[0].memory.optimizer_bytes) /
                            static_cast<double>(oracle()[0].memory.optimizer_bytes);
