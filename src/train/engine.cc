@@ -111,6 +111,7 @@ struct Engine::Impl {
   int64_t rows = 0;              // samples per global batch on this rank
   int64_t num_microbatches = 0;
   int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
+  int64_t dp_rank = 0, dp_size = 1;
 
   Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p) : recipe(r), log(std::move(l)), place(p) {
     MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
@@ -157,8 +158,8 @@ struct Engine::Impl {
     ll.micro_batch = dims.micro_batch;
     ll.num_microbatches = num_microbatches;
     if (layout) {
-      ll.dp_rank = layout->coords(place.rank).dp;
-      ll.dp_size = layout->dp();
+      dp_rank = ll.dp_rank = layout->coords(place.rank).dp;
+      dp_size = ll.dp_size = layout->dp();
     }
     data::LoaderOptions lo;
     lo.vocab_size = dims.vocab;
@@ -329,7 +330,9 @@ struct Engine::Impl {
     for (int64_t mb = 0; mb < num_microbatches; ++mb) {
       if (dp) dp->set_last_microbatch(mb == num_microbatches - 1);
       load_microbatch(mb, *data_batch);
-      const uint64_t key = dropout_key(iteration, mb);
+      // Keyed by the micro-batch's index in the global batch, so dropout draws the same
+      // masks at every data-parallel layout.
+      const uint64_t key = dropout_key(iteration, mb * dp_size + dp_rank);
       model::GPTModel::LossSums s = model->forward(key);
       // Megatron: per-micro-batch token mean, averaged over micro-batches.
       const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;

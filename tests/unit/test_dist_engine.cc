@@ -21,39 +21,15 @@
 namespace mpt::train {
 namespace {
 
-// A small LLaMA-style model on the embedded corpus; 8 micro-batches of 2 per step at one
-// rank, so DP = 2 and 4 split each step evenly.
-const char* kRecipe = R"(
-[model]
-num_layers = 2
-hidden_size = 64
-num_attention_heads = 4
-num_query_groups = 2
-seq_length = 32
-vocab_size = 257
-normalization = "RMSNorm"
-position_embedding_type = "rope"
-activation_func = "silu"
-gated_linear_unit = true
-add_bias_linear = false
-share_embeddings_and_output_weights = false
-hidden_dropout = 0.0
-attention_dropout = 0.0
-[train]
-micro_batch_size = 2
-global_batch_size = 16
-train_iters = 10
-[optimizer]
-lr = 3e-3
-clip_grad = 0.5
-[scheduler]
-lr_warmup_iters = 2
-[dataset]
-source = "corpus"
-num_workers = 1
-[dist]
-distributed_timeout_minutes = 0.5
-)";
+// recipes/tiny.toml for 10 steps: 4 micro-batches of 4 per step at one rank, so DP = 2 and
+// 4 split each step evenly.
+config::Recipe tiny(const std::vector<std::string>& overrides) {
+  config::Recipe r = config::load_recipe_file(std::string(MPT_SOURCE_DIR) + "/recipes/tiny.toml");
+  config::apply_overrides(r, {"train.train_iters=10", "validation.eval_interval=null", "checkpoint.save=null",
+                              "dataset.num_workers=1", "dist.distributed_timeout_minutes=0.5"});
+  config::apply_overrides(r, overrides);
+  return r;
+}
 
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -76,8 +52,7 @@ struct RankRun {
 };
 
 std::vector<RankRun> run(int64_t world, const std::vector<std::string>& overrides, int64_t steps = 10) {
-  config::Recipe r = config::load_recipe_string(kRecipe, "dp_test.toml");
-  config::apply_overrides(r, overrides);
+  config::Recipe r = tiny(overrides);
   config::finalize(r, world);
   std::vector<RankRun> out(static_cast<size_t>(world));
   const int port = free_port();
@@ -160,7 +135,7 @@ TEST_P(DataParallelEquivalence, MatchesOneRank) {
   {
     const double d = static_cast<double>(c.dp), flat = static_cast<double>(got[0].flat_numel) * 4.0;
     const double ring = (d - 1) / d * flat;
-    const double nmb = 8.0 / d;  // micro-batches per rank
+    const double nmb = 4.0 / d;  // micro-batches per rank
     const std::string s = c.sharding;
     double expected = 2 * ring;  // no_shard, optim
     if (s == "optim_grads") expected = nmb * ring + ring;
@@ -189,7 +164,8 @@ INSTANTIATE_TEST_SUITE_P(Strategies, DataParallelEquivalence,
 // the whole: optimizer state 1/DP from `optim` on, gradients 1/DP from `optim_grads` on
 // and parameters 1/DP for `optim_grads_params`, each plus the working buffers of two units.
 TEST(DataParallelMemory, ShrinksAsTheStrategyPromises) {
-  const std::vector<std::string> deep = {"model.num_layers=32", "dataset.source=mock"};
+  const std::vector<std::string> deep = {"model.num_layers=32", "model.hidden_size=64", "model.ffn_hidden_size=176",
+                                         "dataset.source=mock"};
   const MemoryReport one = run(1, deep, 0)[0].memory;
   for (int64_t dp : {2, 4}) {
     for (const char* sharding : {"no_shard", "optim", "optim_grads", "optim_grads_params"}) {
