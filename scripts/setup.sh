@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake pkg-config libtomlplusplus-dev libopenblas-dev nlohmann-json3-dev libgtest-dev libgloo-dev)
+# The tests also use python3 (an independent writer of indexed-dataset fixtures) and
+# iproute2 (network namespaces standing in for two hosts).
+packages=(build-essential cmake pkg-config libtomlplusplus-dev libopenblas-dev nlohmann-json3-dev libgtest-dev libgloo-dev
+          python3 iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

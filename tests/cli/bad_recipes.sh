@@ -5,12 +5,7 @@ set -u
 mptrain=$1
 src=$2
 dir=$src/tests/data/bad_recipes
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-# One rank: forget any launcher (torchrun, srun, mpirun) the tests were started under.
-unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+source "$src/tests/cli/lib/common.bash"
 
 # expect_rejected FIXTURE LINE KEY [OVERRIDES...]: `mptrain config` and a training run
 # both exit 1 with "mptrain: error:", FIXTURE:LINE and KEY in the message.

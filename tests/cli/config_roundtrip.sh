@@ -5,12 +5,7 @@
 set -u
 mptrain=$1
 src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-# One rank: forget any launcher (torchrun, srun, mpirun) the tests were started under.
-unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+source "$src/tests/cli/lib/common.bash"
 
 # The first line names the file the recipe was resolved from, which differs by design.
 body() { grep -v '^# mptrain recipe' "$1"; }

@@ -7,13 +7,9 @@ set -u
 mptrain=$1
 src=$2
 fixture=$src/tests/data/cli_tiny.toml
-tmp=$(mktemp -d)
+source "$src/tests/cli/lib/common.bash"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$tmp"; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+on_exit() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; }
 
 common=("$fixture" train.global_batch_size=8 train.train_iters=4 logger.log_interval=1)
 "$mptrain" --threads 1 "${common[@]}" logger.metrics_file="$tmp/one.jsonl" >"$tmp/out" 2>&1 ||

@@ -3,12 +3,8 @@
 # Usage: help.sh MPTRAIN SOURCE_DIR
 set -u
 mptrain=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-# One rank: forget any launcher (torchrun, srun, mpirun) the tests were started under.
-unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+src=$2
+source "$src/tests/cli/lib/common.bash"
 
 # run EXPECTED_EXIT ARGS...: runs mptrain, keeps stdout/stderr in $tmp/out and $tmp/err.
 run() {

@@ -5,9 +5,7 @@
 set -u
 src=$2
 dir=$src/tests/data/indexed
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+source "$src/tests/cli/lib/common.bash"
 
 command -v python3 >/dev/null || fail "python3 is needed to regenerate the fixtures and was not found"
 python3 "$dir/make_fixtures.py" "$tmp/gen" >"$tmp/out" 2>&1 || fail "make_fixtures.py exited $?: $(cat "$tmp/out")"

@@ -6,9 +6,8 @@
 set -u
 export LC_ALL=C  # lengths in bytes
 mptrain=$1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+src=$2
+source "$src/tests/cli/lib/common.bash"
 
 # run EXPECTED_EXIT ARGS...: runs mptrain, keeps stdout/stderr in $tmp/out and $tmp/err.
 run() {

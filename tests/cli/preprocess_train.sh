@@ -8,11 +8,7 @@ set -u
 mptrain=$1
 src=$2
 fixture=$src/tests/data/cli_tiny.toml
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
+source "$src/tests/cli/lib/common.bash"
 
 # Raw text: the project's own documentation, one document per paragraph.
 cat "$src/README.md" "$src"/recipes/*.toml >"$tmp/text.txt"

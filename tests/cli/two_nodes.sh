@@ -8,20 +8,15 @@ set -u
 mptrain=$1
 src=$2
 fixture=$src/tests/data/cli_tiny.toml
-tmp=$(mktemp -d)
+source "$src/tests/cli/lib/common.bash"
 tag="mpt$$"
 ns0="${tag}a" ns1="${tag}b"
 pids=()
-cleanup() {
+on_exit() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
   ip netns del "$ns0" 2>/dev/null
   ip netns del "$ns1" 2>/dev/null
-  rm -rf "$tmp"
 }
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID \
-  OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE OMPI_COMM_WORLD_LOCAL_RANK
 
 if ! command -v ip >/dev/null || ! ip netns add "$ns0" 2>/dev/null; then
   echo "two_nodes.sh: skipped: network namespaces cannot be created here"
