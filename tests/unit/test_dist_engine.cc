@@ -160,6 +160,26 @@ INSTANTIATE_TEST_SUITE_P(Strategies, DataParallelEquivalence,
                                            Case{"optim_grads_params", 2}, Case{"optim_grads_params", 4}),
                          [](const auto& info) { return str(info.param.sharding, "_dp", info.param.dp); });
 
+// A tied output layer reads the embedding unit in the head and adds to its gradients from
+// both ends of backward: the sharded storages keep that unit open across the pass.
+TEST(DataParallelTied, ShardedStrategiesMatchOneRank) {
+  const std::string tied = "model.share_embeddings_and_output_weights=true";
+  const RankRun want = run(1, {tied}, 4)[0];
+  for (const char* sharding : {"optim_grads", "optim_grads_params"}) {
+    const std::vector<RankRun> got = run(2, {tied, str("ddp.data_parallel_sharding_strategy=", sharding)}, 4);
+    for (const RankRun& rr : got) {
+      ASSERT_EQ(rr.losses.size(), want.losses.size());
+      for (size_t i = 0; i < rr.losses.size(); ++i)
+        EXPECT_LT(rel(rr.losses[i], want.losses[i]), 1e-5) << sharding << " step " << i + 1;
+      ASSERT_EQ(rr.params.size(), want.params.size());
+      double worst = 0;
+      for (size_t i = 0; i < rr.params.size(); ++i)
+        worst = std::max(worst, static_cast<double>(std::abs(rr.params[i] - want.params[i])));
+      EXPECT_LT(worst, 1e-5) << sharding;
+    }
+  }
+}
+
 // Memory per rank against one rank's, for a deeper model where a unit is a small part of
 // the whole: optimizer state 1/DP from `optim` on, gradients 1/DP from `optim_grads` on
 // and parameters 1/DP for `optim_grads_params`, each plus the working buffers of two units.
