@@ -35,12 +35,26 @@ struct GPTDims {
   float attention_dropout = 0;
   float init_std = 0.02f;
   float embedding_init_std = 0.02f;
+  // Tensor parallelism: heads, query groups, ffn and the padded vocabulary are split over
+  // tp ranks (the sizes above are whole-model sizes); under sequence_parallel the residual
+  // stream between the parallel regions is split along the sequence too.
+  int64_t tp = 1;
+  int64_t tp_rank = 0;
+  bool sequence_parallel = false;
 
   int64_t tokens() const { return seq * micro_batch; }
-  int64_t qkv_width() const { return (heads + 2 * groups) * head_dim; }
-  int64_t attn_width() const { return heads * head_dim; }
-  int64_t kv_width() const { return groups * head_dim; }
-  int64_t fc1_width() const { return gated ? 2 * ffn : ffn; }
+  // Rows of the residual stream this rank holds: tokens() / tp under sequence parallelism.
+  int64_t rows() const { return sequence_parallel ? tokens() / tp : tokens(); }
+  // This rank's share of each split size.
+  int64_t local_heads() const { return heads / tp; }
+  int64_t local_groups() const { return groups / tp; }
+  int64_t local_ffn() const { return ffn / tp; }
+  int64_t local_vocab() const { return padded_vocab / tp; }
+  int64_t vocab_start() const { return tp_rank * local_vocab(); }
+  int64_t qkv_width() const { return (local_heads() + 2 * local_groups()) * head_dim; }
+  int64_t attn_width() const { return local_heads() * head_dim; }
+  int64_t kv_width() const { return local_groups() * head_dim; }
+  int64_t fc1_width() const { return gated ? 2 * local_ffn() : local_ffn(); }
 };
 
 GPTDims make_dims(const config::Recipe& recipe);

@@ -14,6 +14,7 @@
 #include "model/param_registry.h"
 #include "model/param_storage.h"
 #include "model/transformer_layer.h"
+#include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
 
@@ -32,9 +33,10 @@ class GPTModel {
  public:
   // unit_align: every unit's flat range starts and ends at a multiple of it (a data-parallel
   // storage asks for a multiple of its group size so units shard evenly). Without a factory
-  // the model keeps every parameter and gradient resident (FullStorage).
+  // the model keeps every parameter and gradient resident (FullStorage). tp: this rank's
+  // tensor-parallel group (its size must be dims.tp); the model holds this rank's slices.
   GPTModel(const GPTDims& dims, backend::Ops& ops, const StorageFactory& storage = nullptr,
-           int64_t unit_align = ParamRegistry::kAlign);
+           int64_t unit_align = ParamRegistry::kAlign, const parallel::TensorParallel& tp = {});
 
   const GPTDims& dims() const { return dims_; }
   const ParamRegistry& registry() const { return reg_; }
@@ -77,6 +79,7 @@ class GPTModel {
   GPTDims dims_;
   GPTDims eval_dims_;  // dims_ with dropout off
   backend::Ops& ops_;
+  parallel::TensorParallel tp_;
   ParamRegistry reg_;
   int word_emb_ = -1, pos_emb_ = -1, final_w_ = -1, final_b_ = -1, output_w_ = -1;
   std::vector<LayerParams> layer_params_;
@@ -85,14 +88,17 @@ class GPTModel {
   std::unique_ptr<ParamStorage> storage_;
 
   Arena acts_;
-  Tensor ids_, labels_, loss_mask_, positions_, grad_scale_;
-  std::vector<Tensor> residual_;  // [L+1] x [T,H]: input of each layer and the last output
+  Tensor ids_, labels_, loss_mask_, positions_, grad_scale_;  // [T]
+  Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
+  std::vector<Tensor> residual_;  // [L+1] x [R,H]: input of each layer and the last output
   std::vector<LayerActs> layer_acts_;
   LayerScratch scratch_;
-  Tensor final_out_, final_mean_, final_rstd_;
-  Tensor logits_;                 // [T, Vp]; becomes dlogits in backward
-  Tensor row_max_, sumexp_, target_logit_, token_loss_;
-  Tensor dres_;                   // [T,H]
+  Tensor final_out_, final_mean_, final_rstd_;  // [R,H], [R], [R]
+  Tensor logits_;                 // [T, Vp / TP]; becomes dlogits in backward
+  Tensor row_max_, token_loss_;   // [T]
+  Tensor sumexp_target_;          // [2,T]: sum of exponentials, then the target logit (one all-reduce)
+  Tensor sumexp_, target_logit_;  // its rows
+  Tensor dres_;                   // [R,H]
 };
 
 }  // namespace mpt::model

@@ -8,13 +8,24 @@ namespace mpt::model {
 
 int ParamRegistry::add(const std::string& name, std::vector<int64_t> shape, Init init, float init_std,
                        bool weight_decay) {
+  return add_split(name, std::move(shape), TensorSplit{}, init, init_std, weight_decay);
+}
+
+int ParamRegistry::add_split(const std::string& name, std::vector<int64_t> shape, const TensorSplit& split, Init init,
+                             float init_std, bool weight_decay) {
   MPT_ASSERT(find(name) < 0);
+  MPT_ASSERT(split.size >= 1 && split.rank >= 0 && split.rank < split.size && split.stride >= 1);
+  MPT_ASSERT(split.axis < static_cast<int>(shape.size()));
   ParamInfo p;
   p.name = name;
   p.numel = 1;
   for (int64_t d : shape) p.numel *= d;
   p.global_shape = shape;
-  p.global_offset.assign(shape.size(), 0);
+  p.tp = split;
+  if (split.axis >= 0) {
+    MPT_ASSERT(shape[static_cast<size_t>(split.axis)] % split.stride == 0);
+    p.global_shape[static_cast<size_t>(split.axis)] *= split.size;
+  }
   p.shape = std::move(shape);
   p.offset = total_;
   p.init = init;
@@ -56,64 +67,43 @@ void ParamRegistry::pad_to(int64_t multiple) {
   total_ = (total_ + multiple - 1) / multiple * multiple;
 }
 
-void ParamRegistry::initialize(float* base, uint64_t seed) const {
-  for (const auto& p : params_) {
-    float* dst = base + p.offset;
-    switch (p.init) {
-      case Init::kZeros: std::fill(dst, dst + p.numel, 0.0f); break;
-      case Init::kOnes: std::fill(dst, dst + p.numel, 1.0f); break;
-      case Init::kNormal: {
-        uint64_t key = mix_key(seed, hash_name(p.name));
-        // Row-major walk of the local slice, indexing the global tensor.
-        const int nd = static_cast<int>(p.shape.size());
-        int64_t inner = p.shape[nd - 1];
-        int64_t rows = p.numel / inner;
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
-          int64_t rem = r, global = 0, stride = p.global_shape[nd - 1];
-          global = p.global_offset[nd - 1];
-          for (int d = nd - 2; d >= 0; --d) {
-            int64_t idx = rem % p.shape[d];
-            rem /= p.shape[d];
-            global += (idx + p.global_offset[d]) * stride;
-            stride *= p.global_shape[d];
-          }
-          fill_normal(dst + r * inner, inner, key, static_cast<uint64_t>(global), 0.0f, p.init_std);
-        }
-        break;
-      }
-    }
-  }
-}
+void ParamRegistry::initialize(float* base, uint64_t seed) const { initialize_range(base, 0, total_, seed); }
 
 void ParamRegistry::initialize_range(float* out, int64_t begin, int64_t end, uint64_t seed) const {
   MPT_ASSERT(0 <= begin && begin <= end && end <= total_);
+  // Pieces of normal draws: (destination, count, key, first global index).
+  struct Piece {
+    float* dst;
+    int64_t n;
+    uint64_t key, first;
+    float std;
+  };
+  std::vector<Piece> pieces;
+  constexpr int64_t kChunk = 1 << 14;  // pieces are cut this small so threads share the work
   std::fill(out, out + (end - begin), 0.0f);
   for (const auto& p : params_) {
     const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
     if (lo >= hi) continue;
-    float* dst = out + (lo - begin);
-    if (p.init == Init::kOnes) std::fill(dst, dst + (hi - lo), 1.0f);
+    if (p.init == Init::kOnes) std::fill(out + (lo - begin), out + (hi - begin), 1.0f);
     if (p.init != Init::kNormal) continue;
     const uint64_t key = mix_key(seed, hash_name(p.name));
-    const int nd = static_cast<int>(p.shape.size());
-    const int64_t inner = p.shape[nd - 1];
-    // Element e of the local slice is (row e / inner, column e % inner); rows map to the
-    // global tensor as in initialize().
-    for (int64_t e = lo - p.offset; e < hi - p.offset;) {
-      const int64_t r = e / inner, c = e % inner;
-      const int64_t n = std::min(inner - c, hi - p.offset - e);
-      int64_t rem = r, global = p.global_offset[nd - 1], stride = p.global_shape[nd - 1];
-      for (int d = nd - 2; d >= 0; --d) {
-        const int64_t idx = rem % p.shape[d];
-        rem /= p.shape[d];
-        global += (idx + p.global_offset[d]) * stride;
-        stride *= p.global_shape[d];
-      }
-      fill_normal(out + (p.offset + e - begin), n, key, static_cast<uint64_t>(global + c), 0.0f, p.init_std);
-      e += n;
-    }
+    // Element e of the local slice draws the value of its index in the whole tensor.
+    for_each_split_run(p.shape, p.global_shape, p.tp, p.tp.rank, [&](int64_t local, int64_t global, int64_t n) {
+      const int64_t a = std::max(lo, p.offset + local), b = std::min(hi, p.offset + local + n);
+      for (int64_t x = a; x < b; x += kChunk)
+        pieces.push_back(Piece{out + (x - begin), std::min(kChunk, b - x), key,
+                               static_cast<uint64_t>(global + (x - p.offset - local)), p.init_std});
+    });
   }
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < pieces.size(); ++i)
+    fill_normal(pieces[i].dst, pieces[i].n, pieces[i].key, pieces[i].first, 0.0f, pieces[i].std);
+}
+
+ParamRegistry ParamRegistry::whole() const {
+  ParamRegistry w;
+  for (const ParamInfo& p : params_) w.add(p.name, p.global_shape, p.init, p.init_std, p.weight_decay);
+  return w;
 }
 
 }  // namespace mpt::model

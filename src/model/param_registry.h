@@ -15,22 +15,70 @@ namespace mpt::model {
 
 enum class Init : int32_t { kNormal = 0, kZeros = 1, kOnes = 2 };
 
+// How tensor parallelism cuts a parameter (Megatron's partition_dim and partition_stride).
+// The axis is cut into `stride` equal blocks and each block into `size` equal parts; rank r
+// holds part r of every block, the blocks kept in order. Stride 1 is one contiguous slice;
+// stride 2 is a gated linear_fc1, whose [gate; up] rows each rank holds as [gate_r; up_r].
+struct TensorSplit {
+  int axis = -1;     // -1: replicated on every tensor-parallel rank
+  int64_t stride = 1;
+  int64_t rank = 0, size = 1;
+  bool split() const { return axis >= 0 && size > 1; }
+};
+
 struct ParamInfo {
   std::string name;                    // decoder.layers.3.self_attention.linear_qkv.weight
   std::vector<int64_t> shape;          // this rank's slice
   std::vector<int64_t> global_shape;   // the whole tensor (equal to shape at one rank)
-  std::vector<int64_t> global_offset;  // where this slice starts in the whole tensor
+  TensorSplit tp;                      // where this slice lies in the whole tensor
+  // Replicated over tensor-parallel ranks but computed from each rank's part of the sequence
+  // (sequence parallelism): its gradient is a partial sum, all-reduced over TP.
+  bool sequence_parallel = false;
   int64_t offset = 0;                  // element offset in the flat buffer
   int64_t numel = 0;
   Init init = Init::kNormal;
   float init_std = 0;
   bool weight_decay = true;            // false for biases and norm weights
+
+  // Counted in the gradient norm on this rank: split parameters everywhere, replicated ones
+  // on tensor-parallel rank 0 only, so every element counts once.
+  bool counted_in_norm() const { return tp.split() || tp.rank == 0; }
 };
+
+// Calls fn(local_first, global_first, count) for each contiguous run of elements that
+// `split` maps from a slice of `shape` (at tensor-parallel rank `rank`) into the row-major
+// whole tensor of `global_shape`, in local order.
+template <typename Fn>
+void for_each_split_run(const std::vector<int64_t>& shape, const std::vector<int64_t>& global_shape,
+                        const TensorSplit& split, int64_t rank, Fn&& fn) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  if (!split.split()) {
+    if (numel > 0) fn(int64_t{0}, int64_t{0}, numel);
+    return;
+  }
+  const size_t a = static_cast<size_t>(split.axis);
+  int64_t outer = 1, inner = 1;
+  for (size_t d = 0; d < a; ++d) outer *= shape[d];
+  for (size_t d = a + 1; d < shape.size(); ++d) inner *= shape[d];
+  const int64_t local = shape[a], whole = global_shape[a];
+  const int64_t part = local / split.stride, block = whole / split.stride;
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t b = 0; b < split.stride; ++b)
+      if (part * inner > 0)
+        fn((o * local + b * part) * inner, (o * whole + b * block + rank * part) * inner, part * inner);
+}
 
 class ParamRegistry {
  public:
   // Registers a parameter held whole by this rank; returns its index.
   int add(const std::string& name, std::vector<int64_t> shape, Init init, float init_std, bool weight_decay);
+  // Registers this rank's slice `shape` of a parameter cut by `split` (the whole tensor is
+  // `shape` with the split axis multiplied by split.size).
+  int add_split(const std::string& name, std::vector<int64_t> shape, const TensorSplit& split, Init init,
+                float init_std, bool weight_decay);
+  // Marks parameter i as sequence-parallel (see ParamInfo).
+  void set_sequence_parallel(int index, bool on) { params_[static_cast<size_t>(index)].sequence_parallel = on; }
   // Offsets are assigned as parameters are added, each aligned to kAlign elements.
   static constexpr int64_t kAlign = 16;
 
@@ -55,6 +103,10 @@ class ParamRegistry {
   // The same values for flat elements [begin, end) only, written to out[0, end - begin)
   // (alignment padding gets zeros): a rank holding a shard initialises just its shard.
   void initialize_range(float* out, int64_t begin, int64_t end, uint64_t seed) const;
+
+  // The registry of the whole model: the same parameters in the same order with their
+  // global shapes, nothing split (what a checkpoint stores).
+  ParamRegistry whole() const;
 
  private:
   std::vector<ParamInfo> params_;

@@ -16,8 +16,9 @@ backend::AttentionDims attention_dims(const GPTDims& d, uint64_t key) {
   backend::AttentionDims a;
   a.seq_q = a.seq_kv = d.seq;
   a.batch = d.micro_batch;
-  a.heads = d.heads;
-  a.groups = d.groups;
+  a.heads = d.local_heads();
+  a.groups = d.local_groups();
+  a.head_offset = d.tp_rank * d.local_heads();
   a.head_dim = d.head_dim;
   a.softmax_scale = d.softmax_scale;
   a.causal = true;
@@ -46,19 +47,35 @@ LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) 
   const std::string pre = "decoder.layers." + std::to_string(index) + ".";
   // Output-side projections are scaled by 1/sqrt(2 * num_layers), as Megatron does.
   const float out_std = d.init_std / std::sqrt(2.0f * static_cast<float>(d.num_layers));
+  // Column-parallel weights are cut along their output rows (a gated fc1 as [gate_r; up_r]);
+  // row-parallel ones along their input columns.
+  const TensorSplit column{0, 1, d.tp_rank, d.tp}, gated_column{0, d.gated ? 2 : 1, d.tp_rank, d.tp};
+  const TensorSplit row{1, 1, d.tp_rank, d.tp};
   LayerParams p;
-  p.norm1_w = reg.add(pre + "input_layernorm.weight", {d.hidden}, Init::kOnes, 0, false);
-  if (d.layernorm) p.norm1_b = reg.add(pre + "input_layernorm.bias", {d.hidden}, Init::kZeros, 0, false);
-  p.qkv_w = reg.add(pre + "self_attention.linear_qkv.weight", {d.qkv_width(), d.hidden}, Init::kNormal, d.init_std, true);
-  if (d.qkv_bias) p.qkv_b = reg.add(pre + "self_attention.linear_qkv.bias", {d.qkv_width()}, Init::kZeros, 0, false);
-  p.proj_w = reg.add(pre + "self_attention.linear_proj.weight", {d.hidden, d.attn_width()}, Init::kNormal, out_std, true);
-  if (d.bias) p.proj_b = reg.add(pre + "self_attention.linear_proj.bias", {d.hidden}, Init::kZeros, 0, false);
-  p.norm2_w = reg.add(pre + "pre_mlp_layernorm.weight", {d.hidden}, Init::kOnes, 0, false);
-  if (d.layernorm) p.norm2_b = reg.add(pre + "pre_mlp_layernorm.bias", {d.hidden}, Init::kZeros, 0, false);
-  p.fc1_w = reg.add(pre + "mlp.linear_fc1.weight", {d.fc1_width(), d.hidden}, Init::kNormal, d.init_std, true);
-  if (d.bias) p.fc1_b = reg.add(pre + "mlp.linear_fc1.bias", {d.fc1_width()}, Init::kZeros, 0, false);
-  p.fc2_w = reg.add(pre + "mlp.linear_fc2.weight", {d.hidden, d.ffn}, Init::kNormal, out_std, true);
-  if (d.bias) p.fc2_b = reg.add(pre + "mlp.linear_fc2.bias", {d.hidden}, Init::kZeros, 0, false);
+  // Replicated over tensor-parallel ranks; under sequence parallelism each rank's gradient
+  // comes from its part of the sequence.
+  auto replicated = [&](const std::string& name, Init init) {
+    const int i = reg.add(pre + name, {d.hidden}, init, 0, false);
+    reg.set_sequence_parallel(i, d.sequence_parallel);
+    return i;
+  };
+  p.norm1_w = replicated("input_layernorm.weight", Init::kOnes);
+  if (d.layernorm) p.norm1_b = replicated("input_layernorm.bias", Init::kZeros);
+  p.qkv_w = reg.add_split(pre + "self_attention.linear_qkv.weight", {d.qkv_width(), d.hidden}, column, Init::kNormal,
+                          d.init_std, true);
+  if (d.qkv_bias)
+    p.qkv_b = reg.add_split(pre + "self_attention.linear_qkv.bias", {d.qkv_width()}, column, Init::kZeros, 0, false);
+  p.proj_w = reg.add_split(pre + "self_attention.linear_proj.weight", {d.hidden, d.attn_width()}, row, Init::kNormal,
+                           out_std, true);
+  if (d.bias) p.proj_b = replicated("self_attention.linear_proj.bias", Init::kZeros);
+  p.norm2_w = replicated("pre_mlp_layernorm.weight", Init::kOnes);
+  if (d.layernorm) p.norm2_b = replicated("pre_mlp_layernorm.bias", Init::kZeros);
+  p.fc1_w = reg.add_split(pre + "mlp.linear_fc1.weight", {d.fc1_width(), d.hidden}, gated_column, Init::kNormal,
+                          d.init_std, true);
+  if (d.bias)
+    p.fc1_b = reg.add_split(pre + "mlp.linear_fc1.bias", {d.fc1_width()}, gated_column, Init::kZeros, 0, false);
+  p.fc2_w = reg.add_split(pre + "mlp.linear_fc2.weight", {d.hidden, d.local_ffn()}, row, Init::kNormal, out_std, true);
+  if (d.bias) p.fc2_b = replicated("mlp.linear_fc2.bias", Init::kZeros);
   return p;
 }
 
@@ -67,26 +84,27 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
+  const int64_t row0 = c.tp.row_offset(d.tokens());  // dropout masks follow the global row
 
   // Attention branch.
   norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
-  linear_forward(ops, s.qkv, a.norm1_out, P(p.qkv_w), P(p.qkv_b));
-  ops.qkv_split(a.q, a.k, a.v, s.qkv, d.groups, d.heads / d.groups, d.head_dim);
+  column_parallel_forward(ops, c.tp, s.qkv, a.norm1_out, P(p.qkv_w), P(p.qkv_b), s.full);
+  ops.qkv_split(a.q, a.k, a.v, s.qkv, d.local_groups(), d.heads / d.groups, d.head_dim);
   if (d.rope) {
-    ops.rope(a.q, c.positions, d.heads, d.head_dim, d.rotary_dim, d.rotary_base, false);
-    ops.rope(a.k, c.positions, d.groups, d.head_dim, d.rotary_dim, d.rotary_base, false);
+    ops.rope(a.q, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, false);
+    ops.rope(a.k, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, false);
   }
   ops.attention_fwd(a.attn_out, a.lse, a.q, a.k, a.v, attention_dims(d, key));
-  linear_forward(ops, s.branch, a.attn_out, P(p.proj_w), P(p.proj_b));
-  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut), 0);
+  row_parallel_forward(ops, c.tp, s.branch, a.attn_out, P(p.proj_w), P(p.proj_b), s.partial);
+  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut), row0);
   ops.add(a.resid_mid, x, s.branch);
 
   // MLP branch.
   norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
-  linear_forward(ops, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b));
+  column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
   ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
-  linear_forward(ops, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b));
-  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut), 0);
+  row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
+  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut), row0);
   ops.add(out, a.resid_mid, s.branch);
 }
 
@@ -96,32 +114,35 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
   auto G = [&](int i) { return c.G(i); };
+  const int64_t row0 = c.tp.row_offset(d.tokens());
 
   // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))).
   Tensor dbranch = s.branch;
   if (d.hidden_dropout > 0)
-    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut), 0);
+    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut), row0);
   else
     ops.copy(dbranch, dres);
-  linear_backward(ops, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w));
+  row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
   ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);
-  linear_backward(ops, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w));
+  column_parallel_backward(ops, c.tp, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w), s.full,
+                           s.partial);
   norm_backward(c, p.norm2_w, p.norm2_b, dres, s.dnorm, a.resid_mid, a.norm2_mean, a.norm2_rstd);
 
   // Attention branch: resid_mid = x + drop(proj(attn(...))).
   if (d.hidden_dropout > 0)
-    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kAttnOut), 0);
+    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kAttnOut), row0);
   else
     ops.copy(dbranch, dres);
-  linear_backward(ops, s.dattn, G(p.proj_w), G(p.proj_b), dbranch, a.attn_out, P(p.proj_w));
+  row_parallel_backward(ops, c.tp, s.dattn, G(p.proj_w), G(p.proj_b), dbranch, a.attn_out, P(p.proj_w), s.full);
   ops.attention_bwd(s.dq, s.dk, s.dv, s.dattn, a.q, a.k, a.v, a.attn_out, a.lse, attention_dims(d, key));
   if (d.rope) {
-    ops.rope(s.dq, c.positions, d.heads, d.head_dim, d.rotary_dim, d.rotary_base, true);
-    ops.rope(s.dk, c.positions, d.groups, d.head_dim, d.rotary_dim, d.rotary_base, true);
+    ops.rope(s.dq, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, true);
+    ops.rope(s.dk, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, true);
   }
   Tensor dqkv = s.qkv;
-  ops.qkv_merge(dqkv, s.dq, s.dk, s.dv, d.groups, d.heads / d.groups, d.head_dim);
-  linear_backward(ops, s.dnorm, G(p.qkv_w), G(p.qkv_b), dqkv, a.norm1_out, P(p.qkv_w));
+  ops.qkv_merge(dqkv, s.dq, s.dk, s.dv, d.local_groups(), d.heads / d.groups, d.head_dim);
+  column_parallel_backward(ops, c.tp, s.dnorm, G(p.qkv_w), G(p.qkv_b), dqkv, a.norm1_out, P(p.qkv_w), s.full,
+                           s.partial);
   norm_backward(c, p.norm1_w, p.norm1_b, dres, s.dnorm, x, a.norm1_mean, a.norm1_rstd);
 }
 

@@ -8,6 +8,7 @@
 #include "backend/ops.h"
 #include "model/gpt_dims.h"
 #include "model/param_registry.h"
+#include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
 
@@ -24,12 +25,14 @@ struct LayerParams {
 // Registers layer `index`'s parameters under Megatron's names.
 LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index);
 
-// Activations a layer keeps from forward to backward (T = seq * micro_batch tokens).
+// Activations a layer keeps from forward to backward. T = seq * micro_batch tokens; R = the
+// residual rows this rank holds (T, or T / TP under sequence parallelism); widths are this
+// rank's (local heads, groups and ffn under tensor parallelism).
 struct LayerActs {
-  Tensor norm1_out, norm1_mean, norm1_rstd;  // [T,H], [T], [T]
+  Tensor norm1_out, norm1_mean, norm1_rstd;  // [R,H], [R], [R]
   Tensor q, k, v;                            // after RoPE: [T, heads*D], [T, groups*D] x2
   Tensor attn_out, lse;                      // [T, heads*D], [B, heads, S]
-  Tensor resid_mid;                          // x + attention branch [T,H]
+  Tensor resid_mid;                          // x + attention branch [R,H]
   Tensor norm2_out, norm2_mean, norm2_rstd;
   Tensor fc1_out, act_out;                   // [T, fc1_width], [T, ffn]
 };
@@ -37,12 +40,15 @@ struct LayerActs {
 // Scratch shared by every layer (overwritten freely inside one call).
 struct LayerScratch {
   Tensor qkv;        // [T, qkv_width]; reused as dqkv in backward
-  Tensor branch;     // [T,H]: projection / fc2 output, and their gradients
-  Tensor dnorm;      // [T,H]
+  Tensor branch;     // [R,H]: projection / fc2 output, and their gradients
+  Tensor dnorm;      // [R,H]
   Tensor dact;       // [T, ffn]
   Tensor dfc1;       // [T, fc1_width]
   Tensor dattn;      // [T, heads*D]
   Tensor dq, dk, dv;
+  // Sequence parallelism only (empty otherwise): [T,H] each.
+  Tensor full;       // a gathered layer input (forward, and again in backward)
+  Tensor partial;    // a row-parallel output before its reduce-scatter; d(input) before its own
 };
 
 // params/grads hold the layer's unit: the flat range starting at `base`.
@@ -54,11 +60,12 @@ struct LayerContext {
   float* grads;
   int64_t base;
   Tensor positions;  // i32 [T]: each token's position in its sequence
+  const parallel::TensorParallel& tp;
   Tensor P(int i) const { return reg.view(params, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };
 
-// x [T,H] -> out [T,H] (out must not alias x). dropout_key selects this layer's masks.
+// x [R,H] -> out [R,H] (out must not alias x). dropout_key selects this layer's masks.
 void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor out,
                    uint64_t dropout_key);
 // dres holds d(out) on entry and d(x) on return; x is the layer's saved input.

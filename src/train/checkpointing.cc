@@ -12,11 +12,12 @@ const char* kExpAvg = "optimizer.exp_avg.";
 const char* kExpAvgSq = "optimizer.exp_avg_sq.";
 
 ckpt::TensorSlice slice_of(const model::ParamInfo& p, const std::string& name, const float* base) {
+  MPT_ASSERT(!p.tp.split());  // whole tensors only (see ModelBuffers)
   ckpt::TensorSlice s;
   s.name = name;
   s.dtype = DType::kF32;
   s.global_shape = p.global_shape;
-  s.offset = p.global_offset;
+  s.offset.assign(p.shape.size(), 0);
   s.shape = p.shape;
   s.data = base + p.offset;
   return s;
@@ -88,7 +89,8 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
     if (want_optim) check(p, kExpAvg + p.name), check(p, kExpAvgSq + p.name);
   }
   auto read_into = [&](const model::ParamInfo& p, const std::string& name, float* base) {
-    reader.read(name, DType::kF32, p.global_offset, p.shape, base + p.offset);
+    MPT_ASSERT(!p.tp.split());
+    reader.read(name, DType::kF32, std::vector<int64_t>(p.shape.size(), 0), p.shape, base + p.offset);
   };
   for (const auto& p : b.registry->params()) {
     read_into(p, p.name, b.params);

@@ -21,7 +21,9 @@ struct CheckpointState {
 // True when `dir` is an iteration directory or a save directory holding a complete one.
 bool checkpoint_exists(const std::string& dir);
 
-// Whole-layout buffers laid out by `registry`: the parameters and the two Adam moments.
+// Whole-layout buffers laid out by `registry`, whose parameters are whole tensors (a
+// tensor-parallel rank's registry converted with ParamRegistry::whole()): the parameters and
+// the two Adam moments.
 struct ModelBuffers {
   const model::ParamRegistry* registry = nullptr;
   float* params = nullptr;
