@@ -20,12 +20,10 @@ void check_capabilities(Checker& c) {
     return k != nullptr && k->get(r) != k->default_value();
   };
 
-  // Parallelism: data parallel only, no model splitting.
-  unbuilt(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size", "tensor parallelism");
+  // Parallelism: data and tensor (+ sequence) parallel.
   unbuilt(m.pipeline_model_parallel_size > 1, "model.pipeline_model_parallel_size", "pipeline parallelism");
   unbuilt(m.virtual_pipeline_model_parallel_size.has_value(), "model.virtual_pipeline_model_parallel_size",
           "virtual pipeline stages");
-  unbuilt(m.sequence_parallel, "model.sequence_parallel", "sequence parallelism");
   unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "context parallelism");
   unbuilt(m.expert_model_parallel_size > 1, "model.expert_model_parallel_size", "expert parallelism");
   unbuilt(m.expert_tensor_parallel_size.value_or(1) != 1, "model.expert_tensor_parallel_size",

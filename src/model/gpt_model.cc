@@ -41,12 +41,12 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, const StorageFactory&
     units_.push_back(ParamUnit{std::move(name), begin, reg_.total_numel()});
   };
   // Vocab-parallel: each tensor-parallel rank holds a contiguous range of vocabulary rows.
-  const TensorSplit vocab{0, 1, d.tp_rank, d.tp};
+  const TensorSplit vocab{0, 1, d.tp_rank, d.tp}, whole{-1, 1, d.tp_rank, d.tp};
   word_emb_ = reg_.add_split("embedding.word_embeddings.weight", {d.local_vocab(), d.hidden}, vocab, Init::kNormal,
                              d.embedding_init_std, true);
   if (d.learned_positions) {
-    pos_emb_ = reg_.add("embedding.position_embeddings.weight", {d.seq, d.hidden}, Init::kNormal,
-                        d.embedding_init_std, true);
+    pos_emb_ = reg_.add_split("embedding.position_embeddings.weight", {d.seq, d.hidden}, whole, Init::kNormal,
+                              d.embedding_init_std, true);
     reg_.set_sequence_parallel(pos_emb_, d.sequence_parallel);  // added to this rank's rows only
   }
   close_unit("embedding");
@@ -54,10 +54,10 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, const StorageFactory&
     layer_params_.push_back(register_layer(reg_, d, l));
     close_unit(str("decoder.layers.", l));
   }
-  final_w_ = reg_.add("decoder.final_layernorm.weight", {d.hidden}, Init::kOnes, 0, false);
+  final_w_ = reg_.add_split("decoder.final_layernorm.weight", {d.hidden}, whole, Init::kOnes, 0, false);
   reg_.set_sequence_parallel(final_w_, d.sequence_parallel);
   if (d.layernorm) {
-    final_b_ = reg_.add("decoder.final_layernorm.bias", {d.hidden}, Init::kZeros, 0, false);
+    final_b_ = reg_.add_split("decoder.final_layernorm.bias", {d.hidden}, whole, Init::kZeros, 0, false);
     reg_.set_sequence_parallel(final_b_, d.sequence_parallel);
   }
   if (!d.tied_output)

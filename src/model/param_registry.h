@@ -71,7 +71,9 @@ void for_each_split_run(const std::vector<int64_t>& shape, const std::vector<int
 
 class ParamRegistry {
  public:
-  // Registers a parameter held whole by this rank; returns its index.
+  // Registers a parameter held whole by this rank, outside any tensor-parallel group (a
+  // parameter replicated over tensor-parallel ranks says so with add_split, axis -1, so the
+  // gradient norm counts it once); returns its index.
   int add(const std::string& name, std::vector<int64_t> shape, Init init, float init_std, bool weight_decay);
   // Registers this rank's slice `shape` of a parameter cut by `split` (the whole tensor is
   // `shape` with the split axis multiplied by split.size).

@@ -50,12 +50,12 @@ LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) 
   // Column-parallel weights are cut along their output rows (a gated fc1 as [gate_r; up_r]);
   // row-parallel ones along their input columns.
   const TensorSplit column{0, 1, d.tp_rank, d.tp}, gated_column{0, d.gated ? 2 : 1, d.tp_rank, d.tp};
-  const TensorSplit row{1, 1, d.tp_rank, d.tp};
+  const TensorSplit row{1, 1, d.tp_rank, d.tp}, whole{-1, 1, d.tp_rank, d.tp};
   LayerParams p;
   // Replicated over tensor-parallel ranks; under sequence parallelism each rank's gradient
   // comes from its part of the sequence.
   auto replicated = [&](const std::string& name, Init init) {
-    const int i = reg.add(pre + name, {d.hidden}, init, 0, false);
+    const int i = reg.add_split(pre + name, {d.hidden}, whole, init, 0, false);
     reg.set_sequence_parallel(i, d.sequence_parallel);
     return i;
   };

@@ -37,8 +37,9 @@ double AdamW::grad_sum_squares(const std::vector<float*>& grads) const {
   MPT_ASSERT(grads.size() == owned_.size());
   double sq = 0;
   for (size_t k = 0; k < owned_.size(); ++k)
-    for_each_piece(k, [&](int, int64_t first, int64_t count, int64_t) {
-      sq += ops_.sum_squares(Tensor::f32(grads[k] + (first - owned_[k].begin), {count}));
+    for_each_piece(k, [&](int i, int64_t first, int64_t count, int64_t) {
+      if (reg_.at(i).counted_in_norm())
+        sq += ops_.sum_squares(Tensor::f32(grads[k] + (first - owned_[k].begin), {count}));
     });
   return sq;
 }

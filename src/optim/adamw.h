@@ -33,8 +33,9 @@ class AdamW {
   const std::vector<FlatRange>& owned() const { return owned_; }
   int64_t owned_numel() const { return owned_numel_; }
 
-  // Sum of squares of the owned gradient elements (each element once). grads[k] holds owned
-  // range k (its element `begin` at grads[k][0]).
+  // Sum of squares of the owned gradient elements this rank counts in the norm (replicated
+  // tensor-parallel parameters only on TP rank 0: ParamInfo::counted_in_norm). grads[k]
+  // holds owned range k (its element `begin` at grads[k][0]).
   double grad_sum_squares(const std::vector<float*>& grads) const;
   // Clips by `norm` (the global norm) and applies one update at (lr, weight_decay).
   void step(const std::vector<float*>& params, const std::vector<float*>& grads, double norm, double lr,

@@ -1,7 +1,6 @@
 #include "optim/data_parallel.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <deque>
 
@@ -388,10 +387,10 @@ void DataParallel::init_parameters(uint64_t seed) {
   for (size_t k = 0; k < owned_.size(); ++k) m.reg.initialize_range(owned_params_[k], owned_[k].begin, owned_[k].end, seed);
 }
 
-double DataParallel::grad_norm(const AdamW& optimizer) {
+double DataParallel::grad_sum_squares(const AdamW& optimizer) {
   double sq = optimizer.grad_sum_squares(owned_grads_);
   if (cfg_.sharding != Sharding::kNoShard) comm_.all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
-  return std::sqrt(sq);
+  return sq;
 }
 
 void DataParallel::finish_step() {
@@ -440,6 +439,14 @@ void DataParallel::gather_params(float* whole) {
     gather_owned(m.param_shard, whole);
   else
     std::memcpy(whole, m.params_full, static_cast<size_t>(m.total) * sizeof(float));
+}
+
+void DataParallel::gather_grads(float* whole) {
+  Impl& m = *impl_;
+  if (cfg_.sharding == Sharding::kNoShard)
+    std::memcpy(whole, m.grads_full, static_cast<size_t>(m.total) * sizeof(float));
+  else
+    gather_owned(m.grad_shard, whole);
 }
 
 }  // namespace mpt::optim

@@ -81,9 +81,10 @@ class DataParallel final : public model::ParamStorage {
   const std::vector<FlatRange>& owned() const { return owned_; }
   const std::vector<float*>& owned_params() const { return owned_params_; }
   const std::vector<float*>& owned_grads() const { return owned_grads_; }
-  // The global gradient norm: the sum of squares of the owned gradients, summed over the
-  // group when they are sharded (each element counted once).
-  double grad_norm(const AdamW& optimizer);
+  // The sum of squares of the owned gradients (those the norm counts on this rank, see
+  // ParamInfo::counted_in_norm), summed over the group when they are sharded, so each element
+  // is counted once. The global norm is its square root once summed over model-parallel ranks.
+  double grad_sum_squares(const AdamW& optimizer);
   // After the optimizer step: all-gathers updated parameters (optim, optim_grads).
   void finish_step();
 
@@ -95,6 +96,8 @@ class DataParallel final : public model::ParamStorage {
   void load_params(const float* whole);
   // The whole parameters, gathered when sharded (for checkpoints).
   void gather_params(float* whole);
+  // The whole averaged gradients after finish_grad_sync(), gathered when sharded.
+  void gather_grads(float* whole);
 
   dist::Communicator& comm() { return comm_; }
   Sharding sharding() const { return cfg_.sharding; }

@@ -23,6 +23,7 @@
 #include "model/gpt_model.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/tensor_parallel.h"
 #include "train/checkpointing.h"
 #include "train/metrics.h"
 #include "train/tensorboard.h"
@@ -96,8 +97,10 @@ struct Engine::Impl {
   std::unique_ptr<dist::StoreServer> store_server;
   std::unique_ptr<dist::Store> store;
   std::unique_ptr<dist::ParallelState> layout;
-  std::unique_ptr<dist::Communicator> dp_comm;
+  std::unique_ptr<dist::Communicator> dp_comm, tp_comm;
   optim::DataParallel* dp = nullptr;  // the model's storage when data-parallel
+  parallel::TensorParallel tp;        // one rank unless tensor-parallel
+  std::unique_ptr<parallel::SequenceParallelGrads> sp_grads;
   std::unique_ptr<backend::Ops> ops;
   model::GPTDims dims;
   std::unique_ptr<model::GPTModel> model;
@@ -136,8 +139,14 @@ struct Engine::Impl {
         dp = storage.get();
         return std::unique_ptr<model::ParamStorage>(std::move(storage));
       };
-      model = std::make_unique<model::GPTModel>(dims, *ops, factory, model::ParamRegistry::kAlign * dp_comm->size());
+      model = std::make_unique<model::GPTModel>(dims, *ops, factory, model::ParamRegistry::kAlign * dp_comm->size(),
+                                                tp);
       dp->init_parameters(seed);
+      if (dims.sequence_parallel) {
+        std::vector<std::pair<int64_t, int64_t>> owned;
+        for (const optim::FlatRange& r : dp->owned()) owned.emplace_back(r.begin, r.end);
+        sp_grads = std::make_unique<parallel::SequenceParallelGrads>(model->registry(), owned);
+      }
     } else {
       model = std::make_unique<model::GPTModel>(dims, *ops);
       model->init_parameters(seed);
@@ -175,8 +184,8 @@ struct Engine::Impl {
                  mib(m.activations_peak_bytes)));
   }
 
-  // Rendezvous and process groups. Only data parallelism is built so far (finalize refuses
-  // the other sizes), so the one group in use is dp-cp.
+  // Rendezvous and process groups: tensor-parallel (tp) and data-parallel (dp-cp). Every rank
+  // forms its groups in the same order.
   void start_distributed() {
     const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
     if (rank0) store_server = std::make_unique<dist::StoreServer>(static_cast<int>(place.master_port));
@@ -188,16 +197,19 @@ struct Engine::Impl {
     sizes.pp = recipe.model.pipeline_model_parallel_size;
     layout = std::make_unique<dist::ParallelState>(sizes);
     store->wait_ranks("engine/start", place.rank, place.world_size);
-    const std::vector<int64_t> ranks = layout->group_of(dist::GroupKind::kDpCp, place.rank);
-    std::string name = "dp-cp:";
-    for (size_t i = 0; i < ranks.size(); ++i) {
-      if (i) name += ',';
-      name += std::to_string(ranks[i]);
-    }
     dist::CommOptions co;
     co.timeout_s = timeout;
-    dp_comm = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
-    log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(), "; sharding ",
+    auto group = [&](dist::GroupKind kind) {
+      const std::vector<int64_t> ranks = layout->group_of(kind, place.rank);
+      std::string name = str(dist::group_kind_name(kind), ":");
+      for (size_t i = 0; i < ranks.size(); ++i) name += str(i ? "," : "", ranks[i]);
+      return dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
+    };
+    tp_comm = group(dist::GroupKind::kTp);
+    dp_comm = group(dist::GroupKind::kDpCp);
+    tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
+    log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
+                 dims.sequence_parallel ? ", sequence parallel" : "", "; sharding ",
                  recipe.ddp.data_parallel_sharding_strategy));
   }
 
@@ -218,18 +230,54 @@ struct Engine::Impl {
     return v;
   }
 
-  // Whole-layout parameters and moments for a checkpoint (gathered when sharded).
+  // The global gradient norm: each element counted once over data- and tensor-parallel ranks.
+  double grad_norm() {
+    if (!dp) return optimizer->grad_norm(model->grads());
+    double sq = dp->grad_sum_squares(*optimizer);
+    if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
+    return std::sqrt(sq);
+  }
+
+  // Whole-model parameters and moments for a checkpoint: gathered over data-parallel shards,
+  // then over tensor-parallel slices, laid out by `whole` (the model's registry made whole).
   struct WholeBuffers {
+    model::ParamRegistry whole;
     std::vector<float> params, m, v;
   };
   void gather_whole(WholeBuffers& w) {
     const size_t n = static_cast<size_t>(model->flat_numel());
-    w.params.assign(n, 0.0f);
-    w.m.assign(n, 0.0f);
-    w.v.assign(n, 0.0f);
-    dp->gather_params(w.params.data());
-    dp->gather_owned(optimizer->exp_avg(), w.m.data());
-    dp->gather_owned(optimizer->exp_avg_sq(), w.v.data());
+    std::vector<float> params(n), m(n), v(n);
+    dp->gather_params(params.data());
+    dp->gather_owned(optimizer->exp_avg(), m.data());
+    dp->gather_owned(optimizer->exp_avg_sq(), v.data());
+    w.whole = model->registry().whole();
+    const size_t wn = static_cast<size_t>(w.whole.total_numel());
+    w.params.assign(wn, 0.0f);
+    w.m.assign(wn, 0.0f);
+    w.v.assign(wn, 0.0f);
+    parallel::gather_whole(model->registry(), params.data(), w.whole, w.params.data(), tp.comm());
+    parallel::gather_whole(model->registry(), m.data(), w.whole, w.m.data(), tp.comm());
+    parallel::gather_whole(model->registry(), v.data(), w.whole, w.v.data(), tp.comm());
+  }
+  // The reverse: this rank's slices and shards of whole-model buffers.
+  void scatter_whole(const WholeBuffers& w) {
+    const size_t n = static_cast<size_t>(model->flat_numel());
+    std::vector<float> params(n, 0.0f), m(n, 0.0f), v(n, 0.0f);
+    parallel::take_slices(model->registry(), params.data(), w.whole, w.params.data());
+    parallel::take_slices(model->registry(), m.data(), w.whole, w.m.data());
+    parallel::take_slices(model->registry(), v.data(), w.whole, w.v.data());
+    dp->load_params(params.data());
+    dp->scatter_owned(m.data(), optimizer->exp_avg());
+    dp->scatter_owned(v.data(), optimizer->exp_avg_sq());
+  }
+  // This rank's flat parameters or (averaged) gradients, gathered over data-parallel shards.
+  std::vector<float> local_flat(bool gradient);
+  // True on every rank when `failed` is true on any (a collective over tp and dp-cp).
+  bool any_rank(bool failed) {
+    int64_t f = failed ? 1 : 0;
+    dp_comm->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
+    if (tp.size() > 1) tp_comm->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
+    return f != 0;
   }
 
   MemoryReport memory() const {
@@ -340,8 +388,9 @@ struct Engine::Impl {
       model->backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key);
     }
     if (dp) dp->finish_grad_sync();
+    if (sp_grads) sp_grads->all_reduce(*tp_comm, dp->owned_grads());
     const double lm_loss = dp_average(loss_sum / static_cast<double>(num_microbatches));
-    const double norm = dp ? dp->grad_norm(*optimizer) : optimizer->grad_norm(model->grads());
+    const double norm = grad_norm();
     MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
               "; parameters were not updated");
     MPT_CHECK(std::isfinite(norm), Status::kNumerical, "iteration ", iteration + 1, ": gradient norm is ", norm,
@@ -515,16 +564,15 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
   std::exception_ptr error;
   if (m.rank0) {
     try {
-      const ModelBuffers b{&m.model->registry(), w.params.data(), w.m.data(), w.v.data()};
+      const ModelBuffers b{&w.whole, w.params.data(), w.m.data(), w.v.data()};
       dir = save_model_checkpoint(save_dir, m.recipe, b, st);
     } catch (...) {
       error = std::current_exception();
     }
   }
-  int64_t failed = error ? 1 : 0;
-  m.dp_comm->all_reduce(&failed, 1, DType::kI64, dist::ReduceOp::kMax);
+  const bool failed = m.any_rank(error != nullptr);
   if (error) std::rethrow_exception(error);
-  MPT_CHECK(failed == 0, Status::kIoError, "rank ", m.place.rank, ": rank 0 failed to save the checkpoint in '",
+  MPT_CHECK(!failed, Status::kIoError, "rank ", m.place.rank, ": rank 0 failed to save the checkpoint in '",
             save_dir, "'");
   m.log.info(str("mptrain: saved checkpoint ", dir));
   return dir;
@@ -538,13 +586,11 @@ void Engine::load_checkpoint(const std::string& dir) {
                                ModelBuffers{&m.model->registry(), m.model->params(), m.optimizer->exp_avg(),
                                             m.optimizer->exp_avg_sq()});
   } else {
-    // Every rank reads the whole checkpoint and keeps its shards.
+    // Every rank reads the whole checkpoint and keeps its slices and shards.
     Impl::WholeBuffers w;
     m.gather_whole(w);  // the current values, kept where the checkpoint has none (load_optim off)
-    st = load_model_checkpoint(dir, m.recipe, ModelBuffers{&m.model->registry(), w.params.data(), w.m.data(), w.v.data()});
-    m.dp->load_params(w.params.data());
-    m.dp->scatter_owned(w.m.data(), m.optimizer->exp_avg());
-    m.dp->scatter_owned(w.v.data(), m.optimizer->exp_avg_sq());
+    st = load_model_checkpoint(dir, m.recipe, ModelBuffers{&w.whole, w.params.data(), w.m.data(), w.v.data()});
+    m.scatter_whole(w);
   }
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;
@@ -562,19 +608,46 @@ MemoryReport Engine::memory() const { return impl_->memory(); }
 int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->bytes_sent() : 0; }
 int64_t Engine::flat_numel() const { return impl_->model->flat_numel(); }
 
+std::vector<float> Engine::Impl::local_flat(bool gradient) {
+  const size_t n = static_cast<size_t>(model->flat_numel());
+  if (!dp) {
+    const float* src = gradient ? model->grads() : model->params();
+    return std::vector<float>(src, src + n);
+  }
+  std::vector<float> flat(n, 0.0f);
+  if (gradient)
+    dp->gather_grads(flat.data());
+  else
+    dp->gather_params(flat.data());
+  return flat;
+}
+
 std::vector<float> Engine::gather_parameters() {
   Impl& m = *impl_;
-  std::vector<float> whole;
-  const float* src = m.model->params();
-  if (m.dp) {
-    whole.assign(static_cast<size_t>(m.model->flat_numel()), 0.0f);
-    m.dp->gather_params(whole.data());
-    src = whole.data();
-  }
+  const std::vector<float> flat = m.local_flat(false);
   std::vector<float> out;
-  out.reserve(static_cast<size_t>(m.model->registry().num_parameters()));
-  for (const model::ParamInfo& p : m.model->registry().params()) out.insert(out.end(), src + p.offset, src + p.offset + p.numel);
+  const model::ParamRegistry& reg = m.model->registry();
+  for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
+    const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), m.tp.comm());
+    out.insert(out.end(), w.begin(), w.end());
+  }
   return out;
 }
+
+std::vector<float> Engine::gather_tensor(const std::string& name, bool gradient) {
+  Impl& m = *impl_;
+  const int i = m.model->registry().find(name);
+  MPT_CHECK(i >= 0, Status::kInvalidArgument, "gather_tensor: the model has no parameter named '", name, "'");
+  const std::vector<float> flat = m.local_flat(gradient);
+  return parallel::gather_whole_param(m.model->registry(), i, flat.data(), m.tp.comm());
+}
+
+std::vector<int64_t> Engine::tensor_shape(const std::string& name) const {
+  const int i = impl_->model->registry().find(name);
+  MPT_CHECK(i >= 0, Status::kInvalidArgument, "tensor_shape: the model has no parameter named '", name, "'");
+  return impl_->model->registry().at(i).global_shape;
+}
+
+int64_t Engine::tp_bytes_sent() const { return impl_->tp_comm ? impl_->tp_comm->bytes_sent() : 0; }
 
 }  // namespace mpt::train

@@ -76,10 +76,17 @@ class Engine {
   int64_t dp_bytes_sent() const;
   // Elements of the flat parameter layout, alignment padding included.
   int64_t flat_numel() const;
-  // Every parameter in registry order, concatenated without padding (so the result does
-  // not depend on the layout), gathered from the shards when they are sharded: a
-  // collective, every data-parallel rank must call it.
+  // Bytes this rank has sent to its tensor-parallel peers so far.
+  int64_t tp_bytes_sent() const;
+  // Every parameter in registry order as whole tensors (global shapes), concatenated without
+  // padding, gathered over data-parallel shards and tensor-parallel slices: a collective,
+  // every rank must call it.
   std::vector<float> gather_parameters();
+  // One parameter, or its gradient from the last step (averaged over data-parallel ranks), as
+  // the whole tensor in row-major order of its global shape; a collective like
+  // gather_parameters. Throws Error(kInvalidArgument) for a name the model does not have.
+  std::vector<float> gather_tensor(const std::string& name, bool gradient = false);
+  std::vector<int64_t> tensor_shape(const std::string& name) const;  // the global shape
 
  private:
   struct Impl;

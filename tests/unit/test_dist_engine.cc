@@ -2,101 +2,26 @@
 // DP = 2 and 4 reproduces the one-rank run (losses and final parameters), memory per rank
 // shrinks as the strategy promises, and the bytes sent per step match the ring algorithms.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "config/recipe.h"
-#include "core/error.h"
-#include "train/engine.h"
+#include "engine_threads.h"
 
 namespace mpt::train {
 namespace {
 
-// recipes/tiny.toml for 10 steps: 4 micro-batches of 4 per step at one rank, so DP = 2 and
-// 4 split each step evenly.
-config::Recipe tiny(const std::vector<std::string>& overrides) {
-  config::Recipe r = config::load_recipe_file(std::string(MPT_SOURCE_DIR) + "/recipes/tiny.toml");
-  config::apply_overrides(r, {"train.train_iters=10", "validation.eval_interval=null", "checkpoint.save=null",
-                              "dataset.num_workers=1", "dist.distributed_timeout_minutes=0.5"});
-  config::apply_overrides(r, overrides);
-  return r;
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-struct RankRun {
-  std::vector<double> losses, norms;
-  std::vector<float> params;  // every parameter, registry order, no padding
-  MemoryReport memory;
-  int64_t bytes_last_step = 0;
-  int64_t flat_numel = 0;
-};
-
-std::vector<RankRun> run(int64_t world, const std::vector<std::string>& overrides, int64_t steps = 10) {
-  config::Recipe r = tiny(overrides);
-  config::finalize(r, world);
-  std::vector<RankRun> out(static_cast<size_t>(world));
-  const int port = free_port();
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int64_t rank = 0; rank < world; ++rank) {
-    threads.emplace_back([&, rank] {
-      try {
-        dist::LaunchPlace place;
-        place.rank = rank;
-        place.world_size = world;
-        place.local_rank = rank;
-        place.master_addr = "127.0.0.1";
-        place.master_port = port;
-        Logger quiet([](LogLevel, const std::string&) {}, LogLevel::kError);
-        Engine engine(r, quiet, place);
-        RankRun& rr = out[static_cast<size_t>(rank)];
-        for (int64_t i = 0; i < steps; ++i) {
-          const int64_t before = engine.dp_bytes_sent();
-          StepResult s = engine.train_step();
-          rr.losses.push_back(s.lm_loss);
-          rr.norms.push_back(s.grad_norm);
-          rr.bytes_last_step = engine.dp_bytes_sent() - before;
-        }
-        rr.memory = engine.memory();
-        rr.flat_numel = engine.flat_numel();
-        rr.params = engine.gather_parameters();
-      } catch (...) {
-        errors[static_cast<size_t>(rank)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-  return out;
-}
+using testing::rel;
+using testing::RankRun;
+using testing::run;
 
 const std::vector<RankRun>& oracle() {
   static const std::vector<RankRun> r = run(1, {});
   return r;
 }
-
-double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
 void expect_matches_oracle(const std::vector<RankRun>& got, const std::string& what) {
   const RankRun& want = oracle()[0];
@@ -141,10 +66,10 @@ TEST_P(DataParallelEquivalence, MatchesOneRank) {
     if (s == "optim_grads") expected = nmb * ring + ring;
     if (s == "optim_grads_params") expected = nmb * 3 * ring;
     for (size_t k = 0; k < got.size(); ++k) {
-      const double ratio = static_cast<double>(got[k].bytes_last_step) / expected;
+      const double ratio = static_cast<double>(got[k].dp_bytes_last_step) / expected;
       if (k == 0)
         std::printf("%-18s DP=%lld: %lld bytes sent per step, %.4f of the ring figure\n", c.sharding,
-                    static_cast<long long>(c.dp), static_cast<long long>(got[k].bytes_last_step), ratio);
+                    static_cast<long long>(c.dp), static_cast<long long>(got[k].dp_bytes_last_step), ratio);
       EXPECT_NEAR(ratio, 1.0, 0.1) << s << " rank " << k;
     }
   }

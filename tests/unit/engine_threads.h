@@ -1,0 +1,108 @@
+// Runs the Engine on N ranks as threads of this process (each rank its own gloo groups over
+// loopback TCP) and collects what the equivalence tests compare: losses, gradient norms,
+// gathered parameters and gradients, memory and bytes sent.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config/recipe.h"
+#include "core/error.h"
+#include "train/engine.h"
+
+namespace mpt::train::testing {
+
+// recipes/tiny.toml for 10 steps: 4 micro-batches of 4 per step at one rank, so DP = 2 and
+// 4 split each step evenly.
+inline config::Recipe tiny(const std::vector<std::string>& overrides) {
+  config::Recipe r = config::load_recipe_file(std::string(MPT_SOURCE_DIR) + "/recipes/tiny.toml");
+  config::apply_overrides(r, {"train.train_iters=10", "validation.eval_interval=null", "checkpoint.save=null",
+                              "dataset.num_workers=1", "dist.distributed_timeout_minutes=0.5"});
+  config::apply_overrides(r, overrides);
+  return r;
+}
+
+inline int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+struct RankRun {
+  std::vector<double> losses, norms;
+  std::vector<float> params;  // every parameter as a whole tensor, registry order, no padding
+  std::map<std::string, std::vector<float>> grads_step1;  // whole gradients after step 1
+  std::map<std::string, std::vector<int64_t>> shapes;     // their global shapes
+  MemoryReport memory;
+  int64_t dp_bytes_last_step = 0, tp_bytes_last_step = 0;
+  int64_t flat_numel = 0;
+};
+
+// Trains `steps` steps of tiny(overrides) on `world` ranks; gradients of `grad_names` are
+// gathered after step 1.
+inline std::vector<RankRun> run(int64_t world, const std::vector<std::string>& overrides, int64_t steps = 10,
+                                const std::vector<std::string>& grad_names = {}) {
+  config::Recipe r = tiny(overrides);
+  config::finalize(r, world);
+  std::vector<RankRun> out(static_cast<size_t>(world));
+  const int port = free_port();
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int64_t rank = 0; rank < world; ++rank) {
+    threads.emplace_back([&, rank] {
+      try {
+        dist::LaunchPlace place;
+        place.rank = rank;
+        place.world_size = world;
+        place.local_rank = rank;
+        place.master_addr = "127.0.0.1";
+        place.master_port = port;
+        Logger quiet([](LogLevel, const std::string&) {}, LogLevel::kError);
+        Engine engine(r, quiet, place);
+        RankRun& rr = out[static_cast<size_t>(rank)];
+        for (int64_t i = 0; i < steps; ++i) {
+          const int64_t dp0 = engine.dp_bytes_sent(), tp0 = engine.tp_bytes_sent();
+          StepResult s = engine.train_step();
+          rr.losses.push_back(s.lm_loss);
+          rr.norms.push_back(s.grad_norm);
+          rr.dp_bytes_last_step = engine.dp_bytes_sent() - dp0;
+          rr.tp_bytes_last_step = engine.tp_bytes_sent() - tp0;
+          if (i == 0)
+            for (const std::string& name : grad_names) {
+              rr.grads_step1[name] = engine.gather_tensor(name, true);
+              rr.shapes[name] = engine.tensor_shape(name);
+            }
+        }
+        rr.memory = engine.memory();
+        rr.flat_numel = engine.flat_numel();
+        rr.params = engine.gather_parameters();
+      } catch (...) {
+        errors[static_cast<size_t>(rank)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return out;
+}
+
+inline double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+
+}  // namespace mpt::train::testing
