@@ -163,7 +163,10 @@ void check_layout(Checker& c) {
     if (m.num_query_groups && *m.num_query_groups > 0 && *m.num_query_groups % tp != 0)
       c.fail("model.num_query_groups",
              str("must be divisible by model.tensor_model_parallel_size (", *m.num_query_groups, " % ", tp, " = ",
-                 *m.num_query_groups % tp, ")"));
+                 *m.num_query_groups % tp, ")",
+                 *m.num_query_groups < tp ? "; fewer query groups than tensor-parallel ranks (replicating key/value "
+                                            "heads) is not supported"
+                                          : ""));
     if (d.ffn_hidden_size > 0 && d.ffn_hidden_size % tp != 0)
       c.fail("model.ffn_hidden_size",
              str("must be divisible by model.tensor_model_parallel_size (", d.ffn_hidden_size, " % ", tp, " = ",

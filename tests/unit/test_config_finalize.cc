@@ -70,15 +70,28 @@ TEST(ConfigFinalize, PaddedVocabFollowsMegatron) {
   EXPECT_EQ(padded_vocab_size(50257, 128, 8), 51200);
   EXPECT_EQ(padded_vocab_size(1000, 1, 1), 1000);
 
-  // Through finalize: TP 4 is rejected as not built yet, but the sizes are still derived.
+  // Through finalize: the vocabulary is padded to a multiple of divisible_by x TP.
   Recipe r = valid();
   apply_overrides(r, {"model.tensor_model_parallel_size=4"});
-  const std::string msg = error_message([&] { finalize(r, 4); });
-  EXPECT_TRUE(has(msg, "override 'model.tensor_model_parallel_size=4': model.tensor_model_parallel_size: tensor "
-                       "parallelism is not supported yet"))
-      << msg;
+  finalize(r, 4);
   EXPECT_EQ(r.derived.padded_vocab_size, 512);
-  EXPECT_FALSE(r.finalized);
+  EXPECT_TRUE(r.finalized);
+}
+
+TEST(ConfigFinalize, TensorParallelSplitsMustDivide) {
+  // Each rule names the key and the numbers; fewer query groups than TP ranks is refused.
+  const std::string groups = problems_with({"model.tensor_model_parallel_size=4", "model.num_attention_heads=8",
+                                  "model.num_query_groups=2"}, 4);
+  EXPECT_TRUE(has(groups, "model.num_query_groups: must be divisible by model.tensor_model_parallel_size (2 % 4 = 2)"))
+      << groups;
+  EXPECT_TRUE(has(groups, "fewer query groups than tensor-parallel ranks")) << groups;
+  const std::string ffn = problems_with({"model.tensor_model_parallel_size=4", "model.ffn_hidden_size=350"}, 4);
+  EXPECT_TRUE(has(ffn, "model.ffn_hidden_size: must be divisible by model.tensor_model_parallel_size (350 % 4 = 2)"))
+      << ffn;
+  const std::string heads = problems_with({"model.tensor_model_parallel_size=3"}, 3);
+  EXPECT_TRUE(has(heads, "model.num_attention_heads: must be divisible by model.tensor_model_parallel_size")) << heads;
+  const std::string sp = problems_with({"model.sequence_parallel=true"}, 1);
+  EXPECT_TRUE(has(sp, "model.sequence_parallel: needs model.tensor_model_parallel_size > 1")) << sp;
 }
 
 TEST(ConfigFinalize, RequiredKeysAreNamedAtTheRecipePath) {
