@@ -78,10 +78,21 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
               ": checkpoint has no optimizer state (saved with checkpoint.save_optim = false); "
               "set checkpoint.load_optim = false or checkpoint.finetune = true to load weights only");
 
+  // The vocabulary is padded to a multiple of make_vocab_size_divisible_by x TP, so a
+  // checkpoint saved at another tensor-parallel size may hold more or fewer padding rows in
+  // the vocabulary-sized tensors: those load their real rows [0, vocab_size) and keep this
+  // model's padding rows (which no token ever reads).
+  const int64_t vocab = recipe.model.vocab_size;
+  auto real_rows = [&](const model::ParamInfo& p, const std::vector<int64_t>& saved) {
+    const bool vocab_tensor = p.name == "embedding.word_embeddings.weight" || p.name == "output_layer.weight";
+    return vocab_tensor && saved.size() == 2 && p.shape.size() == 2 && saved[1] == p.shape[1] && saved[0] >= vocab &&
+           p.shape[0] >= vocab;
+  };
   // Check every tensor before touching the model, so a bad checkpoint leaves it as it was.
   auto check = [&](const model::ParamInfo& p, const std::string& name) {
     MPT_CHECK(reader.has(name), Status::kCorruptData, reader.directory(), ": tensor '", name, "' is missing");
-    MPT_CHECK(reader.global_shape(name) == p.global_shape, Status::kCorruptData, reader.directory(), ": tensor '",
+    const std::vector<int64_t> saved = reader.global_shape(name);
+    MPT_CHECK(saved == p.global_shape || real_rows(p, saved), Status::kCorruptData, reader.directory(), ": tensor '",
               name, "' has a different global shape than this model's (model config differs from the checkpoint's)");
   };
   for (const auto& p : b.registry->params()) {
@@ -90,7 +101,9 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
   }
   auto read_into = [&](const model::ParamInfo& p, const std::string& name, float* base) {
     MPT_ASSERT(!p.tp.split());
-    reader.read(name, DType::kF32, std::vector<int64_t>(p.shape.size(), 0), p.shape, base + p.offset);
+    std::vector<int64_t> shape = p.shape;
+    if (reader.global_shape(name) != p.global_shape) shape[0] = vocab;
+    reader.read(name, DType::kF32, std::vector<int64_t>(shape.size(), 0), shape, base + p.offset);
   };
   for (const auto& p : b.registry->params()) {
     read_into(p, p.name, b.params);
