@@ -165,9 +165,9 @@ typedef int (*mpt_log_fn)(void* user_data, int32_t level, const char* message);
  *   master_addr    address of rank 0's rendezvous store; NULL means MASTER_ADDR from the
  *                  environment, else "127.0.0.1".
  *
- * This version trains on a single rank; a world size above 1 is accepted by mpt_init and
- * rejected by mpt_build_model (MPT_ERR_NOT_SUPPORTED or MPT_ERR_INVALID_CONFIG, with a
- * message saying so).
+ * With a world size above 1 every rank calls mpt_init and mpt_build_model with the same
+ * recipe; the ranks meet at master_addr:master_port and split the model and the data as
+ * the recipe's parallel sizes say (data and tensor parallel).
  *
  * Option structs are plain data: the library copies what it needs during mpt_init and
  * keeps no pointer into them. */
@@ -303,7 +303,10 @@ MPT_API const char* mpt_model_last_error(const mpt_model* model) MPT_NOEXCEPT;
  *              NULL for all 1
  *   rows       micro_batch_size * number of micro-batches
  *              (= global_batch_size / data-parallel size)
- *   cols       see labels */
+ *   cols       see labels
+ *
+ * Ranks of one tensor-parallel group must pass identical batches (their data-parallel
+ * rank's share); the step fails with MPT_ERR_INVALID_ARGUMENT on all of them otherwise. */
 typedef struct mpt_batch {
   size_t struct_size;
   const int32_t* tokens;

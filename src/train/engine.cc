@@ -357,6 +357,29 @@ struct Engine::Impl {
       }
   }
 
+  // Every rank of a tensor-parallel group computes on the same samples. A host-supplied
+  // batch that differs between them would train a silently wrong model, so the ranks compare
+  // a hash of it; all of them fail alike when any differs.
+  void check_same_batch_over_tp(const data::RankBatch& b) {
+    if (tp.size() <= 1) return;
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&](const void* p, size_t n) {
+      const auto* c = static_cast<const unsigned char*>(p);
+      for (size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 1099511628211ull;
+    };
+    mix(b.tokens.data(), b.tokens.size() * sizeof(int32_t));
+    mix(b.labels.data(), b.labels.size() * sizeof(int32_t));
+    mix(b.loss_mask.data(), b.loss_mask.size() * sizeof(float));
+    std::vector<int64_t> all(static_cast<size_t>(tp.size()));
+    const int64_t mine = static_cast<int64_t>(h);
+    tp_comm->all_gather(&mine, all.data(), 1, DType::kI64);
+    for (int64_t r = 0; r < tp.size(); ++r)
+      MPT_CHECK(all[static_cast<size_t>(r)] == all[0], Status::kInvalidArgument, "rank ", place.rank,
+                ": the batch passed to this step differs between tensor-parallel ranks (group ",
+                tp_comm->name(), ": group rank ", r, " differs from group rank 0); every rank of a "
+                "tensor-parallel group must pass the same batch, its data-parallel rank's share");
+  }
+
   uint64_t dropout_key(int64_t it, int64_t mb) const {
     return mix_key(mix_key(static_cast<uint64_t>(recipe.rng.seed), static_cast<uint64_t>(it)), static_cast<uint64_t>(mb));
   }
@@ -367,6 +390,7 @@ struct Engine::Impl {
     const data::RankBatch* data_batch;
     if (batch) {
       data_batch = &stage_host_batch(*batch);
+      check_same_batch_over_tp(*data_batch);
     } else {
       if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
       data_batch = &train_loader->next();
