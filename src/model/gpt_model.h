@@ -1,11 +1,13 @@
-// The GPT model for one rank: embedding, decoder layers, final norm, output layer and the
-// vocab-parallel cross-entropy pieces. Parameters, gradients and every activation are
-// planned at construction and allocated once; a training step allocates nothing.
+// The GPT model, or the chunk of it one pipeline stage holds, for one rank: embedding,
+// decoder layers, final norm, output layer and the vocab-parallel cross-entropy pieces.
+// Parameters, gradients and every activation are planned at construction and allocated
+// once; a training step allocates nothing.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "backend/ops.h"
@@ -14,6 +16,7 @@
 #include "model/param_registry.h"
 #include "model/param_storage.h"
 #include "model/transformer_layer.h"
+#include "parallel/pipeline_layout.h"
 #include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
@@ -29,16 +32,42 @@ struct MicroBatchInput {
 using StorageFactory =
     std::function<std::unique_ptr<ParamStorage>(const ParamRegistry&, const std::vector<ParamUnit>&)>;
 
+// Registry indices of a model chunk's parameters (-1: not in this chunk).
+struct ChunkParams {
+  int word_emb = -1, pos_emb = -1;              // pre-process chunk
+  std::vector<LayerParams> layers;              // local layer i is global layer chunk.begin + i
+  int final_w = -1, final_b = -1, output_w = -1;  // post-process chunk
+  // The tied output layer on a chunk without the embedding: a copy of
+  // embedding.word_embeddings.weight (ParamInfo::pipeline_copy).
+  int word_copy = -1;
+};
+
+// Registers a chunk's parameters under Megatron's names and cuts them into units: the
+// embedding (pre-process), each decoder layer, the head (post-process), each unit padded to a
+// multiple of unit_align.
+ChunkParams register_chunk(ParamRegistry& reg, std::vector<ParamUnit>& units, const GPTDims& dims,
+                           const parallel::ChunkLayers& chunk, int64_t unit_align);
+// The whole model's registry (every layer, nothing split): the layout checkpoints store.
+ParamRegistry whole_model_registry(const GPTDims& dims);
+
+struct ModelOptions {
+  StorageFactory storage;  // null: everything resident (FullStorage)
+  // Every unit's flat range starts and ends at a multiple of it (a data-parallel storage
+  // asks for a multiple of its group size so units shard evenly).
+  int64_t unit_align = ParamRegistry::kAlign;
+  parallel::TensorParallel tp;  // this rank's tensor-parallel group; its size must be dims.tp
+  std::optional<parallel::ChunkLayers> chunk;  // the layers this model holds; default all
+  // Sets of saved activations: micro-batches whose forward has run and backward has not
+  // (a pipeline schedule keeps several in flight).
+  int64_t slots = 1;
+};
+
 class GPTModel {
  public:
-  // unit_align: every unit's flat range starts and ends at a multiple of it (a data-parallel
-  // storage asks for a multiple of its group size so units shard evenly). Without a factory
-  // the model keeps every parameter and gradient resident (FullStorage). tp: this rank's
-  // tensor-parallel group (its size must be dims.tp); the model holds this rank's slices.
-  GPTModel(const GPTDims& dims, backend::Ops& ops, const StorageFactory& storage = nullptr,
-           int64_t unit_align = ParamRegistry::kAlign, const parallel::TensorParallel& tp = {});
+  GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions options = {});
 
   const GPTDims& dims() const { return dims_; }
+  const parallel::ChunkLayers& chunk() const { return chunk_; }
   const ParamRegistry& registry() const { return reg_; }
   const std::vector<ParamUnit>& units() const { return units_; }
   ParamStorage& storage() { return *storage_; }
@@ -47,57 +76,74 @@ class GPTModel {
   const float* params() const { return storage_->full_params(); }
   float* grads() { return storage_->full_grads(); }
   int64_t flat_numel() const { return reg_.total_numel(); }
+  int64_t slots() const { return static_cast<int64_t>(slots_.size()); }
 
   // Needs resident parameters (a sharding storage initialises its own shards).
   void init_parameters(uint64_t seed);
   void zero_grads();
 
-  // Buffers the caller fills before forward().
-  MicroBatchInput input() { return {ids_.i(), labels_.i(), loss_mask_.f()}; }
+  // Buffers the caller fills before forward() of a slot: token ids (pre-process chunk) and
+  // labels and loss mask (post-process chunk).
+  MicroBatchInput input(int64_t slot = 0);
+  // [R, H]: where a chunk without the embedding takes its input (the previous pipeline
+  // stage's output), and the chunk's output (valid until the slot's backward).
+  Tensor chunk_input(int64_t slot) { return slot_at(slot).residual.front(); }
+  Tensor chunk_output(int64_t slot) { return slot_at(slot).residual.back(); }
 
-  // Runs forward and keeps activations. Returns (sum over tokens of loss * mask, sum of mask).
+  // Runs forward and keeps activations in `slot`. On the post-process chunk returns
+  // (sum over tokens of loss * mask, sum of mask); zeros elsewhere.
   struct LossSums {
     double weighted_loss = 0;
     double mask_sum = 0;
   };
   // training = false runs without dropout (evaluation).
-  LossSums forward(uint64_t dropout_key, bool training = true);
-  // Backward of loss_scale * sum(loss * mask); accumulates into grads().
-  void backward(float loss_scale, uint64_t dropout_key);
+  LossSums forward(uint64_t dropout_key, bool training = true, int64_t slot = 0);
+  // Backward of loss_scale * sum(loss * mask) through `slot`'s activations; accumulates
+  // parameter gradients. A chunk without the loss takes d(output) [R, H] from the next
+  // stage; a chunk without the embedding leaves d(input) in input_grad().
+  void backward(float loss_scale, uint64_t dropout_key, int64_t slot = 0, Tensor output_grad = Tensor());
+  Tensor input_grad() { return dres_; }
 
   int64_t params_bytes() const { return storage_->params_bytes(); }
   int64_t grads_bytes() const { return storage_->grads_bytes(); }
   int64_t activations_bytes() const { return static_cast<int64_t>(acts_.size()); }
 
  private:
+  // Activations one micro-batch keeps from its forward to its backward.
+  struct SlotActs {
+    Tensor ids, labels, loss_mask, grad_scale;  // [T]
+    std::vector<Tensor> residual;               // [L+1] x [R,H]: each local layer's input, then the output
+    std::vector<LayerActs> layers;
+    Tensor final_out, final_mean, final_rstd;   // [R,H], [R], [R]
+    Tensor logits;                              // [T, Vp / TP]; becomes dlogits in backward
+    Tensor row_max, token_loss;                 // [T]
+    Tensor sumexp_target;                       // [2,T]: sum of exponentials, then the target logit
+    Tensor sumexp, target_logit;                // its rows
+  };
+  SlotActs& slot_at(int64_t s);
   void plan_activations();
+  int layer_unit(int64_t i) const { return static_cast<int>(i) + (chunk_.pre_process ? 1 : 0); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // Views of parameter i inside unit u's current area.
   Tensor P(int u, float* area, int i) const { return reg_.view(area, units_[static_cast<size_t>(u)].begin, i); }
-  int output_weight() const { return dims_.tied_output ? word_emb_ : output_w_; }
 
   GPTDims dims_;
   GPTDims eval_dims_;  // dims_ with dropout off
   backend::Ops& ops_;
   parallel::TensorParallel tp_;
+  parallel::ChunkLayers chunk_;
   ParamRegistry reg_;
-  int word_emb_ = -1, pos_emb_ = -1, final_w_ = -1, final_b_ = -1, output_w_ = -1;
-  std::vector<LayerParams> layer_params_;
+  ChunkParams ids_;
+  int out_unit_ = -1, out_param_ = -1;  // where the output layer's weight lives
 
-  std::vector<ParamUnit> units_;  // embedding, decoder layers, head
+  std::vector<ParamUnit> units_;
   std::unique_ptr<ParamStorage> storage_;
 
   Arena acts_;
-  Tensor ids_, labels_, loss_mask_, positions_, grad_scale_;  // [T]
+  std::vector<SlotActs> slots_;
+  Tensor positions_;              // i32 [T]: each token's position in its sequence
   Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
-  std::vector<Tensor> residual_;  // [L+1] x [R,H]: input of each layer and the last output
-  std::vector<LayerActs> layer_acts_;
   LayerScratch scratch_;
-  Tensor final_out_, final_mean_, final_rstd_;  // [R,H], [R], [R]
-  Tensor logits_;                 // [T, Vp / TP]; becomes dlogits in backward
-  Tensor row_max_, token_loss_;   // [T]
-  Tensor sumexp_target_;          // [2,T]: sum of exponentials, then the target logit (one all-reduce)
-  Tensor sumexp_, target_logit_;  // its rows
   Tensor dres_;                   // [R,H]
 };
 

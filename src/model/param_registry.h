@@ -34,6 +34,10 @@ struct ParamInfo {
   // Replicated over tensor-parallel ranks but computed from each rank's part of the sequence
   // (sequence parallelism): its gradient is a partial sum, all-reduced over TP.
   bool sequence_parallel = false;
+  // A copy of a parameter another pipeline stage holds (the tied output layer's embedding
+  // on the last stage): its gradient is all-reduced with the original's over the embedding
+  // group, and the norm and checkpoints count the original only.
+  bool pipeline_copy = false;
   int64_t offset = 0;                  // element offset in the flat buffer
   int64_t numel = 0;
   Init init = Init::kNormal;
@@ -42,7 +46,7 @@ struct ParamInfo {
 
   // Counted in the gradient norm on this rank: split parameters everywhere, replicated ones
   // on tensor-parallel rank 0 only, so every element counts once.
-  bool counted_in_norm() const { return tp.split() || tp.rank == 0; }
+  bool counted_in_norm() const { return !pipeline_copy && (tp.split() || tp.rank == 0); }
 };
 
 // Calls fn(local_first, global_first, count) for each contiguous run of elements that
@@ -81,6 +85,7 @@ class ParamRegistry {
                 float init_std, bool weight_decay);
   // Marks parameter i as sequence-parallel (see ParamInfo).
   void set_sequence_parallel(int index, bool on) { params_[static_cast<size_t>(index)].sequence_parallel = on; }
+  void set_pipeline_copy(int index) { params_[static_cast<size_t>(index)].pipeline_copy = true; }
   // Offsets are assigned as parameters are added, each aligned to kAlign elements.
   static constexpr int64_t kAlign = 16;
 

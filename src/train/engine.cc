@@ -139,8 +139,11 @@ struct Engine::Impl {
         dp = storage.get();
         return std::unique_ptr<model::ParamStorage>(std::move(storage));
       };
-      model = std::make_unique<model::GPTModel>(dims, *ops, factory, model::ParamRegistry::kAlign * dp_comm->size(),
-                                                tp);
+      model::ModelOptions mo;
+      mo.storage = factory;
+      mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
+      mo.tp = tp;
+      model = std::make_unique<model::GPTModel>(dims, *ops, mo);
       dp->init_parameters(seed);
       if (dims.sequence_parallel) {
         std::vector<std::pair<int64_t, int64_t>> owned;
