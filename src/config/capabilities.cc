@@ -20,20 +20,11 @@ void check_capabilities(Checker& c) {
     return k != nullptr && k->get(r) != k->default_value();
   };
 
-  // Parallelism: data and tensor (+ sequence) parallel.
-  unbuilt(m.pipeline_model_parallel_size > 1, "model.pipeline_model_parallel_size", "pipeline parallelism");
-  unbuilt(m.virtual_pipeline_model_parallel_size.has_value(), "model.virtual_pipeline_model_parallel_size",
-          "virtual pipeline stages");
+  // Parallelism: data, tensor (+ sequence) and pipeline (+ virtual stages) parallel.
   unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "context parallelism");
   unbuilt(m.expert_model_parallel_size > 1, "model.expert_model_parallel_size", "expert parallelism");
   unbuilt(m.expert_tensor_parallel_size.value_or(1) != 1, "model.expert_tensor_parallel_size",
           "expert tensor parallelism");
-  unbuilt(m.num_layers_in_first_pipeline_stage.has_value(), "model.num_layers_in_first_pipeline_stage",
-          "uneven pipeline stages");
-  unbuilt(m.num_layers_in_last_pipeline_stage.has_value(), "model.num_layers_in_last_pipeline_stage",
-          "uneven pipeline stages");
-  unbuilt(m.microbatch_group_size_per_vp_stage.has_value(), "model.microbatch_group_size_per_vp_stage",
-          "interleaved pipeline micro-batch groups");
 
   // Model features.
   for (const KeySpec& k : key_table()) {

@@ -100,10 +100,5 @@ void ParamRegistry::initialize_range(float* out, int64_t begin, int64_t end, uin
     fill_normal(pieces[i].dst, pieces[i].n, pieces[i].key, pieces[i].first, 0.0f, pieces[i].std);
 }
 
-ParamRegistry ParamRegistry::whole() const {
-  ParamRegistry w;
-  for (const ParamInfo& p : params_) w.add(p.name, p.global_shape, p.init, p.init_std, p.weight_decay);
-  return w;
-}
 
 }  // namespace mpt::model

@@ -111,10 +111,6 @@ class ParamRegistry {
   // (alignment padding gets zeros): a rank holding a shard initialises just its shard.
   void initialize_range(float* out, int64_t begin, int64_t end, uint64_t seed) const;
 
-  // The registry of the whole model: the same parameters in the same order with their
-  // global shapes, nothing split (what a checkpoint stores).
-  ParamRegistry whole() const;
-
  private:
   std::vector<ParamInfo> params_;
   int64_t total_ = 0;

@@ -69,11 +69,13 @@ void AdamW::step(const std::vector<float*>& params, const std::vector<float*>& g
     });
 }
 
-double AdamW::grad_norm(float* grads) const {
+double AdamW::grad_sum_squares(float* grads) const {
   MPT_ASSERT(owned_.size() == 1 && owned_[0].begin == 0 && owned_[0].end == reg_.total_numel());
   whole_grads_[0] = grads;
-  return std::sqrt(grad_sum_squares(whole_grads_));
+  return grad_sum_squares(whole_grads_);
 }
+
+double AdamW::grad_norm(float* grads) const { return std::sqrt(grad_sum_squares(grads)); }
 
 void AdamW::step(float* params, float* grads, double norm, double lr, double weight_decay) {
   MPT_ASSERT(owned_.size() == 1 && owned_[0].begin == 0 && owned_[0].end == reg_.total_numel());

@@ -42,6 +42,7 @@ class AdamW {
             double weight_decay);
 
   // Whole-layout forms (only when this optimizer owns everything).
+  double grad_sum_squares(float* grads) const;
   double grad_norm(float* grads) const;
   void step(float* params, float* grads, double norm, double lr, double weight_decay);
 

@@ -449,4 +449,32 @@ void DataParallel::gather_grads(float* whole) {
     gather_owned(m.grad_shard, whole);
 }
 
+std::vector<float> DataParallel::gather_grad_range(int64_t begin, int64_t end) {
+  Impl& m = *impl_;
+  MPT_ASSERT(0 <= begin && begin <= end && end <= m.total);
+  if (cfg_.sharding == Sharding::kNoShard) return std::vector<float>(m.grads_full + begin, m.grads_full + end);
+  for (const Bucket& b : m.buckets) {
+    if (begin < b.begin || end > b.end) continue;
+    std::vector<float> whole(static_cast<size_t>(b.numel()));
+    comm_.all_gather(m.grad_shard + b.shard_offset, whole.data(), b.numel() / m.dp, DType::kF32);
+    return std::vector<float>(whole.begin() + (begin - b.begin), whole.begin() + (end - b.begin));
+  }
+  fail(Status::kInternal, "gradient range [", begin, ", ", end, ") spans more than one bucket");
+}
+
+void DataParallel::store_grad_range(int64_t begin, int64_t end, const float* values) {
+  Impl& m = *impl_;
+  if (cfg_.sharding == Sharding::kNoShard) {
+    std::memcpy(m.grads_full + begin, values, static_cast<size_t>(end - begin) * sizeof(float));
+    return;
+  }
+  for (const Bucket& b : m.buckets) {
+    const int64_t s = m.shard_begin(b), e = s + b.numel() / m.dp;
+    const int64_t lo = std::max(begin, s), hi = std::min(end, e);
+    if (lo < hi)
+      std::memcpy(m.grad_shard + b.shard_offset + (lo - s), values + (lo - begin),
+                  static_cast<size_t>(hi - lo) * sizeof(float));
+  }
+}
+
 }  // namespace mpt::optim

@@ -98,6 +98,12 @@ class DataParallel final : public model::ParamStorage {
   void gather_params(float* whole);
   // The whole averaged gradients after finish_grad_sync(), gathered when sharded.
   void gather_grads(float* whole);
+  // The averaged gradients of flat elements [begin, end), a range inside one unit, gathered
+  // when sharded (a collective over the group); and the reverse: overwrites this rank's
+  // gradients of that range with values[0, end - begin). For gradients summed with another
+  // group after the data-parallel reduction (tied embeddings across pipeline stages).
+  std::vector<float> gather_grad_range(int64_t begin, int64_t end);
+  void store_grad_range(int64_t begin, int64_t end, const float* values);
 
   dist::Communicator& comm() { return comm_; }
   Sharding sharding() const { return cfg_.sharding; }

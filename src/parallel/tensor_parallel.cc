@@ -112,21 +112,13 @@ std::vector<float> gather_whole_param(const model::ParamRegistry& local, int ind
   return whole;
 }
 
-void gather_whole(const model::ParamRegistry& local, const float* buf, const model::ParamRegistry& whole,
-                  float* whole_buf, dist::Communicator* tp) {
-  MPT_ASSERT(local.params().size() == whole.params().size());
-  for (int i = 0; i < static_cast<int>(local.params().size()); ++i) {
-    const std::vector<float> w = gather_whole_param(local, i, buf, tp);
-    std::copy(w.begin(), w.end(), whole_buf + whole.at(i).offset);
-  }
-}
-
 void take_slices(const model::ParamRegistry& local, float* buf, const model::ParamRegistry& whole,
                  const float* whole_buf) {
-  MPT_ASSERT(local.params().size() == whole.params().size());
   for (int i = 0; i < static_cast<int>(local.params().size()); ++i) {
     const model::ParamInfo& p = local.at(i);
-    const float* src = whole_buf + whole.at(i).offset;
+    const int w = whole.find(p.name);
+    MPT_CHECK(w >= 0, Status::kInternal, "the whole model has no parameter named '", p.name, "'");
+    const float* src = whole_buf + whole.at(w).offset;
     float* dst = buf + p.offset;
     model::for_each_split_run(p.shape, p.global_shape, p.tp, p.tp.rank,
                               [&](int64_t l, int64_t g, int64_t n) { std::copy(src + g, src + g + n, dst + l); });

@@ -109,10 +109,8 @@ class SequenceParallelGrads {
 // group calls it for the same parameter). tp may be null at one rank.
 std::vector<float> gather_whole_param(const model::ParamRegistry& local, int index, const float* buf,
                                       dist::Communicator* tp);
-// Every parameter, written into `whole_buf` laid out by whole = local.whole().
-void gather_whole(const model::ParamRegistry& local, const float* buf, const model::ParamRegistry& whole,
-                  float* whole_buf, dist::Communicator* tp);
-// The reverse, without communication: this rank's slices of a whole-layout buffer.
+// Without communication: this rank's slices of every parameter of `local`, taken by name from
+// a buffer laid out by `whole` (a registry of whole tensors).
 void take_slices(const model::ParamRegistry& local, float* buf, const model::ParamRegistry& whole,
                  const float* whole_buf);
 

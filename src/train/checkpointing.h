@@ -21,9 +21,8 @@ struct CheckpointState {
 // True when `dir` is an iteration directory or a save directory holding a complete one.
 bool checkpoint_exists(const std::string& dir);
 
-// Whole-layout buffers laid out by `registry`, whose parameters are whole tensors (a
-// tensor-parallel rank's registry converted with ParamRegistry::whole()): the parameters and
-// the two Adam moments.
+// Buffers laid out by `registry`, whose parameters are whole tensors (the whole model's
+// registry, model::whole_model_registry): the parameters and the two Adam moments.
 struct ModelBuffers {
   const model::ParamRegistry* registry = nullptr;
   float* params = nullptr;

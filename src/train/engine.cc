@@ -23,6 +23,8 @@
 #include "model/gpt_model.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/pipeline_layout.h"
+#include "parallel/pipeline_schedule.h"
 #include "parallel/tensor_parallel.h"
 #include "train/checkpointing.h"
 #include "train/metrics.h"
@@ -89,6 +91,22 @@ DataStreams make_streams(const config::Recipe& r, int64_t global_batch) {
 }  // namespace
 
 struct Engine::Impl {
+  // One model chunk of this rank: its layers, storage, optimizer (a pipeline stage with
+  // virtual stages holds several).
+  struct Chunk {
+    std::unique_ptr<model::GPTModel> model;
+    optim::DataParallel* dp = nullptr;  // the model's storage when distributed
+    std::unique_ptr<optim::AdamW> optimizer;
+    std::unique_ptr<parallel::SequenceParallelGrads> sp_grads;
+    int tied = -1;                      // the tied embedding (or its copy) when shared across stages
+    int64_t last_backward = -1;         // index of this chunk's last backward in the schedule
+    std::vector<int64_t> free_slots;    // activation slots not holding a micro-batch
+    std::vector<int64_t> slot_of;       // micro-batch -> slot while in flight
+    std::vector<std::shared_ptr<dist::Work>> out_send;  // per slot: its output's send
+    std::vector<std::vector<float>> grad_buf;           // per slot: d(input) being sent
+    std::vector<std::shared_ptr<dist::Work>> grad_send;
+  };
+
   config::Recipe recipe;
   Logger log;
   dist::LaunchPlace place;
@@ -97,14 +115,17 @@ struct Engine::Impl {
   std::unique_ptr<dist::StoreServer> store_server;
   std::unique_ptr<dist::Store> store;
   std::unique_ptr<dist::ParallelState> layout;
-  std::unique_ptr<dist::Communicator> dp_comm, tp_comm;
-  optim::DataParallel* dp = nullptr;  // the model's storage when data-parallel
+  std::unique_ptr<dist::Communicator> dp_comm, tp_comm, pp_comm, emb_comm;
   parallel::TensorParallel tp;        // one rank unless tensor-parallel
-  std::unique_ptr<parallel::SequenceParallelGrads> sp_grads;
   std::unique_ptr<backend::Ops> ops;
   model::GPTDims dims;
-  std::unique_ptr<model::GPTModel> model;
-  std::unique_ptr<optim::AdamW> optimizer;
+  model::ParamRegistry whole_reg;     // the whole model, as checkpoints hold it
+  std::vector<Chunk> chunks;
+  int64_t pp_rank = 0, pp_size = 1, vpp = 1;
+  parallel::ScheduleSpec pipe;
+  std::vector<parallel::PipelineAction> actions;
+  std::vector<float> recv_buf;        // [R,H]: an activation or gradient arriving from a neighbour
+  std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
   optim::LRSchedule schedule;
   std::unique_ptr<data::BatchLoader> train_loader, valid_loader;
   data::RankBatch host_staging;  // a host-supplied batch in the loader's layout
@@ -127,42 +148,14 @@ struct Engine::Impl {
       log.warn(str("mptrain: GPU found (", backend::cuda_device_summary(),
                    ") but this build has no CUDA training backend yet; training on the CPU"));
     dims = model::make_dims(recipe);
+    whole_reg = model::whole_model_registry(dims);
     num_microbatches = recipe.derived.num_microbatches;
     rows = dims.micro_batch * num_microbatches;
     eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
-    const uint64_t seed = static_cast<uint64_t>(recipe.rng.seed);
-    if (place.world_size > 1) {
-      start_distributed();
-      const optim::DataParallelConfig dc = dp_config();
-      auto factory = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
-        auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
-        dp = storage.get();
-        return std::unique_ptr<model::ParamStorage>(std::move(storage));
-      };
-      model::ModelOptions mo;
-      mo.storage = factory;
-      mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
-      mo.tp = tp;
-      model = std::make_unique<model::GPTModel>(dims, *ops, mo);
-      dp->init_parameters(seed);
-      if (dims.sequence_parallel) {
-        std::vector<std::pair<int64_t, int64_t>> owned;
-        for (const optim::FlatRange& r : dp->owned()) owned.emplace_back(r.begin, r.end);
-        sp_grads = std::make_unique<parallel::SequenceParallelGrads>(model->registry(), owned);
-      }
-    } else {
-      model = std::make_unique<model::GPTModel>(dims, *ops);
-      model->init_parameters(seed);
-    }
-    optim::AdamWConfig oc;
-    oc.beta1 = recipe.optimizer.adam_beta1;
-    oc.beta2 = recipe.optimizer.adam_beta2;
-    oc.eps = recipe.optimizer.adam_eps;
-    oc.clip_grad = recipe.optimizer.clip_grad;
-    optimizer = std::make_unique<optim::AdamW>(model->registry(), *ops, oc,
-                                               dp ? dp->owned() : std::vector<optim::FlatRange>{});
+    if (place.world_size > 1) start_distributed();
+    build_chunks();
     schedule = optim::LRSchedule::from_recipe(recipe);
-    log.info(str("mptrain: backend ", ops->name(), ", ", model->registry().num_parameters(), " parameters, ",
+    log.info(str("mptrain: backend ", ops->name(), ", ", whole_reg.num_parameters(), " parameters, ",
                  num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
     DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
     for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
@@ -187,8 +180,9 @@ struct Engine::Impl {
                  mib(m.activations_peak_bytes)));
   }
 
-  // Rendezvous and process groups: tensor-parallel (tp) and data-parallel (dp-cp). Every rank
-  // forms its groups in the same order.
+  // Rendezvous and process groups: tensor-parallel (tp), data-parallel (dp-cp), pipeline (pp)
+  // and, for an output layer tied to the embedding across stages, the embedding group.
+  // Every rank forms its groups in the same order.
   void start_distributed() {
     const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
     if (rank0) store_server = std::make_unique<dist::StoreServer>(static_cast<int>(place.master_port));
@@ -210,10 +204,86 @@ struct Engine::Impl {
     };
     tp_comm = group(dist::GroupKind::kTp);
     dp_comm = group(dist::GroupKind::kDpCp);
+    pp_comm = group(dist::GroupKind::kPp);
+    pp_rank = layout->coords(place.rank).pp;
+    pp_size = sizes.pp;
+    if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
+      emb_comm = group(dist::GroupKind::kEmbedding);
     tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
     log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
                  dims.sequence_parallel ? ", sequence parallel" : "", "; sharding ",
                  recipe.ddp.data_parallel_sharding_strategy));
+  }
+
+  // This rank's model chunks, the pipeline schedule it runs and the activation slots it needs.
+  void build_chunks() {
+    const config::ModelConfig& mc = recipe.model;
+    vpp = mc.virtual_pipeline_model_parallel_size.value_or(1);
+    pipe.stages = pp_size;
+    pipe.chunks = vpp;
+    pipe.microbatches = num_microbatches;
+    pipe.group = mc.microbatch_group_size_per_vp_stage.value_or(0);
+    pipe.kind = pp_size == 1 ? parallel::ScheduleKind::kNone
+                : vpp > 1    ? parallel::ScheduleKind::kInterleaved
+                             : parallel::ScheduleKind::k1F1B;
+    parallel::check_schedule(pipe);
+    actions = parallel::pipeline_schedule(pipe, pp_rank);
+    const int64_t slots = parallel::max_in_flight(actions, vpp);
+    parallel::PipelineSplit split;
+    split.num_layers = dims.num_layers;
+    split.stages = pp_size;
+    split.chunks = vpp;
+    split.first = mc.num_layers_in_first_pipeline_stage;
+    split.last = mc.num_layers_in_last_pipeline_stage;
+    const uint64_t seed = static_cast<uint64_t>(recipe.rng.seed);
+    chunks.resize(static_cast<size_t>(vpp));
+    for (int64_t c = 0; c < vpp; ++c) {
+      Chunk& ch = chunks[static_cast<size_t>(c)];
+      model::ModelOptions mo;
+      mo.tp = tp;
+      mo.chunk = parallel::chunk_layers(split, pp_rank, c);
+      mo.slots = slots;
+      if (dp_comm) {
+        const optim::DataParallelConfig dc = dp_config();
+        mo.storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
+          auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
+          ch.dp = storage.get();
+          return std::unique_ptr<model::ParamStorage>(std::move(storage));
+        };
+        mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
+      }
+      ch.model = std::make_unique<model::GPTModel>(dims, *ops, mo);
+      const model::ParamRegistry& reg = ch.model->registry();
+      if (ch.dp) {
+        ch.dp->init_parameters(seed);
+        if (dims.sequence_parallel) {
+          std::vector<std::pair<int64_t, int64_t>> owned;
+          for (const optim::FlatRange& r : ch.dp->owned()) owned.emplace_back(r.begin, r.end);
+          ch.sp_grads = std::make_unique<parallel::SequenceParallelGrads>(reg, owned);
+        }
+      } else {
+        ch.model->init_parameters(seed);
+      }
+      if (emb_comm) {
+        const bool pre = mo.chunk->pre_process, post = mo.chunk->post_process;
+        if (pre || post) ch.tied = reg.find("embedding.word_embeddings.weight");
+      }
+      optim::AdamWConfig oc;
+      oc.beta1 = recipe.optimizer.adam_beta1;
+      oc.beta2 = recipe.optimizer.adam_beta2;
+      oc.eps = recipe.optimizer.adam_eps;
+      oc.clip_grad = recipe.optimizer.clip_grad;
+      ch.optimizer = std::make_unique<optim::AdamW>(reg, *ops, oc,
+                                                    ch.dp ? ch.dp->owned() : std::vector<optim::FlatRange>{});
+      const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
+      ch.out_send.resize(n);
+      ch.grad_send.resize(n);
+      ch.grad_buf.assign(n, std::vector<float>(cols));
+    }
+    for (size_t i = 0; i < actions.size(); ++i)
+      if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);
+    recv_buf.resize(static_cast<size_t>(dims.rows() * dims.hidden));
+    mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
   }
 
   optim::DataParallelConfig dp_config() const {
@@ -233,68 +303,118 @@ struct Engine::Impl {
     return v;
   }
 
-  // The global gradient norm: each element counted once over data- and tensor-parallel ranks.
-  double grad_norm() {
-    if (!dp) return optimizer->grad_norm(model->grads());
-    double sq = dp->grad_sum_squares(*optimizer);
-    if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
-    return std::sqrt(sq);
+  // The sum of a value over the pipeline stages (each contributes its part).
+  double pp_sum(double v) {
+    if (pp_size > 1) pp_comm->all_reduce(&v, 1, DType::kF64, dist::ReduceOp::kSum);
+    return v;
   }
 
-  // Whole-model parameters and moments for a checkpoint: gathered over data-parallel shards,
-  // then over tensor-parallel slices, laid out by `whole` (the model's registry made whole).
-  struct WholeBuffers {
-    model::ParamRegistry whole;
-    std::vector<float> params, m, v;
-  };
-  void gather_whole(WholeBuffers& w) {
-    const size_t n = static_cast<size_t>(model->flat_numel());
-    std::vector<float> params(n), m(n), v(n);
-    dp->gather_params(params.data());
-    dp->gather_owned(optimizer->exp_avg(), m.data());
-    dp->gather_owned(optimizer->exp_avg_sq(), v.data());
-    w.whole = model->registry().whole();
-    const size_t wn = static_cast<size_t>(w.whole.total_numel());
-    w.params.assign(wn, 0.0f);
-    w.m.assign(wn, 0.0f);
-    w.v.assign(wn, 0.0f);
-    parallel::gather_whole(model->registry(), params.data(), w.whole, w.params.data(), tp.comm());
-    parallel::gather_whole(model->registry(), m.data(), w.whole, w.m.data(), tp.comm());
-    parallel::gather_whole(model->registry(), v.data(), w.whole, w.v.data(), tp.comm());
+  // The global gradient norm: each element counted once over data-, tensor- and pipeline-
+  // parallel ranks.
+  double grad_norm() {
+    double sq = 0;
+    for (Chunk& ch : chunks)
+      sq += ch.dp ? ch.dp->grad_sum_squares(*ch.optimizer) : ch.optimizer->grad_sum_squares(ch.model->grads());
+    if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
+    return std::sqrt(pp_sum(sq));
   }
-  // The reverse: this rank's slices and shards of whole-model buffers.
-  void scatter_whole(const WholeBuffers& w) {
-    const size_t n = static_cast<size_t>(model->flat_numel());
-    std::vector<float> params(n, 0.0f), m(n, 0.0f), v(n, 0.0f);
-    parallel::take_slices(model->registry(), params.data(), w.whole, w.params.data());
-    parallel::take_slices(model->registry(), m.data(), w.whole, w.m.data());
-    parallel::take_slices(model->registry(), v.data(), w.whole, w.v.data());
-    dp->load_params(params.data());
-    dp->scatter_owned(m.data(), optimizer->exp_avg());
-    dp->scatter_owned(v.data(), optimizer->exp_avg_sq());
+
+  // After the data-parallel reduction: gradients that other groups share. Sequence-parallel
+  // parameters sum over TP; the output layer tied to the embedding on another stage sums
+  // with it over the embedding group.
+  void finalize_grads() {
+    for (Chunk& ch : chunks) {
+      if (ch.dp) ch.dp->finish_grad_sync();
+      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dp->owned_grads());
+      if (ch.tied >= 0) {
+        const model::ParamInfo& p = ch.model->registry().at(ch.tied);
+        std::vector<float> g = ch.dp->gather_grad_range(p.offset, p.offset + p.numel);
+        emb_comm->all_reduce(g.data(), static_cast<int64_t>(g.size()), DType::kF32, dist::ReduceOp::kSum);
+        ch.dp->store_grad_range(p.offset, p.offset + p.numel, g.data());
+      }
+    }
   }
-  // This rank's flat parameters or (averaged) gradients, gathered over data-parallel shards.
-  std::vector<float> local_flat(bool gradient);
-  // True on every rank when `failed` is true on any (a collective over tp and dp-cp).
+
+  // What a chunk holds, as whole-model buffers: parameters, gradients or Adam moments.
+  enum class Buffer { kParams, kGrads, kExpAvg, kExpAvgSq };
+  // Chunk `ch`'s flat buffer of that kind, gathered over data-parallel shards.
+  std::vector<float> local_flat(Chunk& ch, Buffer which) {
+    const size_t n = static_cast<size_t>(ch.model->flat_numel());
+    std::vector<float> flat(n, 0.0f);
+    if (!ch.dp) {
+      const float* src = which == Buffer::kParams   ? ch.model->params()
+                         : which == Buffer::kGrads  ? ch.model->grads()
+                         : which == Buffer::kExpAvg ? ch.optimizer->exp_avg()
+                                                    : ch.optimizer->exp_avg_sq();
+      std::copy(src, src + n, flat.begin());
+    } else if (which == Buffer::kParams) {
+      ch.dp->gather_params(flat.data());
+    } else if (which == Buffer::kGrads) {
+      ch.dp->gather_grads(flat.data());
+    } else {
+      ch.dp->gather_owned(which == Buffer::kExpAvg ? ch.optimizer->exp_avg() : ch.optimizer->exp_avg_sq(),
+                          flat.data());
+    }
+    return flat;
+  }
+  // The whole model's buffer of that kind laid out by whole_reg, on every rank: gathered over
+  // data-parallel shards, tensor-parallel slices and pipeline stages (a collective).
+  std::vector<float> gather_whole(Buffer which) {
+    std::vector<float> whole(static_cast<size_t>(whole_reg.total_numel()), 0.0f);
+    for (Chunk& ch : chunks) {
+      const std::vector<float> flat = local_flat(ch, which);
+      const model::ParamRegistry& reg = ch.model->registry();
+      for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
+        const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), tp.comm());
+        if (reg.at(i).pipeline_copy) continue;  // the first stage's original is the one kept
+        std::copy(w.begin(), w.end(), whole.begin() + whole_reg.at(whole_reg.find(reg.at(i).name)).offset);
+      }
+    }
+    if (pp_size > 1)
+      pp_comm->all_reduce(whole.data(), static_cast<int64_t>(whole.size()), DType::kF32, dist::ReduceOp::kSum);
+    return whole;
+  }
+  // The reverse: each chunk takes its slices and shards of whole-model buffers.
+  void scatter_whole(const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
+    for (Chunk& ch : chunks) {
+      const model::ParamRegistry& reg = ch.model->registry();
+      const size_t n = static_cast<size_t>(ch.model->flat_numel());
+      std::vector<float> lp(n, 0.0f), lm(n, 0.0f), lv(n, 0.0f);
+      parallel::take_slices(reg, lp.data(), whole_reg, params.data());
+      parallel::take_slices(reg, lm.data(), whole_reg, m.data());
+      parallel::take_slices(reg, lv.data(), whole_reg, v.data());
+      if (ch.dp) {
+        ch.dp->load_params(lp.data());
+        ch.dp->scatter_owned(lm.data(), ch.optimizer->exp_avg());
+        ch.dp->scatter_owned(lv.data(), ch.optimizer->exp_avg_sq());
+      } else {
+        std::copy(lp.begin(), lp.end(), ch.model->params());
+        std::copy(lm.begin(), lm.end(), ch.optimizer->exp_avg());
+        std::copy(lv.begin(), lv.end(), ch.optimizer->exp_avg_sq());
+      }
+    }
+  }
+  // True on every rank when `failed` is true on any.
   bool any_rank(bool failed) {
     int64_t f = failed ? 1 : 0;
-    dp_comm->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
-    if (tp.size() > 1) tp_comm->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
+    for (dist::Communicator* c : {dp_comm.get(), tp_comm.get(), pp_comm.get()})
+      if (c) c->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
     return f != 0;
   }
 
   MemoryReport memory() const {
     MemoryReport m;
-    m.params_bytes = model->params_bytes();
-    m.grads_bytes = model->grads_bytes();
-    m.optimizer_bytes = optimizer->state_bytes();
-    m.activations_peak_bytes = model->activations_bytes();
+    for (const Chunk& ch : chunks) {
+      m.params_bytes += ch.model->params_bytes();
+      m.grads_bytes += ch.model->grads_bytes();
+      m.optimizer_bytes += ch.optimizer->state_bytes();
+      m.activations_peak_bytes += ch.model->activations_bytes();
+    }
     return m;
   }
 
-  // Copies micro-batch `mb` of a batch into the model's token-major inputs.
-  void load_microbatch(int64_t mb, const data::RankBatch& batch) {
-    model::MicroBatchInput in = model->input();
+  // Copies micro-batch `mb` of a batch into a model slot's token-major inputs.
+  void load_microbatch(model::MicroBatchInput in, int64_t mb, const data::RankBatch& batch) {
     const int64_t B = dims.micro_batch, S = dims.seq;
     for (int64_t b = 0; b < B; ++b) {
       const size_t row = static_cast<size_t>((mb * B + b) * S);
@@ -360,11 +480,10 @@ struct Engine::Impl {
       }
   }
 
-  // Every rank of a tensor-parallel group computes on the same samples. A host-supplied
-  // batch that differs between them would train a silently wrong model, so the ranks compare
-  // a hash of it; all of them fail alike when any differs.
-  void check_same_batch_over_tp(const data::RankBatch& b) {
-    if (tp.size() <= 1) return;
+  // Every rank of a tensor-parallel group, and every stage of a pipeline, computes on the
+  // same samples. A host-supplied batch that differs between them would train a silently
+  // wrong model, so the ranks compare a hash of it; all of them fail alike when any differs.
+  void check_same_batch(const data::RankBatch& b) {
     uint64_t h = 1469598103934665603ull;
     auto mix = [&](const void* p, size_t n) {
       const auto* c = static_cast<const unsigned char*>(p);
@@ -373,18 +492,108 @@ struct Engine::Impl {
     mix(b.tokens.data(), b.tokens.size() * sizeof(int32_t));
     mix(b.labels.data(), b.labels.size() * sizeof(int32_t));
     mix(b.loss_mask.data(), b.loss_mask.size() * sizeof(float));
-    std::vector<int64_t> all(static_cast<size_t>(tp.size()));
-    const int64_t mine = static_cast<int64_t>(h);
-    tp_comm->all_gather(&mine, all.data(), 1, DType::kI64);
-    for (int64_t r = 0; r < tp.size(); ++r)
-      MPT_CHECK(all[static_cast<size_t>(r)] == all[0], Status::kInvalidArgument, "rank ", place.rank,
-                ": the batch passed to this step differs between tensor-parallel ranks (group ",
-                tp_comm->name(), ": group rank ", r, " differs from group rank 0); every rank of a "
-                "tensor-parallel group must pass the same batch, its data-parallel rank's share");
+    for (dist::Communicator* c : {tp_comm.get(), pp_comm.get()}) {
+      if (c == nullptr || c->size() == 1) continue;
+      std::vector<int64_t> all(static_cast<size_t>(c->size()));
+      const int64_t mine = static_cast<int64_t>(h);
+      c->all_gather(&mine, all.data(), 1, DType::kI64);
+      for (int64_t r = 0; r < c->size(); ++r)
+        MPT_CHECK(all[static_cast<size_t>(r)] == all[0], Status::kInvalidArgument, "rank ", place.rank,
+                  ": the batch passed to this step differs between ", c == tp_comm.get() ? "tensor" : "pipeline",
+                  "-parallel ranks (group ", c->name(), ": group rank ", r,
+                  " differs from group rank 0); every rank of a tensor-parallel group and every pipeline stage "
+                  "must pass the same batch, its data-parallel rank's share");
+    }
   }
 
   uint64_t dropout_key(int64_t it, int64_t mb) const {
     return mix_key(mix_key(static_cast<uint64_t>(recipe.rng.seed), static_cast<uint64_t>(it)), static_cast<uint64_t>(mb));
+  }
+
+  // Pipeline neighbours of (this stage, chunk c): the stage and chunk of the previous and
+  // next virtual stage (virtual stage v = c * P + stage).
+  int64_t prev_stage() const { return (pp_rank + pp_size - 1) % pp_size; }
+  int64_t next_stage() const { return (pp_rank + 1) % pp_size; }
+  // Message tags: unique per direction, receiving chunk and micro-batch within a step.
+  int64_t tag(bool forward, int64_t recv_chunk, int64_t mb) const {
+    return ((forward ? 0 : 1) * vpp + recv_chunk) * num_microbatches + mb;
+  }
+
+  // One pipeline action. Receives block right before the compute that needs them; sends are
+  // posted asynchronously and waited on only when their buffer is reused.
+  void run_forward(const parallel::PipelineAction& a, const data::RankBatch& batch, bool training, double& loss_sum) {
+    Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
+    model::GPTModel& m = *ch.model;
+    MPT_ASSERT(!ch.free_slots.empty());
+    const int64_t slot = ch.free_slots.back();
+    ch.free_slots.pop_back();
+    ch.slot_of[static_cast<size_t>(a.microbatch)] = slot;
+    load_microbatch(m.input(slot), a.microbatch, batch);
+    if (!m.chunk().pre_process) {
+      const Tensor in = m.chunk_input(slot);
+      pp_comm->recv(in.data, in.numel(), DType::kF32, prev_stage(), tag(true, a.chunk, a.microbatch));
+    }
+    // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
+    // at every data-parallel layout.
+    const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
+    const model::GPTModel::LossSums s = m.forward(key, training, slot);
+    if (m.chunk().post_process) {
+      // Megatron: per-micro-batch token mean, averaged over micro-batches.
+      const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
+      mb_denom[static_cast<size_t>(a.microbatch)] = denom;
+      loss_sum += s.weighted_loss / denom;
+    } else {
+      const Tensor out = m.chunk_output(slot);
+      const int64_t to_chunk = pp_rank == pp_size - 1 ? a.chunk + 1 : a.chunk;
+      ch.out_send[static_cast<size_t>(slot)] =
+          pp_comm->send_async(out.data, out.numel(), DType::kF32, next_stage(), tag(true, to_chunk, a.microbatch));
+    }
+  }
+
+  void run_backward(const parallel::PipelineAction& a, int64_t index) {
+    Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
+    model::GPTModel& m = *ch.model;
+    const int64_t slot = ch.slot_of[static_cast<size_t>(a.microbatch)];
+    if (ch.dp) ch.dp->set_last_microbatch(index == ch.last_backward);
+    Tensor dout;
+    if (!m.chunk().post_process) {
+      dout = Tensor::f32(recv_buf.data(), {dims.rows(), dims.hidden});
+      pp_comm->recv(dout.data, dout.numel(), DType::kF32, next_stage(), tag(false, a.chunk, a.microbatch));
+    }
+    const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
+    const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
+    m.backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key, slot, dout);
+    const size_t s = static_cast<size_t>(slot);
+    if (!m.chunk().pre_process) {
+      if (ch.grad_send[s]) ch.grad_send[s]->wait();
+      const Tensor din = m.input_grad();
+      std::copy(din.f(), din.f() + din.numel(), ch.grad_buf[s].begin());
+      const int64_t to_chunk = pp_rank == 0 ? a.chunk - 1 : a.chunk;
+      ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s].data(), din.numel(), DType::kF32, prev_stage(),
+                                            tag(false, to_chunk, a.microbatch));
+    }
+    if (ch.out_send[s]) {
+      ch.out_send[s]->wait();
+      ch.out_send[s].reset();
+    }
+    ch.free_slots.push_back(slot);
+  }
+
+  void reset_slots() {
+    for (Chunk& ch : chunks) {
+      ch.free_slots.clear();
+      for (int64_t s = ch.model->slots() - 1; s >= 0; --s) ch.free_slots.push_back(s);
+      ch.slot_of.assign(static_cast<size_t>(num_microbatches), -1);
+    }
+  }
+  void wait_sends() {
+    for (Chunk& ch : chunks)
+      for (auto* works : {&ch.out_send, &ch.grad_send})
+        for (auto& w : *works)
+          if (w) {
+            w->wait();
+            w.reset();
+          }
   }
 
   StepResult step(const HostBatch* batch) {
@@ -393,30 +602,26 @@ struct Engine::Impl {
     const data::RankBatch* data_batch;
     if (batch) {
       data_batch = &stage_host_batch(*batch);
-      check_same_batch_over_tp(*data_batch);
+      check_same_batch(*data_batch);
     } else {
       if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
       data_batch = &train_loader->next();
       data_wait = train_loader->last_wait_s();
     }
 
-    model->zero_grads();
+    for (Chunk& ch : chunks) ch.model->zero_grads();
     double loss_sum = 0;
-    for (int64_t mb = 0; mb < num_microbatches; ++mb) {
-      if (dp) dp->set_last_microbatch(mb == num_microbatches - 1);
-      load_microbatch(mb, *data_batch);
-      // Keyed by the micro-batch's index in the global batch, so dropout draws the same
-      // masks at every data-parallel layout.
-      const uint64_t key = dropout_key(iteration, mb * dp_size + dp_rank);
-      model::GPTModel::LossSums s = model->forward(key);
-      // Megatron: per-micro-batch token mean, averaged over micro-batches.
-      const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
-      loss_sum += s.weighted_loss / denom;
-      model->backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key);
+    reset_slots();
+    for (size_t i = 0; i < actions.size(); ++i) {
+      if (actions[i].forward)
+        run_forward(actions[i], *data_batch, true, loss_sum);
+      else
+        run_backward(actions[i], static_cast<int64_t>(i));
     }
-    if (dp) dp->finish_grad_sync();
-    if (sp_grads) sp_grads->all_reduce(*tp_comm, dp->owned_grads());
-    const double lm_loss = dp_average(loss_sum / static_cast<double>(num_microbatches));
+    wait_sends();
+    finalize_grads();
+    // The loss lives on the last stage; every rank reports it.
+    const double lm_loss = dp_average(pp_sum(loss_sum) / static_cast<double>(num_microbatches));
     const double norm = grad_norm();
     MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
               "; parameters were not updated");
@@ -424,11 +629,13 @@ struct Engine::Impl {
               " (NaN or Inf in the gradients); parameters were not updated");
 
     const double lr = schedule.lr_at(iteration);
-    if (dp) {
-      optimizer->step(dp->owned_params(), dp->owned_grads(), norm, lr, schedule.weight_decay_at(iteration));
-      dp->finish_step();
-    } else {
-      optimizer->step(model->params(), model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+    for (Chunk& ch : chunks) {
+      if (ch.dp) {
+        ch.optimizer->step(ch.dp->owned_params(), ch.dp->owned_grads(), norm, lr, schedule.weight_decay_at(iteration));
+        ch.dp->finish_step();
+      } else {
+        ch.optimizer->step(ch.model->params(), ch.model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+      }
     }
     ++iteration;
     consumed_samples += rows * recipe.derived.data_parallel_size;
@@ -446,7 +653,8 @@ struct Engine::Impl {
   }
 
   // eval_iters global batches of the validation split, continuing where the previous
-  // evaluation stopped (Megatron's consumed_valid_samples).
+  // evaluation stopped (Megatron's consumed_valid_samples). Forward only: each stage runs
+  // its chunks micro-batch by micro-batch in virtual-stage order.
   double evaluate() {
     MPT_CHECK(valid_loader != nullptr, Status::kInvalidConfig,
               "validation needs validation.eval_interval set when the engine is built");
@@ -456,13 +664,20 @@ struct Engine::Impl {
     for (int64_t i = 0; i < iters; ++i) {
       const data::RankBatch& vb = valid_loader->next();
       consumed_valid_samples += valid_loader->global_batch();
-      for (int64_t mb = 0; mb < num_microbatches; ++mb) {
-        load_microbatch(mb, vb);
-        model::GPTModel::LossSums s = model->forward(0, false);
-        total += s.weighted_loss / (s.mask_sum > 0 ? s.mask_sum : 1.0);
-      }
+      reset_slots();
+      for (int64_t mb = 0; mb < num_microbatches; ++mb)
+        for (int64_t c = 0; c < vpp; ++c) {
+          Chunk& ch = chunks[static_cast<size_t>(c)];
+          run_forward(parallel::PipelineAction{true, mb, c}, vb, false, total);
+          const int64_t slot = ch.slot_of[static_cast<size_t>(mb)];
+          if (ch.out_send[static_cast<size_t>(slot)]) {
+            ch.out_send[static_cast<size_t>(slot)]->wait();
+            ch.out_send[static_cast<size_t>(slot)].reset();
+          }
+          ch.free_slots.push_back(slot);
+        }
     }
-    return dp_average(total / static_cast<double>(iters * num_microbatches));
+    return dp_average(pp_sum(total) / static_cast<double>(iters * num_microbatches));
   }
 };
 
@@ -577,22 +792,17 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
   st.iteration = m.iteration;
   st.consumed_samples = m.consumed_samples;
   st.consumed_valid_samples = m.consumed_valid_samples;
-  st.optimizer_steps = m.optimizer->step_count();
-  if (!m.dp) {
-    const ModelBuffers b{&m.model->registry(), m.model->params(), m.optimizer->exp_avg(), m.optimizer->exp_avg_sq()};
-    std::string dir = save_model_checkpoint(save_dir, m.recipe, b, st);
-    m.log.info(str("mptrain: saved checkpoint ", dir));
-    return dir;
-  }
-  // Every rank contributes its shards; rank 0 writes; all learn whether it succeeded.
-  Impl::WholeBuffers w;
-  m.gather_whole(w);
+  st.optimizer_steps = m.chunks[0].optimizer->step_count();
+  // Every rank contributes its slices and shards; rank 0 writes; all learn whether it
+  // succeeded.
+  std::vector<float> params = m.gather_whole(Impl::Buffer::kParams);
+  std::vector<float> ea = m.gather_whole(Impl::Buffer::kExpAvg), eas = m.gather_whole(Impl::Buffer::kExpAvgSq);
   std::string dir;
   std::exception_ptr error;
   if (m.rank0) {
     try {
-      const ModelBuffers b{&w.whole, w.params.data(), w.m.data(), w.v.data()};
-      dir = save_model_checkpoint(save_dir, m.recipe, b, st);
+      dir = save_model_checkpoint(save_dir, m.recipe, ModelBuffers{&m.whole_reg, params.data(), ea.data(), eas.data()},
+                                  st);
     } catch (...) {
       error = std::current_exception();
     }
@@ -607,74 +817,59 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
 
 void Engine::load_checkpoint(const std::string& dir) {
   Impl& m = *impl_;
-  CheckpointState st;
-  if (!m.dp) {
-    st = load_model_checkpoint(dir, m.recipe,
-                               ModelBuffers{&m.model->registry(), m.model->params(), m.optimizer->exp_avg(),
-                                            m.optimizer->exp_avg_sq()});
-  } else {
-    // Every rank reads the whole checkpoint and keeps its slices and shards.
-    Impl::WholeBuffers w;
-    m.gather_whole(w);  // the current values, kept where the checkpoint has none (load_optim off)
-    st = load_model_checkpoint(dir, m.recipe, ModelBuffers{&w.whole, w.params.data(), w.m.data(), w.v.data()});
-    m.scatter_whole(w);
-  }
+  // Every rank reads the whole checkpoint and keeps its slices and shards; the current
+  // values stay where the checkpoint has none (checkpoint.load_optim off).
+  std::vector<float> params = m.gather_whole(Impl::Buffer::kParams);
+  std::vector<float> ea = m.gather_whole(Impl::Buffer::kExpAvg), eas = m.gather_whole(Impl::Buffer::kExpAvgSq);
+  const CheckpointState st =
+      load_model_checkpoint(dir, m.recipe, ModelBuffers{&m.whole_reg, params.data(), ea.data(), eas.data()});
+  m.scatter_whole(params, ea, eas);
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;
     m.consumed_samples = st.consumed_samples;
     m.consumed_valid_samples = st.consumed_valid_samples;
-    m.optimizer->set_step_count(st.optimizer_steps);
+    for (Impl::Chunk& ch : m.chunks) ch.optimizer->set_step_count(st.optimizer_steps);
   }
   m.log.info(str("mptrain: loaded checkpoint from ", dir, " at iteration ", st.iteration));
 }
 
 const config::Recipe& Engine::recipe() const { return impl_->recipe; }
 int64_t Engine::iteration() const { return impl_->iteration; }
-int64_t Engine::num_parameters() const { return impl_->model->registry().num_parameters(); }
+int64_t Engine::num_parameters() const { return impl_->whole_reg.num_parameters(); }
 MemoryReport Engine::memory() const { return impl_->memory(); }
 int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->bytes_sent() : 0; }
-int64_t Engine::flat_numel() const { return impl_->model->flat_numel(); }
+int64_t Engine::tp_bytes_sent() const { return impl_->tp_comm ? impl_->tp_comm->bytes_sent() : 0; }
+int64_t Engine::pp_bytes_sent() const { return impl_->pp_comm ? impl_->pp_comm->bytes_sent() : 0; }
 
-std::vector<float> Engine::Impl::local_flat(bool gradient) {
-  const size_t n = static_cast<size_t>(model->flat_numel());
-  if (!dp) {
-    const float* src = gradient ? model->grads() : model->params();
-    return std::vector<float>(src, src + n);
-  }
-  std::vector<float> flat(n, 0.0f);
-  if (gradient)
-    dp->gather_grads(flat.data());
-  else
-    dp->gather_params(flat.data());
-  return flat;
+int64_t Engine::flat_numel() const {
+  int64_t n = 0;
+  for (const Impl::Chunk& ch : impl_->chunks) n += ch.model->flat_numel();
+  return n;
 }
 
 std::vector<float> Engine::gather_parameters() {
   Impl& m = *impl_;
-  const std::vector<float> flat = m.local_flat(false);
+  const std::vector<float> whole = m.gather_whole(Impl::Buffer::kParams);
   std::vector<float> out;
-  const model::ParamRegistry& reg = m.model->registry();
-  for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
-    const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), m.tp.comm());
-    out.insert(out.end(), w.begin(), w.end());
-  }
+  out.reserve(static_cast<size_t>(m.whole_reg.num_parameters()));
+  for (const model::ParamInfo& p : m.whole_reg.params())
+    out.insert(out.end(), whole.begin() + p.offset, whole.begin() + p.offset + p.numel);
   return out;
 }
 
 std::vector<float> Engine::gather_tensor(const std::string& name, bool gradient) {
   Impl& m = *impl_;
-  const int i = m.model->registry().find(name);
+  const int i = m.whole_reg.find(name);
   MPT_CHECK(i >= 0, Status::kInvalidArgument, "gather_tensor: the model has no parameter named '", name, "'");
-  const std::vector<float> flat = m.local_flat(gradient);
-  return parallel::gather_whole_param(m.model->registry(), i, flat.data(), m.tp.comm());
+  const std::vector<float> whole = m.gather_whole(gradient ? Impl::Buffer::kGrads : Impl::Buffer::kParams);
+  const model::ParamInfo& p = m.whole_reg.at(i);
+  return std::vector<float>(whole.begin() + p.offset, whole.begin() + p.offset + p.numel);
 }
 
 std::vector<int64_t> Engine::tensor_shape(const std::string& name) const {
-  const int i = impl_->model->registry().find(name);
+  const int i = impl_->whole_reg.find(name);
   MPT_CHECK(i >= 0, Status::kInvalidArgument, "tensor_shape: the model has no parameter named '", name, "'");
-  return impl_->model->registry().at(i).global_shape;
+  return impl_->whole_reg.at(i).global_shape;
 }
-
-int64_t Engine::tp_bytes_sent() const { return impl_->tp_comm ? impl_->tp_comm->bytes_sent() : 0; }
 
 }  // namespace mpt::train

@@ -76,8 +76,9 @@ class Engine {
   int64_t dp_bytes_sent() const;
   // Elements of the flat parameter layout, alignment padding included.
   int64_t flat_numel() const;
-  // Bytes this rank has sent to its tensor-parallel peers so far.
+  // Bytes this rank has sent to its tensor-parallel peers, and to its pipeline neighbours.
   int64_t tp_bytes_sent() const;
+  int64_t pp_bytes_sent() const;
   // Every parameter in registry order as whole tensors (global shapes), concatenated without
   // padding, gathered over data-parallel shards and tensor-parallel slices: a collective,
   // every rank must call it.
