@@ -118,6 +118,27 @@ void check_experts(Checker& c) {
   }
 }
 
+// The interleaved schedule (virtual pipeline stages) runs micro-batches in groups of
+// G = microbatch_group_size_per_vp_stage (default P) through each chunk in turn; other
+// counts would leave a stage waiting on a micro-batch that never comes.
+void check_interleaving(Checker& c) {
+  const ModelConfig& m = c.r.model;
+  const int64_t pp = m.pipeline_model_parallel_size, M = c.d.num_microbatches;
+  if (!m.virtual_pipeline_model_parallel_size || pp < 2 || M < 1) return;
+  const int64_t g = m.microbatch_group_size_per_vp_stage.value_or(pp);
+  if (M % pp != 0)
+    c.fail("train.global_batch_size",
+           str("gives ", M, " micro-batches per step, which the interleaved pipeline schedule (virtual stages) needs "
+               "divisible by model.pipeline_model_parallel_size (", pp, ")"));
+  if (g < pp || g > M)
+    c.fail("model.microbatch_group_size_per_vp_stage",
+           str("must lie in [pipeline_model_parallel_size, micro-batches per step] = [", pp, ", ", M, "], got ", g));
+  else if (M % g != 0 && M % g < pp)
+    c.fail("model.microbatch_group_size_per_vp_stage",
+           str("leaves a last group of ", M % g, " micro-batches (", M, " % ", g,
+               "), which must be at least pipeline_model_parallel_size (", pp, ")"));
+}
+
 void check_batch(Checker& c) {
   const TrainConfig& t = c.r.train;
   Derived& d = c.d;
@@ -132,6 +153,7 @@ void check_batch(Checker& c) {
     return;
   }
   d.num_microbatches = global / per_step;
+  check_interleaving(c);
 }
 
 }  // namespace

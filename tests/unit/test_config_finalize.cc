@@ -135,6 +135,26 @@ lr = 0.001
       << world;
 }
 
+TEST(ConfigFinalize, InterleavedScheduleNeedsWholeGroups) {
+  // valid(): global batch 8 / micro batch 2 = 4 micro-batches at DP 1.
+  const std::string odd = problems_with({"model.num_layers=6", "model.pipeline_model_parallel_size=3",
+                                         "model.virtual_pipeline_model_parallel_size=2"}, 3);
+  EXPECT_TRUE(has(odd, "train.global_batch_size: gives 4 micro-batches per step, which the interleaved pipeline "
+                       "schedule (virtual stages) needs divisible by model.pipeline_model_parallel_size (3)"))
+      << odd;
+  const std::string group = problems_with({"model.num_layers=4", "model.pipeline_model_parallel_size=2",
+                                           "model.virtual_pipeline_model_parallel_size=2",
+                                           "model.microbatch_group_size_per_vp_stage=8"}, 2);
+  EXPECT_TRUE(has(group, "model.microbatch_group_size_per_vp_stage: must lie in [pipeline_model_parallel_size, "
+                         "micro-batches per step] = [2, 4], got 8"))
+      << group;
+  Recipe ok = valid();
+  apply_overrides(ok, {"model.num_layers=4", "model.pipeline_model_parallel_size=2",
+                       "model.virtual_pipeline_model_parallel_size=2"});
+  finalize(ok, 2);
+  EXPECT_TRUE(ok.finalized);
+}
+
 TEST(ConfigFinalize, GlobalBatchMustDivideByMicroBatchTimesDp) {
   const std::string msg = problems_with({"train.global_batch_size=7"});
   EXPECT_EQ(msg,
@@ -257,11 +277,11 @@ TEST(ConfigFinalize, ParallelRulesOfMegatron) {
                                  "model.virtual_pipeline_model_parallel_size=3"}, 2),
                   "model.virtual_pipeline_model_parallel_size: must divide the layers per pipeline stage"));
   // Uneven stages: 10 layers, first 1 and last 3, leaves 6 over 2 middle stages.
-  const std::string uneven = problems_with({"model.num_layers=10", "model.pipeline_model_parallel_size=4",
-                                            "model.num_layers_in_first_pipeline_stage=1",
-                                            "model.num_layers_in_last_pipeline_stage=3"}, 4);
-  EXPECT_FALSE(has(uneven, "must divide evenly")) << uneven;
-  EXPECT_TRUE(has(uneven, "uneven pipeline stages is not supported yet")) << uneven;
+  Recipe uneven = valid();
+  apply_overrides(uneven, {"model.num_layers=10", "model.pipeline_model_parallel_size=4",
+                           "model.num_layers_in_first_pipeline_stage=1", "model.num_layers_in_last_pipeline_stage=3"});
+  finalize(uneven, 4);
+  EXPECT_TRUE(uneven.finalized);
   EXPECT_TRUE(has(problems_with({"model.num_layers=10", "model.pipeline_model_parallel_size=4",
                                  "model.num_layers_in_first_pipeline_stage=2"}, 4),
                   "the remaining 8 layers must divide evenly over the remaining 3 pipeline stages"));
@@ -318,6 +338,7 @@ vocab_size = 100
 normalization = "BatchNorm"
 hidden_dropout = -0.5
 pipeline_model_parallel_size = 2
+bf16 = true
 [train]
 micro_batch_size = 2
 global_batch_size = 3
@@ -332,10 +353,9 @@ min_lr = 0.2
   EXPECT_TRUE(has(msg, "many.toml:7: model.hidden_dropout: must be in [0, 1), got -0.5")) << msg;
   EXPECT_TRUE(has(msg, "many.toml:3: model.hidden_size: must be divisible by model.num_attention_heads")) << msg;
   EXPECT_TRUE(has(msg, "many.toml:2: model.num_layers: must be divisible by model.pipeline_model_parallel_size")) << msg;
-  EXPECT_TRUE(has(msg, "many.toml:11: train.global_batch_size: must be divisible by")) << msg;
-  EXPECT_TRUE(has(msg, "many.toml:15: optimizer.min_lr: must be <= optimizer.lr")) << msg;
-  EXPECT_TRUE(has(msg, "many.toml:8: model.pipeline_model_parallel_size: pipeline parallelism is not supported yet"))
-      << msg;
+  EXPECT_TRUE(has(msg, "many.toml:12: train.global_batch_size: must be divisible by")) << msg;
+  EXPECT_TRUE(has(msg, "many.toml:16: optimizer.min_lr: must be <= optimizer.lr")) << msg;
+  EXPECT_TRUE(has(msg, "many.toml:9: model.bf16: bf16 training is not supported yet")) << msg;
   EXPECT_FALSE(has(msg, "dataset.")) << msg;
   EXPECT_GE(count_lines(msg), 7u) << msg;
 }
