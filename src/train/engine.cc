@@ -124,7 +124,14 @@ struct Engine::Impl {
   int64_t pp_rank = 0, pp_size = 1, vpp = 1;
   parallel::ScheduleSpec pipe;
   std::vector<parallel::PipelineAction> actions;
-  std::vector<float> recv_buf;        // [R,H]: an activation or gradient arriving from a neighbour
+  // Receives are posted one action ahead, so a transfer overlaps the compute before it: two
+  // [R,H] buffers, for the action running and the next one.
+  struct PostedRecv {
+    int64_t index = -1;  // the action it is for
+    std::shared_ptr<dist::Work> work;
+  };
+  PostedRecv posted[2];
+  std::vector<float> recv_stage[2];
   std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
   optim::LRSchedule schedule;
   std::unique_ptr<data::BatchLoader> train_loader, valid_loader;
@@ -282,7 +289,7 @@ struct Engine::Impl {
     }
     for (size_t i = 0; i < actions.size(); ++i)
       if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);
-    recv_buf.resize(static_cast<size_t>(dims.rows() * dims.hidden));
+    for (auto& b : recv_stage) b.resize(static_cast<size_t>(dims.rows() * dims.hidden));
     mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
   }
 
@@ -519,9 +526,34 @@ struct Engine::Impl {
     return ((forward ? 0 : 1) * vpp + recv_chunk) * num_microbatches + mb;
   }
 
-  // One pipeline action. Receives block right before the compute that needs them; sends are
-  // posted asynchronously and waited on only when their buffer is reused.
-  void run_forward(const parallel::PipelineAction& a, const data::RankBatch& batch, bool training, double& loss_sum) {
+  // Whether action `a` takes a message from a neighbour: the input of a chunk without the
+  // embedding, the output gradient of a chunk without the loss.
+  bool needs_recv(const parallel::PipelineAction& a) const {
+    const parallel::ChunkLayers& c = chunks[static_cast<size_t>(a.chunk)].model->chunk();
+    return a.forward ? !c.pre_process : !c.post_process;
+  }
+  void post_recv(int64_t index, const parallel::PipelineAction& a) {
+    PostedRecv& p = posted[index % 2];
+    MPT_ASSERT(!p.work);
+    p.index = index;
+    std::vector<float>& buf = recv_stage[index % 2];
+    p.work = pp_comm->recv_async(buf.data(), static_cast<int64_t>(buf.size()), DType::kF32,
+                                 a.forward ? prev_stage() : next_stage(), tag(a.forward, a.chunk, a.microbatch));
+  }
+  // The message for action `index`, posting its receive now if it was not posted ahead.
+  float* take_recv(int64_t index, const parallel::PipelineAction& a) {
+    PostedRecv& p = posted[index % 2];
+    if (p.index != index || !p.work) post_recv(index, a);
+    p.work->wait();
+    p.work.reset();
+    p.index = -1;
+    return recv_stage[index % 2].data();
+  }
+
+  // One pipeline action (number `index` of the step). Sends are posted asynchronously and
+  // waited on only when their buffer is reused.
+  void run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch, bool training,
+                   double& loss_sum) {
     Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
     model::GPTModel& m = *ch.model;
     MPT_ASSERT(!ch.free_slots.empty());
@@ -531,7 +563,8 @@ struct Engine::Impl {
     load_microbatch(m.input(slot), a.microbatch, batch);
     if (!m.chunk().pre_process) {
       const Tensor in = m.chunk_input(slot);
-      pp_comm->recv(in.data, in.numel(), DType::kF32, prev_stage(), tag(true, a.chunk, a.microbatch));
+      const float* msg = take_recv(index, a);
+      std::copy(msg, msg + in.numel(), in.f());
     }
     // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
     // at every data-parallel layout.
@@ -556,10 +589,7 @@ struct Engine::Impl {
     const int64_t slot = ch.slot_of[static_cast<size_t>(a.microbatch)];
     if (ch.dp) ch.dp->set_last_microbatch(index == ch.last_backward);
     Tensor dout;
-    if (!m.chunk().post_process) {
-      dout = Tensor::f32(recv_buf.data(), {dims.rows(), dims.hidden});
-      pp_comm->recv(dout.data, dout.numel(), DType::kF32, next_stage(), tag(false, a.chunk, a.microbatch));
-    }
+    if (!m.chunk().post_process) dout = Tensor::f32(take_recv(index, a), {dims.rows(), dims.hidden});
     const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
     const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
     m.backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key, slot, dout);
@@ -613,10 +643,12 @@ struct Engine::Impl {
     double loss_sum = 0;
     reset_slots();
     for (size_t i = 0; i < actions.size(); ++i) {
+      const int64_t index = static_cast<int64_t>(i);
+      if (i + 1 < actions.size() && needs_recv(actions[i + 1])) post_recv(index + 1, actions[i + 1]);
       if (actions[i].forward)
-        run_forward(actions[i], *data_batch, true, loss_sum);
+        run_forward(actions[i], index, *data_batch, true, loss_sum);
       else
-        run_backward(actions[i], static_cast<int64_t>(i));
+        run_backward(actions[i], index);
     }
     wait_sends();
     finalize_grads();
@@ -668,7 +700,7 @@ struct Engine::Impl {
       for (int64_t mb = 0; mb < num_microbatches; ++mb)
         for (int64_t c = 0; c < vpp; ++c) {
           Chunk& ch = chunks[static_cast<size_t>(c)];
-          run_forward(parallel::PipelineAction{true, mb, c}, vb, false, total);
+          run_forward(parallel::PipelineAction{true, mb, c}, mb * vpp + c, vb, false, total);
           const int64_t slot = ch.slot_of[static_cast<size_t>(mb)];
           if (ch.out_send[static_cast<size_t>(slot)]) {
             ch.out_send[static_cast<size_t>(slot)]->wait();
