@@ -126,10 +126,12 @@ void check_interleaving(Checker& c) {
   const int64_t pp = m.pipeline_model_parallel_size, M = c.d.num_microbatches;
   if (!m.virtual_pipeline_model_parallel_size || pp < 2 || M < 1) return;
   const int64_t g = m.microbatch_group_size_per_vp_stage.value_or(pp);
-  if (M % pp != 0)
+  if (M % pp != 0) {
     c.fail("train.global_batch_size",
            str("gives ", M, " micro-batches per step, which the interleaved pipeline schedule (virtual stages) needs "
                "divisible by model.pipeline_model_parallel_size (", pp, ")"));
+    return;
+  }
   if (g < pp || g > M)
     c.fail("model.microbatch_group_size_per_vp_stage",
            str("must lie in [pipeline_model_parallel_size, micro-batches per step] = [", pp, ", ", M, "], got ", g));
