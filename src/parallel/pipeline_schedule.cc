@@ -255,14 +255,12 @@ std::string render_timeline(const ScheduleSpec& spec) {
   std::ostringstream out;
   for (int64_t r = 0; r < p; ++r) {
     const std::string number = std::to_string(r);
-    std::string line = "stage " + std::string(label_width - number.size(), ' ') + number + ":";
-    for (const std::string& cell : cells[static_cast<size_t>(r)]) {
-      line += ' ';
-      line += cell.empty() ? std::string(width, '.') : cell + std::string(width - cell.size(), ' ');
-    }
-    // A short last cell leaves padding at the end of the line.
-    line.erase(line.find_last_not_of(' ') + 1);
-    out << line << '\n';
+    out << "stage " << std::string(label_width - number.size(), ' ') << number << ":";
+    // A stage ends idle or with the backward of the last micro-batch, the widest cell, so
+    // no line ends in padding.
+    for (const std::string& cell : cells[static_cast<size_t>(r)])
+      out << ' ' << (cell.empty() ? std::string(width, '.') : cell + std::string(width - cell.size(), ' '));
+    out << '\n';
   }
   int64_t total_idle = 0, total_busy = 0;
   for (int64_t x : sim.idle) total_idle += x;
