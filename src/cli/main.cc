@@ -1,5 +1,5 @@
-// mptrain: train a transformer from a TOML recipe, print the resolved recipe, or prepare
-// and inspect indexed datasets.
+// mptrain: train a transformer from a TOML recipe, print the resolved recipe, plan its
+// pipeline schedule, or prepare and inspect indexed datasets.
 // With --nproc-per-node N it launches N ranks of itself (src/cli/launcher.h).
 // Exit status: 0 success, 1 rejected input or failed training (or a failed rank), 2 bad
 // command line, 128 + the signal when a launch was stopped by SIGINT or SIGTERM.
@@ -67,10 +67,16 @@ int launch_ranks(const mpt::cli::Invocation& inv) {
 
 int run(int argc, char** argv) {
   using mpt::cli::Command;
+  if (argc > 1 && std::string(argv[1]) == "plan") {
+    mpt::cli::Invocation plan;
+    plan.rank_arguments.assign(argv + 1, argv + argc);
+    return mpt::cli::run_plan(plan);
+  }
   const mpt::cli::Invocation inv = mpt::cli::parse_command_line(argc, argv);
   switch (inv.command) {
     case Command::kHelp:
       std::fputs(mpt::cli::usage_text().c_str(), stdout);
+      std::fputs(("\n" + mpt::cli::plan_usage_text()).c_str(), stdout);
       return 0;
     case Command::kVersion:
       std::printf("mptrain %s\n", MPT_VERSION_STRING);

@@ -6,14 +6,6 @@ mptrain=$1
 src=$2
 source "$src/tests/cli/lib/common.bash"
 
-# run EXPECTED_EXIT ARGS...: runs mptrain, keeps stdout/stderr in $tmp/out and $tmp/err.
-run() {
-  local want=$1; shift
-  "$mptrain" "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  [[ $got == "$want" ]] || fail "mptrain $* exited $got, expected $want; stderr: $(cat "$tmp/err")"
-}
-
 for form in --help -h help; do
   run 0 "$form"
   for word in "mptrain [OPTIONS] RECIPE.toml" config train section.key=value --threads --quiet \

@@ -9,13 +9,6 @@ mptrain=$1
 src=$2
 source "$src/tests/cli/lib/common.bash"
 
-# run EXPECTED_EXIT ARGS...: runs mptrain, keeps stdout/stderr in $tmp/out and $tmp/err.
-run() {
-  local want=$1; shift
-  "$mptrain" "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  [[ $got == "$want" ]] || fail "mptrain $* exited $got, expected $want; stderr: $(cat "$tmp/err")"
-}
 # info PREFIX KEY: the value dataset-info prints for KEY.
 info() {
   "$mptrain" dataset-info "$1" --scan >"$tmp/info" 2>"$tmp/info_err" ||
