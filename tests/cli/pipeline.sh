@@ -10,16 +10,12 @@ src=$2
 fixture=$src/tests/data/cli_tiny.toml
 source "$src/tests/cli/lib/common.bash"
 
-losses() { grep -oE "\"$2\":[^,}]+" "$1" | cut -d: -f2; }
-# same KEY A B WHAT [TAIL]: every value of KEY in metrics file B equals A's (the last TAIL
-# of A's when given) within 1e-5 relative. lm_loss covers training and validation events.
+# same WANT RUN WHAT [TAIL]: RUN's losses (training and validation) equal run WANT's (its
+# last TAIL when given).
 same() {
-  if [[ -n ${5:-} ]]; then losses "$2" "$1" | tail -"$5" >"$tmp/want"; else losses "$2" "$1" >"$tmp/want"; fi
-  losses "$3" "$1" >"$tmp/got"
-  [[ -s $tmp/got && $(wc -l <"$tmp/want") == $(wc -l <"$tmp/got") ]] || fail "$4: $1 counts differ"
-  paste "$tmp/want" "$tmp/got" |
-    awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "line " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }' ||
-    fail "$4: $1 differs from one rank's: $(paste "$tmp/want" "$tmp/got")"
+  if [[ -n ${4:-} ]]; then metric "$tmp/$1.jsonl" | tail -"$4" >"$tmp/want"; else metric "$tmp/$1.jsonl" >"$tmp/want"; fi
+  metric "$tmp/$2.jsonl" >"$tmp/got"
+  same_values "$tmp/want" "$tmp/got" "$3"
 }
 train() {  # train NAME NPROC OVERRIDES...
   local name=$1 n=$2
@@ -32,15 +28,15 @@ train() {  # train NAME NPROC OVERRIDES...
 train one 1
 train vpp 2 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2 model.num_layers=4
 train one4 1 model.num_layers=4
-same lm_loss "$tmp/one4.jsonl" "$tmp/vpp.jsonl" "PP=2 VPP=2"  # training and validation events
+same one4 vpp "PP=2 VPP=2"
 train pptp 4 model.pipeline_model_parallel_size=2 model.tensor_model_parallel_size=2
-same lm_loss "$tmp/one.jsonl" "$tmp/pptp.jsonl" "PP=2 x TP=2"
+same one pptp "PP=2 x TP=2"
 
 # Save at iteration 3, then resume on one rank.
 train first 2 model.pipeline_model_parallel_size=2 train.exit_interval=3 checkpoint.save="$tmp/ckpt"
 [[ -f $tmp/ckpt/latest_checkpointed_iteration.txt ]] || fail "no checkpoint written: $(tail -3 "$tmp/first.out")"
 train resumed 1 checkpoint.load="$tmp/ckpt"
-same lm_loss "$tmp/one.jsonl" "$tmp/resumed.jsonl" "the PP=2 checkpoint resumed on one rank" 4  # steps 4-6, validation at 6
+same one resumed "the PP=2 checkpoint resumed on one rank" 4  # steps 4-6, validation at 6
 
 # 4 micro-batches cannot be interleaved over 3 stages.
 "$mptrain" --nproc-per-node 3 "$fixture" model.num_layers=6 model.pipeline_model_parallel_size=3 \

@@ -105,4 +105,25 @@ inline std::vector<RankRun> run(int64_t world, const std::vector<std::string>& o
 
 inline double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
+// Every rank of `got` against the one-rank run `want`: each step's loss within 1e-5
+// relative and gradient norm within 1e-4; with `params`, the final parameters within 1e-5.
+inline void expect_same_run(const std::vector<RankRun>& got, const RankRun& want, const std::string& what,
+                            bool params = true) {
+  for (size_t k = 0; k < got.size(); ++k) {
+    const RankRun& rr = got[k];
+    ASSERT_EQ(rr.losses.size(), want.losses.size());
+    for (size_t i = 0; i < rr.losses.size(); ++i) {
+      EXPECT_LT(rel(rr.losses[i], want.losses[i]), 1e-5)
+          << what << " rank " << k << " step " << i + 1 << ": " << rr.losses[i] << " vs " << want.losses[i];
+      EXPECT_LT(rel(rr.norms[i], want.norms[i]), 1e-4) << what << " rank " << k << " grad norm, step " << i + 1;
+    }
+    if (!params) continue;
+    ASSERT_EQ(rr.params.size(), want.params.size()) << what;
+    double worst = 0;
+    for (size_t i = 0; i < rr.params.size(); ++i)
+      worst = std::max(worst, static_cast<double>(std::abs(rr.params[i] - want.params[i])));
+    EXPECT_LT(worst, 1e-5) << what << " rank " << k << ": final parameters differ by up to " << worst;
+  }
+}
+
 }  // namespace mpt::train::testing

@@ -24,21 +24,7 @@ const std::vector<RankRun>& oracle() {
 }
 
 void expect_matches_oracle(const std::vector<RankRun>& got, const std::string& what) {
-  const RankRun& want = oracle()[0];
-  for (size_t k = 0; k < got.size(); ++k) {
-    const RankRun& rr = got[k];
-    ASSERT_EQ(rr.losses.size(), want.losses.size());
-    for (size_t i = 0; i < rr.losses.size(); ++i) {
-      EXPECT_LT(rel(rr.losses[i], want.losses[i]), 1e-5)
-          << what << " rank " << k << " step " << i + 1 << ": " << rr.losses[i] << " vs " << want.losses[i];
-      EXPECT_LT(rel(rr.norms[i], want.norms[i]), 1e-4) << what << " rank " << k << " grad norm, step " << i + 1;
-    }
-    ASSERT_EQ(rr.params.size(), want.params.size());
-    double worst = 0;
-    for (size_t i = 0; i < rr.params.size(); ++i)
-      worst = std::max(worst, static_cast<double>(std::abs(rr.params[i] - want.params[i])));
-    EXPECT_LT(worst, 1e-5) << what << " rank " << k << ": final parameters differ by up to " << worst;
-  }
+  testing::expect_same_run(got, oracle()[0], what);
 }
 
 struct Case {

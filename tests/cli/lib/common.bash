@@ -15,3 +15,13 @@ run() {
   local got=$?
   [[ $got == "$want" ]] || fail "mptrain $* exited $got, expected $want; stderr: $(cat "$tmp/err")"
 }
+# metric FILE [KEY]: the values of KEY (default lm_loss; training and validation events) in a
+# metrics file, one per line.
+metric() { grep -oE "\"${2:-lm_loss}\":[^,}]+" "$1" | cut -d: -f2; }
+# same_values WANT GOT WHAT: two files of numbers, line by line, within 1e-5 relative.
+same_values() {
+  [[ -s $2 && $(wc -l <"$1") == $(wc -l <"$2") ]] || fail "$3: $(wc -l <"$2") values, expected $(wc -l <"$1")"
+  paste "$1" "$2" |
+    awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "line " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }' ||
+    fail "$3 differs: $(paste "$1" "$2")"
+}
