@@ -9,35 +9,29 @@ src=$2
 fixture=$src/tests/data/cli_tiny.toml
 source "$src/tests/cli/lib/common.bash"
 
-# same RUN WHAT [TAIL]: RUN's losses equal the one-rank run's (its last TAIL when given).
-same() {
-  if [[ -n ${3:-} ]]; then metric "$tmp/one.jsonl" | tail -"$3" >"$tmp/want"; else metric "$tmp/one.jsonl" >"$tmp/want"; fi
-  metric "$tmp/$1.jsonl" >"$tmp/got"
-  same_values "$tmp/want" "$tmp/got" "$2"
-}
-train() {  # train NAME NPROC OVERRIDES...
+# train NAME NPROC OVERRIDES...: 6 steps of 2 micro-batches.
+train() {
   local name=$1 n=$2
   shift 2
-  "$mptrain" --nproc-per-node "$n" --threads 1 "$fixture" train.global_batch_size=8 train.train_iters=6 \
-    logger.metrics_file="$tmp/$name.jsonl" "$@" >"$tmp/$name.out" 2>&1 || fail "$name exited $?: $(tail -5 "$tmp/$name.out")"
+  train_run "$name" "$n" "$fixture" train.global_batch_size=8 train.train_iters=6 "$@"
 }
 
 train one 1
 train tp2sp 2 model.tensor_model_parallel_size=2 model.sequence_parallel=true
 grep -q "TP 2" "$tmp/tp2sp.out" || fail "the layout is not reported: $(head -5 "$tmp/tp2sp.out")"
-same tp2sp "TP=2+SP"
+same_run one tp2sp "TP=2+SP"
 train tp2dp2 4 model.tensor_model_parallel_size=2
-same tp2dp2 "TP=2 x DP=2"
+same_run one tp2dp2 "TP=2 x DP=2"
 
 # Save at iteration 3, resume to 6: the same losses as the uninterrupted run.
 train first 2 model.tensor_model_parallel_size=2 train.exit_interval=3 checkpoint.save="$tmp/ckpt"
 [[ -f $tmp/ckpt/latest_checkpointed_iteration.txt ]] || fail "no checkpoint written: $(tail -3 "$tmp/first.out")"
 train resumed 2 model.tensor_model_parallel_size=2 checkpoint.load="$tmp/ckpt"
 grep -q "loaded checkpoint" "$tmp/resumed.out" || fail "the checkpoint was not loaded: $(head -8 "$tmp/resumed.out")"
-same resumed "the resumed TP=2 run" 3
+same_run one resumed "the resumed TP=2 run" 3
 
 # The TP=2 checkpoint (vocabulary padded to 512 rows) resumed on one rank (384 rows): the
 # same losses again.
 train resumed_one 1 checkpoint.load="$tmp/ckpt"
-same resumed_one "the TP=2 checkpoint resumed on one rank" 3
+same_run one resumed_one "the TP=2 checkpoint resumed on one rank" 3
 echo "tensor_parallel.sh: ok"

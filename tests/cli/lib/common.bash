@@ -25,3 +25,17 @@ same_values() {
     awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) { print "line " NR ": " $1 " vs " $2; bad = 1 } } END { exit bad }' ||
     fail "$3 differs: $(paste "$1" "$2")"
 }
+# train_run NAME NPROC ARGS...: mptrain on NPROC local ranks (--threads 1), metrics in
+# $tmp/NAME.jsonl and output in $tmp/NAME.out; fails the test when it fails.
+train_run() {
+  local name=$1 n=$2
+  shift 2
+  "$mptrain" --nproc-per-node "$n" --threads 1 "$@" logger.metrics_file="$tmp/$name.jsonl" >"$tmp/$name.out" 2>&1 ||
+    fail "$name exited $?: $(tail -5 "$tmp/$name.out")"
+}
+# same_run WANT RUN WHAT [TAIL]: run RUN's metric values equal run WANT's (its last TAIL when given).
+same_run() {
+  if [[ -n ${4:-} ]]; then metric "$tmp/$1.jsonl" | tail -"$4" >"$tmp/want"; else metric "$tmp/$1.jsonl" >"$tmp/want"; fi
+  metric "$tmp/$2.jsonl" >"$tmp/got"
+  same_values "$tmp/want" "$tmp/got" "$3"
+}
