@@ -9,19 +9,14 @@
 //
 // The ranks share this machine's cores, so step times across TP sizes are not a speed
 // comparison; the memory and byte figures are exact.
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "bench_ranks.h"
 #include "config/recipe.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -70,27 +65,7 @@ struct Layout {
   std::string name() const { return "TP=" + std::to_string(tp) + (sp ? "+SP" : ""); }
 };
 
-// What one rank saw.
-struct RankFigures {
-  mpt::train::MemoryReport memory;
-  double first_loss = 0;
-  double step_s = 0;                 // mean over the timed steps
-  std::vector<int64_t> tp_bytes;     // per timed step
-};
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  MPT_CHECK(fd >= 0, mpt::Status::kDistributed, "bench_tensor_parallel: socket() failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  ::close(fd);
-  MPT_CHECK(ok, mpt::Status::kDistributed, "bench_tensor_parallel: no free loopback port");
-  return ntohs(a.sin_port);
-}
+using RankFigures = mpt::bench::StepFigures;
 
 mpt::config::Recipe recipe_for(const Layout& l) {
   mpt::config::Recipe r = mpt::config::load_recipe_string(kShape, "bench_tensor_parallel");
@@ -102,42 +77,7 @@ mpt::config::Recipe recipe_for(const Layout& l) {
 
 // Runs 1 warm-up step and `steps` timed steps on l.tp ranks, one thread each.
 std::vector<RankFigures> run_layout(const Layout& l, int steps) {
-  const mpt::config::Recipe recipe = recipe_for(l);
-  const int64_t world = l.tp;
-  const int port = free_port();
-  std::vector<RankFigures> out(static_cast<size_t>(world));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int64_t rank = 0; rank < world; ++rank) {
-    threads.emplace_back([&, rank] {
-      try {
-        mpt::dist::LaunchPlace place;
-        place.rank = rank;
-        place.world_size = world;
-        place.local_rank = rank;
-        place.master_addr = "127.0.0.1";
-        place.master_port = port;
-        mpt::Logger quiet([](mpt::LogLevel, const std::string&) {}, mpt::LogLevel::kError);
-        mpt::train::Engine engine(recipe, quiet, place);
-        RankFigures& f = out[static_cast<size_t>(rank)];
-        f.first_loss = engine.train_step().lm_loss;  // warm-up: first touch of every buffer
-        double total = 0;
-        for (int i = 0; i < steps; ++i) {
-          const int64_t before = engine.tp_bytes_sent();
-          total += engine.train_step().step_time_s;
-          f.tp_bytes.push_back(engine.tp_bytes_sent() - before);
-        }
-        f.step_s = total / steps;
-        f.memory = engine.memory();
-      } catch (...) {
-        errors[static_cast<size_t>(rank)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
-  return out;
+  return mpt::bench::time_steps(recipe_for(l), l.tp, steps, &mpt::train::Engine::tp_bytes_sent);
 }
 
 // Parameters replicated over TP ranks whose gradients, under SP, each rank computes from its
@@ -180,15 +120,8 @@ double expected_tp_bytes(const mpt::config::Recipe& r) {
   return per_mb * static_cast<double>(r.derived.num_microbatches) + per_step;
 }
 
-double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+using mpt::bench::mib;
 
-// "12.34 (0.50x)"
-std::string with_ratio(int64_t bytes, int64_t reference) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.2f (%.3fx)", mib(static_cast<double>(bytes)),
-                static_cast<double>(bytes) / static_cast<double>(reference));
-  return buf;
-}
 
 bool same_memory(const mpt::train::MemoryReport& a, const mpt::train::MemoryReport& b) {
   return a.params_bytes == b.params_bytes && a.grads_bytes == b.grads_bytes && a.optimizer_bytes == b.optimizer_bytes &&
@@ -211,15 +144,15 @@ double mean_tp_bytes(const Layout& l, const std::vector<RankFigures>& ranks, std
                   static_cast<long long>(rk.memory.activations_peak_bytes));
       ok = false;
     }
-    for (size_t i = 1; i < rk.tp_bytes.size(); ++i)
-      if (rk.tp_bytes[i] != rk.tp_bytes[0]) {
+    for (size_t i = 1; i < rk.bytes.size(); ++i)
+      if (rk.bytes[i] != rk.bytes[0]) {
         std::printf("%s: rank %zu sent %lld TP bytes in timed step %zu but %lld in the first\n", l.name().c_str(), k,
-                    static_cast<long long>(rk.tp_bytes[i]), i + 1, static_cast<long long>(rk.tp_bytes[0]));
+                    static_cast<long long>(rk.bytes[i]), i + 1, static_cast<long long>(rk.bytes[0]));
         ok = false;
       }
-    mean += static_cast<double>(rk.tp_bytes.back()) / static_cast<double>(ranks.size());
+    mean += static_cast<double>(rk.bytes.back()) / static_cast<double>(ranks.size());
     if (k > 0) per_rank += ' ';
-    per_rank += std::to_string(rk.tp_bytes.back());
+    per_rank += std::to_string(rk.bytes.back());
   }
   return mean;
 }
@@ -281,10 +214,10 @@ int main(int argc, char** argv) {
       else std::snprintf(bytes, sizeof(bytes), "%.2f | 0 | -", mib(sent));
       char row[512];
       std::snprintf(row, sizeof(row), "| %s | %s | %s | %s | %s | %s | %.0f | %.7f (%.1e) |", l.name().c_str(),
-                    with_ratio(f.memory.params_bytes, reference.memory.params_bytes).c_str(),
-                    with_ratio(f.memory.grads_bytes, reference.memory.grads_bytes).c_str(),
-                    with_ratio(f.memory.optimizer_bytes, reference.memory.optimizer_bytes).c_str(),
-                    with_ratio(f.memory.activations_peak_bytes, reference.memory.activations_peak_bytes).c_str(), bytes,
+                    mpt::bench::with_ratio(f.memory.params_bytes, reference.memory.params_bytes).c_str(),
+                    mpt::bench::with_ratio(f.memory.grads_bytes, reference.memory.grads_bytes).c_str(),
+                    mpt::bench::with_ratio(f.memory.optimizer_bytes, reference.memory.optimizer_bytes).c_str(),
+                    mpt::bench::with_ratio(f.memory.activations_peak_bytes, reference.memory.activations_peak_bytes).c_str(), bytes,
                     f.step_s * 1e3, f.first_loss, loss_rel);
       rows.emplace_back(row);
     }

@@ -305,8 +305,10 @@ MPT_API const char* mpt_model_last_error(const mpt_model* model) MPT_NOEXCEPT;
  *              (= global_batch_size / data-parallel size)
  *   cols       see labels
  *
- * Ranks of one tensor-parallel group must pass identical batches (their data-parallel
- * rank's share); the step fails with MPT_ERR_INVALID_ARGUMENT on all of them otherwise. */
+ * Ranks of one tensor- or context-parallel group, and all pipeline stages, must pass
+ * identical batches of whole sequences (their data-parallel rank's share; a
+ * context-parallel rank keeps its own chunks of each sequence); the step fails with
+ * MPT_ERR_INVALID_ARGUMENT on all of them otherwise. */
 typedef struct mpt_batch {
   size_t struct_size;
   const int32_t* tokens;

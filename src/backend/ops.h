@@ -19,6 +19,17 @@ namespace mpt::backend {
 
 enum class Activation : int32_t { kGelu = 0, kGeluTanh = 1, kSilu = 2, kRelu = 3, kSquaredRelu = 4 };
 
+// Where an attention call's rows sit in the whole sequence: local index i < split is at
+// position first + i, the rest at second + (i - split). The default is the identity. Used
+// only to key dropout masks, so that a call over part of a sequence (context parallelism)
+// draws the same mask elements as one call over the whole of it.
+struct SeqPositions {
+  int64_t first = 0;
+  int64_t split = INT64_MAX;
+  int64_t second = 0;
+  int64_t at(int64_t i) const { return i < split ? first + i : second + (i - split); }
+};
+
 struct AttentionDims {
   int64_t seq_q = 0;        // query positions in this call
   int64_t seq_kv = 0;       // key/value positions in this call
@@ -27,10 +38,16 @@ struct AttentionDims {
   int64_t groups = 0;       // key/value heads; heads % groups == 0
   int64_t head_dim = 0;
   float softmax_scale = 0;  // usually 1/sqrt(head_dim)
-  bool causal = true;       // mask key j > query i (requires seq_q == seq_kv)
+  // Causal mask aligned to the bottom right: query i sees keys j <= i + (seq_kv - seq_q), i.e.
+  // the queries are the last seq_q positions of the keys' sequence. Requires seq_q <= seq_kv.
+  bool causal = true;
   float dropout_p = 0;      // dropout on attention probabilities
-  uint64_t dropout_key = 0; // stream key; mask element keyed by (global head, b, i, j)
+  // Dropout masks: element (global head, b, i, j) is kept iff dropout_keep(stream(dropout_key,
+  // head_offset + h, b), q_pos.at(i) * mask_seq + kv_pos.at(j), p); mask_seq 0 means seq_kv.
+  uint64_t dropout_key = 0;
   int64_t head_offset = 0;  // global index of local head 0 (keeps masks layout-invariant)
+  SeqPositions q_pos, kv_pos;
+  int64_t mask_seq = 0;
 };
 
 struct AdamWArgs {
@@ -46,6 +63,9 @@ class Ops {
   virtual ~Ops() = default;
   virtual const char* name() const = 0;
   virtual void synchronize() {}
+  // Bytes of work buffers the backend keeps between calls, as of now (they grow to the
+  // largest call seen, e.g. the CPU attention's score blocks).
+  virtual int64_t workspace_bytes() const { return 0; }
 
   // --- memory and elementwise --------------------------------------------------------
   virtual void fill(Tensor x, float value) = 0;
@@ -86,11 +106,20 @@ class Ops {
   virtual void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
                     bool inverse) = 0;
   // q [seq_q*B, heads*D], k/v [seq_kv*B, groups*D] (token t = s*B + b); out like q;
-  // lse [B, heads, seq_q] natural-log log-sum-exp of the scaled scores per query.
+  // lse [seq_q*B, heads] (token-major like q): the natural-log log-sum-exp of each query's
+  // scaled scores over the keys it sees.
   virtual void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) = 0;
-  // Overwrites dq, dk, dv.
+  // Overwrites dq, dk, dv. out and lse may be those of a larger attention that this call's
+  // keys are part of (context parallelism): probabilities are exp(score - lse) and
+  // D_i = dout_i . out_i, so the gradients are this key block's share of the whole.
   virtual void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                              Tensor out, Tensor lse, const AttentionDims& d) = 0;
+  // Merges the attention of the same queries over further keys into a running result:
+  // out [T, heads*D], lse [T, heads] and part_out, part_lse alike. lse' = log(exp(lse) +
+  // exp(part_lse)); out' = out * exp(lse - lse') + part_out * exp(part_lse - lse'). A row
+  // with lse = -inf (no keys yet) takes the part as it is.
+  virtual void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads,
+                               int64_t head_dim) = 0;
 
   // --- MLP ----------------------------------------------------------------------------
   // gated: x [T, 2F] rows [gate | up], out [T, F] = act(gate) * up; else out = act(x).

@@ -20,8 +20,7 @@ void check_capabilities(Checker& c) {
     return k != nullptr && k->get(r) != k->default_value();
   };
 
-  // Parallelism: data, tensor (+ sequence) and pipeline (+ virtual stages) parallel.
-  unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "context parallelism");
+  // Parallelism: data, tensor (+ sequence), context and pipeline (+ virtual stages) parallel.
   unbuilt(m.expert_model_parallel_size > 1, "model.expert_model_parallel_size", "expert parallelism");
   unbuilt(m.expert_tensor_parallel_size.value_or(1) != 1, "model.expert_tensor_parallel_size",
           "expert tensor parallelism");

@@ -49,6 +49,14 @@ struct Tensor {
   }
   size_t bytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
   int64_t dim(int i) const { return shape[i < 0 ? ndim + i : i]; }
+  // Rows [begin, begin + count) of the first dimension, same trailing shape.
+  Tensor rows(int64_t begin, int64_t count) const {
+    MPT_ASSERT(ndim >= 1 && begin >= 0 && count >= 0 && begin + count <= shape[0]);
+    Tensor t = *this;
+    t.shape[0] = count;
+    t.data = static_cast<char*>(data) + static_cast<size_t>(begin) * (bytes() / static_cast<size_t>(shape[0] ? shape[0] : 1));
+    return t;
+  }
   float* f() const {
     MPT_ASSERT(dtype == DType::kF32);
     return static_cast<float*>(data);

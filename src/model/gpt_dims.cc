@@ -49,6 +49,7 @@ GPTDims make_dims(const config::Recipe& r) {
   g.embedding_init_std = static_cast<float>(m.embedding_init_method_std.value_or(m.init_method_std));
   g.tp = m.tensor_model_parallel_size;
   g.sequence_parallel = m.sequence_parallel && g.tp > 1;
+  g.cp = m.context_parallel_size;
   return g;
 }
 

@@ -41,8 +41,14 @@ struct GPTDims {
   int64_t tp = 1;
   int64_t tp_rank = 0;
   bool sequence_parallel = false;
+  // Context parallelism: each sequence of `seq` positions is split over cp ranks; this rank
+  // holds local_seq() of them (see parallel/context_parallel.h for which).
+  int64_t cp = 1;
+  int64_t cp_rank = 0;
 
-  int64_t tokens() const { return seq * micro_batch; }
+  int64_t local_seq() const { return seq / cp; }
+  // Tokens of a micro-batch on this rank.
+  int64_t tokens() const { return local_seq() * micro_batch; }
   // Rows of the residual stream this rank holds: tokens() / tp under sequence parallelism.
   int64_t rows() const { return sequence_parallel ? tokens() / tp : tokens(); }
   // This rank's share of each split size.

@@ -75,12 +75,17 @@ ParamRegistry whole_model_registry(const GPTDims& dims) {
 }
 
 GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
-    : dims_(dims), ops_(ops), tp_(o.tp), chunk_(o.chunk.value_or(whole_model(dims))) {
+    : dims_(dims), ops_(ops), tp_(o.tp), cp_(o.cp), chunk_(o.chunk.value_or(whole_model(dims))) {
   MPT_CHECK(tp_.size() == dims.tp, Status::kInvalidArgument, "the model is split over ", dims.tp,
             " tensor-parallel ranks but its group has ", tp_.size());
   MPT_CHECK(tp_.sequence_parallel() == dims.sequence_parallel, Status::kInvalidArgument,
             "sequence parallelism differs between the model's sizes and its group");
+  MPT_CHECK(cp_.size() == dims.cp, Status::kInvalidArgument, "the model's sequence is split over ", dims.cp,
+            " context-parallel ranks but its group has ", cp_.size());
+  MPT_CHECK(dims.cp == 1 || dims.seq % (2 * dims.cp) == 0, Status::kInvalidConfig, "seq_length ", dims.seq,
+            " must be divisible by 2 x context_parallel_size = ", 2 * dims.cp);
   dims_.tp_rank = tp_.rank();
+  dims_.cp_rank = cp_.rank();
   eval_dims_ = dims_;
   eval_dims_.hidden_dropout = 0;
   eval_dims_.attention_dropout = 0;
@@ -151,7 +156,7 @@ void GPTModel::plan_activations() {
       f32(a.k, {T, d.kv_width()});
       f32(a.v, {T, d.kv_width()});
       f32(a.attn_out, {T, d.attn_width()});
-      f32(a.lse, {d.micro_batch, d.local_heads(), d.seq});
+      f32(a.lse, {T, d.local_heads()});
       f32(a.resid_mid, {R, d.hidden});
       f32(a.norm2_out, {R, d.hidden});
       if (d.layernorm) f32(a.norm2_mean, {R});
@@ -184,6 +189,7 @@ void GPTModel::plan_activations() {
     f32(s.full, {T, d.hidden});
     f32(s.partial, {T, d.hidden});
   }
+  if (cp_.size() > 1) f32(s.cp_work, {cp_.workspace_numel(attention_dims(d, 0))});
   f32(dres_, {R, d.hidden});
   acts_.allocate();
   for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
@@ -193,10 +199,12 @@ void GPTModel::plan_activations() {
       a.target_logit = Tensor::f32(a.sumexp_target.f() + T, {T});
     }
   local_positions_ = Tensor(positions_.i() + tp_.row_offset(T), DType::kI32, {R});
+  runs_ = residual_row_runs(d, cp_, tp_);
 
   int32_t* pos = positions_.i();
-  for (int64_t q = 0; q < d.seq; ++q)
-    for (int64_t b = 0; b < d.micro_batch; ++b) pos[q * d.micro_batch + b] = static_cast<int32_t>(q);
+  for (int64_t q = 0; q < d.local_seq(); ++q)
+    for (int64_t b = 0; b < d.micro_batch; ++b)
+      pos[q * d.micro_batch + b] = static_cast<int32_t>(cp_.position(q, d.local_seq()));
 }
 
 MicroBatchInput GPTModel::input(int64_t slot) {
@@ -228,13 +236,14 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
     tp_.leave(words, x);
     if (ids_.pos_emb >= 0) ops_.embedding_fwd(x, local_positions_, P(0, emb, ids_.pos_emb), 0, true);
     st.params_done(0);
-    if (d.hidden_dropout > 0) ops_.dropout_fwd(x, x, d.hidden_dropout, mix_key(key, kEmbedding), tp_.row_offset(T));
+    if (d.hidden_dropout > 0) dropout_rows_fwd(ops_, runs_, x, x, d.hidden_dropout, mix_key(key, kEmbedding));
   }
 
   for (int64_t i = 0; i < chunk_.count(); ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
-    LayerContext c{ops_, d, reg_, st.unit_params(u), nullptr, units_[static_cast<size_t>(u)].begin, positions_, tp_};
+    LayerContext c{ops_, d, reg_, st.unit_params(u), nullptr, units_[static_cast<size_t>(u)].begin, positions_, tp_,
+                   cp_, runs_};
     layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
                   mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
@@ -313,7 +322,7 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     LayerContext c{ops_, d, reg_, st.unit_params(u), st.unit_grads(u), units_[static_cast<size_t>(u)].begin,
-                   positions_, tp_};
+                   positions_, tp_, cp_, runs_};
     layer_backward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], dres_,
                    mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
@@ -324,7 +333,7 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
   Tensor demb = dres_;
   if (d.hidden_dropout > 0) {
     demb = scratch_.branch;
-    ops_.dropout_bwd(demb, dres_, d.hidden_dropout, mix_key(key, kEmbedding), tp_.row_offset(T));
+    dropout_rows_bwd(ops_, runs_, demb, dres_, d.hidden_dropout, mix_key(key, kEmbedding));
   }
   float* emb_g = st.unit_grads(0);
   if (ids_.pos_emb >= 0) ops_.embedding_bwd(P(0, emb_g, ids_.pos_emb), local_positions_, demb, 0);

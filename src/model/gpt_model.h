@@ -16,6 +16,7 @@
 #include "model/param_registry.h"
 #include "model/param_storage.h"
 #include "model/transformer_layer.h"
+#include "parallel/context_parallel.h"
 #include "parallel/pipeline_layout.h"
 #include "parallel/tensor_parallel.h"
 
@@ -56,6 +57,7 @@ struct ModelOptions {
   // asks for a multiple of its group size so units shard evenly).
   int64_t unit_align = ParamRegistry::kAlign;
   parallel::TensorParallel tp;  // this rank's tensor-parallel group; its size must be dims.tp
+  parallel::ContextParallel cp;  // this rank's context-parallel group; its size must be dims.cp
   std::optional<parallel::ChunkLayers> chunk;  // the layers this model holds; default all
   // Sets of saved activations: micro-batches whose forward has run and backward has not
   // (a pipeline schedule keeps several in flight).
@@ -131,6 +133,8 @@ class GPTModel {
   GPTDims eval_dims_;  // dims_ with dropout off
   backend::Ops& ops_;
   parallel::TensorParallel tp_;
+  parallel::ContextParallel cp_;
+  RowRuns runs_;                  // this rank's residual rows in the whole micro-batch
   parallel::ChunkLayers chunk_;
   ParamRegistry reg_;
   ChunkParams ids_;
@@ -141,7 +145,7 @@ class GPTModel {
 
   Arena acts_;
   std::vector<SlotActs> slots_;
-  Tensor positions_;              // i32 [T]: each token's position in its sequence
+  Tensor positions_;              // i32 [T]: each token's position in the whole sequence
   Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
   LayerScratch scratch_;
   Tensor dres_;                   // [R,H]

@@ -1,5 +1,6 @@
 #include "model/transformer_layer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -12,9 +13,11 @@ namespace {
 // Distinct dropout streams inside one layer.
 enum Site : uint64_t { kAttnProbs = 1, kAttnOut = 2, kMlpOut = 3 };
 
+}  // namespace
+
 backend::AttentionDims attention_dims(const GPTDims& d, uint64_t key) {
   backend::AttentionDims a;
-  a.seq_q = a.seq_kv = d.seq;
+  a.seq_q = a.seq_kv = d.local_seq();
   a.batch = d.micro_batch;
   a.heads = d.local_heads();
   a.groups = d.local_groups();
@@ -27,6 +30,7 @@ backend::AttentionDims attention_dims(const GPTDims& d, uint64_t key) {
   return a;
 }
 
+namespace {
 void norm_forward(const LayerContext& c, int w, int b, Tensor out, Tensor mean, Tensor rstd, Tensor x) {
   if (c.dims.layernorm)
     c.ops.layernorm_fwd(out, mean, rstd, x, c.P(w), c.P(b), c.dims.norm_eps);
@@ -42,6 +46,36 @@ void norm_backward(const LayerContext& c, int w, int b, Tensor dx, Tensor dout, 
     c.ops.rmsnorm_bwd(dx, c.G(w), dout, x, c.P(w), rstd);
 }
 }  // namespace
+
+RowRuns residual_row_runs(const GPTDims& d, const parallel::ContextParallel& cp, const parallel::TensorParallel& tp) {
+  MPT_CHECK(cp.size() == d.cp, Status::kInvalidArgument, "the model's sequence is split over ", d.cp,
+            " context-parallel ranks but its group has ", cp.size());
+  const int64_t B = d.micro_batch, T = d.tokens();
+  RowRuns chunks;  // this rank's local tokens as runs of whole-sequence rows
+  if (d.cp == 1) {
+    chunks.push_back({0, T, 0});
+  } else {
+    const int64_t c = d.local_seq() / 2;
+    chunks.push_back({0, c * B, cp.position(0, d.local_seq()) * B});
+    chunks.push_back({c * B, c * B, cp.position(c, d.local_seq()) * B});
+  }
+  const int64_t first = tp.row_offset(T), last = first + tp.local_rows(T);
+  RowRuns runs;
+  for (const RowRun& r : chunks) {
+    const int64_t b = std::max(first, r.begin), e = std::min(last, r.begin + r.count);
+    if (b < e) runs.push_back({b - first, e - b, r.global + (b - r.begin)});
+  }
+  return runs;
+}
+
+void dropout_rows_fwd(backend::Ops& ops, const RowRuns& runs, Tensor out, Tensor x, float p, uint64_t key) {
+  for (const RowRun& r : runs) ops.dropout_fwd(out.rows(r.begin, r.count), x.rows(r.begin, r.count), p, key, r.global);
+}
+
+void dropout_rows_bwd(backend::Ops& ops, const RowRuns& runs, Tensor dx, Tensor dout, float p, uint64_t key) {
+  for (const RowRun& r : runs)
+    ops.dropout_bwd(dx.rows(r.begin, r.count), dout.rows(r.begin, r.count), p, key, r.global);
+}
 
 LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) {
   const std::string pre = "decoder.layers." + std::to_string(index) + ".";
@@ -84,7 +118,6 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
-  const int64_t row0 = c.tp.row_offset(d.tokens());  // dropout masks follow the global row
 
   // Attention branch.
   norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
@@ -94,9 +127,9 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
     ops.rope(a.q, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, false);
     ops.rope(a.k, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, false);
   }
-  ops.attention_fwd(a.attn_out, a.lse, a.q, a.k, a.v, attention_dims(d, key));
+  c.cp.attention_forward(ops, s.cp_work, a.attn_out, a.lse, a.q, a.k, a.v, attention_dims(d, key));
   row_parallel_forward(ops, c.tp, s.branch, a.attn_out, P(p.proj_w), P(p.proj_b), s.partial);
-  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut), row0);
+  if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut));
   ops.add(a.resid_mid, x, s.branch);
 
   // MLP branch.
@@ -104,7 +137,7 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
   column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
   ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
   row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
-  if (d.hidden_dropout > 0) ops.dropout_fwd(s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut), row0);
+  if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut));
   ops.add(out, a.resid_mid, s.branch);
 }
 
@@ -114,12 +147,11 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
   auto G = [&](int i) { return c.G(i); };
-  const int64_t row0 = c.tp.row_offset(d.tokens());
 
   // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))).
   Tensor dbranch = s.branch;
   if (d.hidden_dropout > 0)
-    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut), row0);
+    dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut));
   else
     ops.copy(dbranch, dres);
   row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
@@ -130,11 +162,12 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
 
   // Attention branch: resid_mid = x + drop(proj(attn(...))).
   if (d.hidden_dropout > 0)
-    ops.dropout_bwd(dbranch, dres, d.hidden_dropout, mix_key(key, kAttnOut), row0);
+    dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kAttnOut));
   else
     ops.copy(dbranch, dres);
   row_parallel_backward(ops, c.tp, s.dattn, G(p.proj_w), G(p.proj_b), dbranch, a.attn_out, P(p.proj_w), s.full);
-  ops.attention_bwd(s.dq, s.dk, s.dv, s.dattn, a.q, a.k, a.v, a.attn_out, a.lse, attention_dims(d, key));
+  c.cp.attention_backward(ops, s.cp_work, s.dq, s.dk, s.dv, s.dattn, a.q, a.k, a.v, a.attn_out, a.lse,
+                          attention_dims(d, key));
   if (d.rope) {
     ops.rope(s.dq, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, true);
     ops.rope(s.dk, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, true);

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "backend/ops.h"
 #include "model/gpt_dims.h"
 #include "model/param_registry.h"
+#include "parallel/context_parallel.h"
 #include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
@@ -25,13 +27,31 @@ struct LayerParams {
 // Registers layer `index`'s parameters under Megatron's names.
 LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index);
 
+// A contiguous run of the residual rows this rank holds: rows [begin, begin + count) of its
+// [R, H] tensors are rows [global, global + count) of the whole micro-batch's [S*B, H]
+// (token t = s*B + b over the whole sequence). Dropout masks are keyed by global rows, so
+// they are the same at every tensor-, sequence- and context-parallel layout.
+struct RowRun {
+  int64_t begin, count, global;
+};
+using RowRuns = std::vector<RowRun>;
+// This rank's runs: its context-parallel chunks, cut to its sequence-parallel rows.
+RowRuns residual_row_runs(const GPTDims& d, const parallel::ContextParallel& cp, const parallel::TensorParallel& tp);
+// Dropout over [R, H] rows, keyed by global rows (see Ops::dropout_fwd); out may alias x.
+void dropout_rows_fwd(backend::Ops& ops, const RowRuns& runs, Tensor out, Tensor x, float p, uint64_t key);
+void dropout_rows_bwd(backend::Ops& ops, const RowRuns& runs, Tensor dx, Tensor dout, float p, uint64_t key);
+
+// The local attention call of a layer whose dropout stream is `key`: this rank's heads
+// and positions, causal.
+backend::AttentionDims attention_dims(const GPTDims& d, uint64_t key);
+
 // Activations a layer keeps from forward to backward. T = seq * micro_batch tokens; R = the
 // residual rows this rank holds (T, or T / TP under sequence parallelism); widths are this
 // rank's (local heads, groups and ffn under tensor parallelism).
 struct LayerActs {
   Tensor norm1_out, norm1_mean, norm1_rstd;  // [R,H], [R], [R]
   Tensor q, k, v;                            // after RoPE: [T, heads*D], [T, groups*D] x2
-  Tensor attn_out, lse;                      // [T, heads*D], [B, heads, S]
+  Tensor attn_out, lse;                      // [T, heads*D], [T, heads]
   Tensor resid_mid;                          // x + attention branch [R,H]
   Tensor norm2_out, norm2_mean, norm2_rstd;
   Tensor fc1_out, act_out;                   // [T, fc1_width], [T, ffn]
@@ -49,6 +69,8 @@ struct LayerScratch {
   // Sequence parallelism only (empty otherwise): [T,H] each.
   Tensor full;       // a gathered layer input (forward, and again in backward)
   Tensor partial;    // a row-parallel output before its reduce-scatter; d(input) before its own
+  // Context parallelism only (empty otherwise): the attention exchange's buffers.
+  Tensor cp_work;
 };
 
 // params/grads hold the layer's unit: the flat range starting at `base`.
@@ -61,6 +83,8 @@ struct LayerContext {
   int64_t base;
   Tensor positions;  // i32 [T]: each token's position in its sequence
   const parallel::TensorParallel& tp;
+  const parallel::ContextParallel& cp;
+  const RowRuns& runs;  // this rank's residual rows in the whole micro-batch
   Tensor P(int i) const { return reg.view(params, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };

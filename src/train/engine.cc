@@ -23,6 +23,7 @@
 #include "model/gpt_model.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/context_parallel.h"
 #include "parallel/pipeline_layout.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/tensor_parallel.h"
@@ -115,8 +116,9 @@ struct Engine::Impl {
   std::unique_ptr<dist::StoreServer> store_server;
   std::unique_ptr<dist::Store> store;
   std::unique_ptr<dist::ParallelState> layout;
-  std::unique_ptr<dist::Communicator> dp_comm, tp_comm, pp_comm, emb_comm;
+  std::unique_ptr<dist::Communicator> dp_comm, tp_comm, pp_comm, cp_comm, emb_comm;
   parallel::TensorParallel tp;        // one rank unless tensor-parallel
+  parallel::ContextParallel cp;       // one rank unless context-parallel
   std::unique_ptr<backend::Ops> ops;
   model::GPTDims dims;
   model::ParamRegistry whole_reg;     // the whole model, as checkpoints hold it
@@ -172,6 +174,8 @@ struct Engine::Impl {
     if (layout) {
       dp_rank = ll.dp_rank = layout->coords(place.rank).dp;
       dp_size = ll.dp_size = layout->dp();
+      ll.cp_rank = cp.rank();
+      ll.cp_size = cp.size();
     }
     data::LoaderOptions lo;
     lo.vocab_size = dims.vocab;
@@ -187,8 +191,9 @@ struct Engine::Impl {
                  mib(m.activations_peak_bytes)));
   }
 
-  // Rendezvous and process groups: tensor-parallel (tp), data-parallel (dp-cp), pipeline (pp)
-  // and, for an output layer tied to the embedding across stages, the embedding group.
+  // Rendezvous and process groups: tensor-parallel (tp), data-parallel (dp-cp), pipeline (pp),
+  // context-parallel (cp) and, for an output layer tied to the embedding across stages, the
+  // embedding group.
   // Every rank forms its groups in the same order.
   void start_distributed() {
     const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
@@ -212,13 +217,17 @@ struct Engine::Impl {
     tp_comm = group(dist::GroupKind::kTp);
     dp_comm = group(dist::GroupKind::kDpCp);
     pp_comm = group(dist::GroupKind::kPp);
+    cp_comm = group(dist::GroupKind::kCp);
     pp_rank = layout->coords(place.rank).pp;
     pp_size = sizes.pp;
     if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
       emb_comm = group(dist::GroupKind::kEmbedding);
     tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
+    cp = parallel::ContextParallel(cp_comm.get(), parallel::parse_cp_comm_type(recipe.model.cp_comm_type));
     log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
-                 dims.sequence_parallel ? ", sequence parallel" : "", "; sharding ",
+                 dims.sequence_parallel ? ", sequence parallel" : "",
+                 cp.size() > 1 ? str(", context parallel (", recipe.model.cp_comm_type, ")") : std::string(),
+                 "; sharding ",
                  recipe.ddp.data_parallel_sharding_strategy));
   }
 
@@ -248,6 +257,7 @@ struct Engine::Impl {
       Chunk& ch = chunks[static_cast<size_t>(c)];
       model::ModelOptions mo;
       mo.tp = tp;
+      mo.cp = cp;
       mo.chunk = parallel::chunk_layers(split, pp_rank, c);
       mo.slots = slots;
       if (dp_comm) {
@@ -404,7 +414,7 @@ struct Engine::Impl {
   // True on every rank when `failed` is true on any.
   bool any_rank(bool failed) {
     int64_t f = failed ? 1 : 0;
-    for (dist::Communicator* c : {dp_comm.get(), tp_comm.get(), pp_comm.get()})
+    for (dist::Communicator* c : {dp_comm.get(), tp_comm.get(), pp_comm.get(), cp_comm.get()})
       if (c) c->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
     return f != 0;
   }
@@ -417,12 +427,15 @@ struct Engine::Impl {
       m.optimizer_bytes += ch.optimizer->state_bytes();
       m.activations_peak_bytes += ch.model->activations_bytes();
     }
+    m.backend_workspace_bytes = ops->workspace_bytes();
     return m;
   }
 
-  // Copies micro-batch `mb` of a batch into a model slot's token-major inputs.
+  // Copies micro-batch `mb` of a batch (this rank's columns) into a model slot's token-major
+  // inputs.
   void load_microbatch(model::MicroBatchInput in, int64_t mb, const data::RankBatch& batch) {
-    const int64_t B = dims.micro_batch, S = dims.seq;
+    const int64_t B = dims.micro_batch, S = dims.local_seq();
+    MPT_ASSERT(batch.cols == S);
     for (int64_t b = 0; b < B; ++b) {
       const size_t row = static_cast<size_t>((mb * B + b) * S);
       for (int64_t s = 0; s < S; ++s) {
@@ -435,23 +448,25 @@ struct Engine::Impl {
     }
   }
 
-  // A host-supplied batch in the loader's layout, with the same end-of-document masking.
+  // A host-supplied batch (whole sequences) in the loader's layout: this rank's
+  // context-parallel columns, with the same end-of-document masking.
   const data::RankBatch& stage_host_batch(const HostBatch& hb) {
     check_host_batch(hb);
-    const int64_t S = dims.seq;
+    const int64_t S = dims.seq, L = dims.local_seq();
     data::RankBatch& b = host_staging;
     b.rows = rows;
-    b.cols = S;
-    b.tokens.resize(static_cast<size_t>(rows * S));
-    b.labels.resize(static_cast<size_t>(rows * S));
-    b.loss_mask.resize(static_cast<size_t>(rows * S));
+    b.cols = L;
+    b.tokens.resize(static_cast<size_t>(rows * L));
+    b.labels.resize(static_cast<size_t>(rows * L));
+    b.loss_mask.resize(static_cast<size_t>(rows * L));
     for (int64_t r = 0; r < rows; ++r) {
       const int32_t* tok = hb.tokens + r * hb.cols;
-      for (int64_t s = 0; s < S; ++s) {
-        const size_t i = static_cast<size_t>(r * S + s);
+      for (int64_t j = 0; j < L; ++j) {
+        const int64_t s = cp.position(j, L);
+        const size_t i = static_cast<size_t>(r * L + j), g = static_cast<size_t>(r * S + s);
         b.tokens[i] = tok[s];
-        b.labels[i] = hb.labels ? hb.labels[i] : tok[s + 1];
-        float m = hb.loss_mask ? hb.loss_mask[i] : 1.0f;
+        b.labels[i] = hb.labels ? hb.labels[g] : tok[s + 1];
+        float m = hb.loss_mask ? hb.loss_mask[g] : 1.0f;
         if (recipe.dataset.eod_mask_loss && tok[s] == eod_id) m = 0.0f;
         b.loss_mask[i] = m;
       }
@@ -487,29 +502,33 @@ struct Engine::Impl {
       }
   }
 
-  // Every rank of a tensor-parallel group, and every stage of a pipeline, computes on the
-  // same samples. A host-supplied batch that differs between them would train a silently
-  // wrong model, so the ranks compare a hash of it; all of them fail alike when any differs.
-  void check_same_batch(const data::RankBatch& b) {
+  // Every rank of a tensor- or context-parallel group, and every stage of a pipeline,
+  // computes on the same samples. A host-supplied batch that differs between them would
+  // train a silently wrong model, so the ranks compare a hash of it; all of them fail alike
+  // when any differs. (Called after check_host_batch.)
+  void check_same_batch(const HostBatch& b) {
     uint64_t h = 1469598103934665603ull;
-    auto mix = [&](const void* p, size_t n) {
+    auto mix = [&](const void* p, int64_t count, size_t size) {
+      if (p == nullptr) return;
       const auto* c = static_cast<const unsigned char*>(p);
-      for (size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 1099511628211ull;
+      for (size_t i = 0; i < static_cast<size_t>(count) * size; ++i) h = (h ^ c[i]) * 1099511628211ull;
     };
-    mix(b.tokens.data(), b.tokens.size() * sizeof(int32_t));
-    mix(b.labels.data(), b.labels.size() * sizeof(int32_t));
-    mix(b.loss_mask.data(), b.loss_mask.size() * sizeof(float));
-    for (dist::Communicator* c : {tp_comm.get(), pp_comm.get()}) {
+    const int64_t n = b.rows * dims.seq;
+    mix(b.tokens, b.rows * b.cols, sizeof(int32_t));
+    mix(b.labels, n, sizeof(int32_t));
+    mix(b.loss_mask, n, sizeof(float));
+    for (dist::Communicator* c : {tp_comm.get(), cp_comm.get(), pp_comm.get()}) {
       if (c == nullptr || c->size() == 1) continue;
       std::vector<int64_t> all(static_cast<size_t>(c->size()));
       const int64_t mine = static_cast<int64_t>(h);
       c->all_gather(&mine, all.data(), 1, DType::kI64);
       for (int64_t r = 0; r < c->size(); ++r)
         MPT_CHECK(all[static_cast<size_t>(r)] == all[0], Status::kInvalidArgument, "rank ", place.rank,
-                  ": the batch passed to this step differs between ", c == tp_comm.get() ? "tensor" : "pipeline",
+                  ": the batch passed to this step differs between ",
+                  c == tp_comm.get() ? "tensor" : c == cp_comm.get() ? "context" : "pipeline",
                   "-parallel ranks (group ", c->name(), ": group rank ", r,
-                  " differs from group rank 0); every rank of a tensor-parallel group and every pipeline stage "
-                  "must pass the same batch, its data-parallel rank's share");
+                  " differs from group rank 0); every rank of a tensor- or context-parallel group and every "
+                  "pipeline stage must pass the same batch, its data-parallel rank's share of whole sequences");
     }
   }
 
@@ -569,9 +588,16 @@ struct Engine::Impl {
     // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
     // at every data-parallel layout.
     const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
-    const model::GPTModel::LossSums s = m.forward(key, training, slot);
+    model::GPTModel::LossSums s = m.forward(key, training, slot);
     if (m.chunk().post_process) {
-      // Megatron: per-micro-batch token mean, averaged over micro-batches.
+      // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
+      // parallelism the mean is over the whole sequence: the sums add over the group.
+      if (cp.size() > 1) {
+        double sums[2] = {s.weighted_loss, s.mask_sum};
+        cp_comm->all_reduce(sums, 2, DType::kF64, dist::ReduceOp::kSum);
+        s.weighted_loss = sums[0];
+        s.mask_sum = sums[1];
+      }
       const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
       mb_denom[static_cast<size_t>(a.microbatch)] = denom;
       loss_sum += s.weighted_loss / denom;
@@ -591,8 +617,11 @@ struct Engine::Impl {
     Tensor dout;
     if (!m.chunk().post_process) dout = Tensor::f32(take_recv(index, a), {dims.rows(), dims.hidden});
     const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
+    // Gradients are averaged over dp-cp ranks, but context-parallel ranks hold parts of one
+    // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
     const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
-    m.backward(static_cast<float>(1.0 / (denom * static_cast<double>(num_microbatches))), key, slot, dout);
+    const double scale = static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches));
+    m.backward(static_cast<float>(scale), key, slot, dout);
     const size_t s = static_cast<size_t>(slot);
     if (!m.chunk().pre_process) {
       if (ch.grad_send[s]) ch.grad_send[s]->wait();
@@ -632,7 +661,7 @@ struct Engine::Impl {
     const data::RankBatch* data_batch;
     if (batch) {
       data_batch = &stage_host_batch(*batch);
-      check_same_batch(*data_batch);
+      check_same_batch(*batch);
     } else {
       if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
       data_batch = &train_loader->next();
@@ -872,6 +901,7 @@ MemoryReport Engine::memory() const { return impl_->memory(); }
 int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->bytes_sent() : 0; }
 int64_t Engine::tp_bytes_sent() const { return impl_->tp_comm ? impl_->tp_comm->bytes_sent() : 0; }
 int64_t Engine::pp_bytes_sent() const { return impl_->pp_comm ? impl_->pp_comm->bytes_sent() : 0; }
+int64_t Engine::cp_bytes_sent() const { return impl_->cp_comm ? impl_->cp_comm->bytes_sent() : 0; }
 
 int64_t Engine::flat_numel() const {
   int64_t n = 0;

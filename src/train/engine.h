@@ -16,7 +16,8 @@ namespace mpt::train {
 // A global batch (this rank's share) supplied by the host instead of the recipe's dataset.
 // tokens [rows, cols]; labels [rows, seq] or null; loss_mask [rows, seq] or null.
 // With labels, cols == seq_length; without, cols == seq_length + 1 and labels are the
-// tokens shifted by one. rows == micro_batch_size * num_microbatches.
+// tokens shifted by one. rows == micro_batch_size * num_microbatches. Sequences are whole:
+// under context parallelism each rank takes its own chunks.
 struct HostBatch {
   const int32_t* tokens = nullptr;
   const int32_t* labels = nullptr;
@@ -41,6 +42,8 @@ struct MemoryReport {
   int64_t grads_bytes = 0;
   int64_t optimizer_bytes = 0;
   int64_t activations_peak_bytes = 0;
+  // The backend's own work buffers as of now (Ops::workspace_bytes), outside the above.
+  int64_t backend_workspace_bytes = 0;
 };
 
 class Engine {
@@ -76,9 +79,11 @@ class Engine {
   int64_t dp_bytes_sent() const;
   // Elements of the flat parameter layout, alignment padding included.
   int64_t flat_numel() const;
-  // Bytes this rank has sent to its tensor-parallel peers, and to its pipeline neighbours.
+  // Bytes this rank has sent to its tensor-parallel peers, to its pipeline neighbours and to
+  // its context-parallel peers.
   int64_t tp_bytes_sent() const;
   int64_t pp_bytes_sent() const;
+  int64_t cp_bytes_sent() const;
   // Every parameter in registry order as whole tensors (global shapes), concatenated without
   // padding, gathered over data-parallel shards and tensor-parallel slices: a collective,
   // every rank must call it.

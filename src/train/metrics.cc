@@ -52,7 +52,8 @@ void MetricsFile::write_memory(int rank, const MemoryReport& m) {
                       {"params_bytes", m.params_bytes},
                       {"grads_bytes", m.grads_bytes},
                       {"optimizer_bytes", m.optimizer_bytes},
-                      {"activations_peak_bytes", m.activations_peak_bytes}};
+                      {"activations_peak_bytes", m.activations_peak_bytes},
+                      {"backend_workspace_bytes", m.backend_workspace_bytes}};
   write_line(j.dump());
 }
 

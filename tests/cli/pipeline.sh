@@ -11,12 +11,7 @@ fixture=$src/tests/data/cli_tiny.toml
 source "$src/tests/cli/lib/common.bash"
 
 # train NAME NPROC OVERRIDES...: 6 steps of 2 micro-batches, validating at 3 and 6.
-train() {
-  local name=$1 n=$2
-  shift 2
-  train_run "$name" "$n" "$fixture" train.global_batch_size=8 train.train_iters=6 validation.eval_interval=3 \
-    validation.eval_iters=1 "$@"
-}
+train() { train_fixture "$@" validation.eval_interval=3 validation.eval_iters=1; }
 
 train one 1
 train vpp 2 model.pipeline_model_parallel_size=2 model.virtual_pipeline_model_parallel_size=2 model.num_layers=4

@@ -10,11 +10,7 @@ fixture=$src/tests/data/cli_tiny.toml
 source "$src/tests/cli/lib/common.bash"
 
 # train NAME NPROC OVERRIDES...: 6 steps of 2 micro-batches.
-train() {
-  local name=$1 n=$2
-  shift 2
-  train_run "$name" "$n" "$fixture" train.global_batch_size=8 train.train_iters=6 "$@"
-}
+train() { train_fixture "$@"; }
 
 train one 1
 train tp2sp 2 model.tensor_model_parallel_size=2 model.sequence_parallel=true

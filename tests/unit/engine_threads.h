@@ -50,7 +50,7 @@ struct RankRun {
   std::map<std::string, std::vector<float>> grads_step1;  // whole gradients after step 1
   std::map<std::string, std::vector<int64_t>> shapes;     // their global shapes
   MemoryReport memory;
-  int64_t dp_bytes_last_step = 0, tp_bytes_last_step = 0;
+  int64_t dp_bytes_last_step = 0, tp_bytes_last_step = 0, cp_bytes_last_step = 0;
   int64_t flat_numel = 0;
 };
 
@@ -77,12 +77,13 @@ inline std::vector<RankRun> run(int64_t world, const std::vector<std::string>& o
         Engine engine(r, quiet, place);
         RankRun& rr = out[static_cast<size_t>(rank)];
         for (int64_t i = 0; i < steps; ++i) {
-          const int64_t dp0 = engine.dp_bytes_sent(), tp0 = engine.tp_bytes_sent();
+          const int64_t dp0 = engine.dp_bytes_sent(), tp0 = engine.tp_bytes_sent(), cp0 = engine.cp_bytes_sent();
           StepResult s = engine.train_step();
           rr.losses.push_back(s.lm_loss);
           rr.norms.push_back(s.grad_norm);
           rr.dp_bytes_last_step = engine.dp_bytes_sent() - dp0;
           rr.tp_bytes_last_step = engine.tp_bytes_sent() - tp0;
+          rr.cp_bytes_last_step = engine.cp_bytes_sent() - cp0;
           if (i == 0)
             for (const std::string& name : grad_names) {
               rr.grads_step1[name] = engine.gather_tensor(name, true);
@@ -104,6 +105,34 @@ inline std::vector<RankRun> run(int64_t world, const std::vector<std::string>& o
 }
 
 inline double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+
+// ||a - b|| / ||b|| over the leading `n` elements.
+inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    num += d * d;
+    den += static_cast<double>(b[i]) * static_cast<double>(b[i]);
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// The step-1 gradients of `names` in `rr` against `want`'s, within 1e-5 (relative L2).
+// Vocabulary-sized tensors compare the real vocabulary's rows (tiny.toml's 257): their
+// padding depends on the tensor-parallel size.
+inline void expect_same_grads(const RankRun& rr, const RankRun& want, const std::vector<std::string>& names,
+                              const std::string& what) {
+  constexpr int64_t kVocab = 257;
+  for (const std::string& name : names) {
+    const std::vector<int64_t>& shape = rr.shapes.at(name);
+    const bool vocab_rows = name.find("word_embeddings") != std::string::npos || name == "output_layer.weight";
+    size_t n = rr.grads_step1.at(name).size();
+    if (vocab_rows) n = static_cast<size_t>(kVocab * shape[1]);
+    else EXPECT_EQ(shape, want.shapes.at(name)) << what << ": " << name;
+    const double e = rel_l2(rr.grads_step1.at(name), want.grads_step1.at(name), n);
+    EXPECT_LT(e, 1e-5) << what << ": gradient of " << name << " after step 1 differs by " << e;
+  }
+}
 
 // Every rank of `got` against the one-rank run `want`: each step's loss within 1e-5
 // relative and gradient norm within 1e-4; with `params`, the final parameters within 1e-5.

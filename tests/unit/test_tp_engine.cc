@@ -17,6 +17,7 @@
 namespace mpt::train {
 namespace {
 
+using testing::expect_same_grads;
 using testing::rel;
 using testing::RankRun;
 using testing::run;
@@ -34,22 +35,10 @@ const std::vector<std::string> kGradNames = {
     "decoder.final_layernorm.weight",
     "output_layer.weight",
 };
-constexpr int64_t kVocab = 257;  // tiny.toml; padded rows differ with TP and are left out
 
 const RankRun& oracle() {
   static const RankRun r = run(1, {}, 10, kGradNames)[0];
   return r;
-}
-
-// ||a - b|| / ||b|| over the leading `n` elements.
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
-    num += d * d;
-    den += static_cast<double>(b[i]) * static_cast<double>(b[i]);
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
 }
 
 void expect_matches_oracle(const std::vector<RankRun>& got, const std::string& what) {
@@ -64,19 +53,7 @@ void expect_matches_oracle(const std::vector<RankRun>& got, const std::string& w
       EXPECT_LT(rel(rr.losses[i], want.losses[i]), 1e-5)
           << what << " rank " << k << " step " << i + 1 << ": " << rr.losses[i] << " vs " << want.losses[i];
     }
-    for (const std::string& name : kGradNames) {
-      const std::vector<int64_t>& shape = rr.shapes.at(name);
-      const std::vector<int64_t>& want_shape = want.shapes.at(name);
-      ASSERT_EQ(shape.size(), want_shape.size()) << name;
-      // Vocabulary-sized tensors: compare the real vocabulary's rows.
-      const bool vocab_rows = name.find("word_embeddings") != std::string::npos || name == "output_layer.weight";
-      size_t n = rr.grads_step1.at(name).size();
-      if (vocab_rows) n = static_cast<size_t>(kVocab * shape[1]);
-      else ASSERT_EQ(shape, want_shape) << name;
-      const double e = rel_l2(rr.grads_step1.at(name), want.grads_step1.at(name), n);
-      std::printf("%s rank %zu grad %s: %.2e\n", what.c_str(), k, name.c_str(), e);
-      EXPECT_LT(e, 1e-5) << what << " rank " << k << ": gradient of " << name << " after step 1";
-    }
+    expect_same_grads(rr, want, kGradNames, str(what, " rank ", k));
   }
 }
 
@@ -161,11 +138,7 @@ TEST(TensorParallelGptFamily, MatchesOneRank) {
     for (size_t i = 0; i < rr.losses.size(); ++i)
       EXPECT_LT(rel(rr.losses[i], want.losses[i]), 1e-5) << "step " << i + 1 << ": " << rr.losses[i] << " vs "
                                                           << want.losses[i];
-    for (const std::string& name : names) {
-      size_t n = want.grads_step1.at(name).size();
-      if (name.find("word_embeddings") != std::string::npos) n = static_cast<size_t>(kVocab * rr.shapes.at(name)[1]);
-      EXPECT_LT(rel_l2(rr.grads_step1.at(name), want.grads_step1.at(name), n), 1e-5) << name;
-    }
+    expect_same_grads(rr, want, names, "GPT family TP=2+SP x DP=2");
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <limits>
 
 #include "backend/cpu/blas.h"
 #include "backend/cpu/check.h"
@@ -15,14 +16,47 @@ namespace mpt::backend::cpu {
 
 namespace {
 
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Sequence length of the dropout mask rows: q_pos.at(i) * mask_seq + kv_pos.at(j).
+inline int64_t mask_seq(const AttentionDims& d) { return d.mask_seq > 0 ? d.mask_seq : d.seq_kv; }
+
+// a + b for non-negative a, b, saturating at INT64_MAX.
+inline int64_t add_saturated(int64_t a, int64_t b) { return a > INT64_MAX - b ? INT64_MAX : a + b; }
+
+// Largest of p.at(i) over i in [0, n), n > 0, saturating at INT64_MAX.
+int64_t last_position(const SeqPositions& p, int64_t n) {
+  if (p.split >= n) return add_saturated(p.first, n - 1);
+  const int64_t second_last = add_saturated(p.second, n - 1 - p.split);
+  return p.split > 0 ? std::max(add_saturated(p.first, p.split - 1), second_last) : second_last;
+}
+
+void check_positions(const char* op, const char* name, const SeqPositions& p) {
+  MPT_CPU_CHECK(p.first >= 0 && p.split >= 0 && p.second >= 0, op,
+                str(name, " must be non-negative: first ", p.first, ", split ", p.split, ", second ", p.second));
+}
+
 void check_dims(const char* op, const AttentionDims& d) {
   MPT_CPU_CHECK(d.seq_q > 0 && d.seq_kv > 0 && d.batch > 0 && d.heads > 0 && d.groups > 0 && d.head_dim > 0, op,
             str("dims must be positive: seq_q ", d.seq_q, ", seq_kv ", d.seq_kv, ", batch ", d.batch, ", heads ",
                 d.heads, ", groups ", d.groups, ", head_dim ", d.head_dim));
   MPT_CPU_CHECK(d.heads % d.groups == 0, op, str("heads ", d.heads, " must be a multiple of groups ", d.groups));
-  MPT_CPU_CHECK(!d.causal || d.seq_q == d.seq_kv, op,
-            str("causal attention needs seq_q == seq_kv, got ", d.seq_q, " and ", d.seq_kv));
+  MPT_CPU_CHECK(!d.causal || d.seq_q <= d.seq_kv, op,
+            str("causal attention needs seq_q <= seq_kv (queries are the last keys' positions), got seq_q ",
+                d.seq_q, " and seq_kv ", d.seq_kv));
   MPT_CPU_CHECK(d.dropout_p >= 0 && d.dropout_p < 1, op, str("dropout_p ", d.dropout_p, " must be in [0, 1)"));
+  check_positions(op, "q_pos", d.q_pos);
+  check_positions(op, "kv_pos", d.kv_pos);
+  MPT_CPU_CHECK(d.mask_seq >= 0, op, str("mask_seq ", d.mask_seq, " must be non-negative (0: seq_kv)"));
+  if (d.dropout_p > 0) {
+    // Distinct (i, j) must key distinct mask elements, and the index must not overflow.
+    const int64_t ms = mask_seq(d), kv_last = last_position(d.kv_pos, d.seq_kv),
+                  q_last = last_position(d.q_pos, d.seq_q);
+    MPT_CPU_CHECK(kv_last < ms, op,
+                  str("kv_pos reaches position ", kv_last, ", which must be below mask_seq ", ms));
+    MPT_CPU_CHECK(q_last < INT64_MAX / ms, op,
+                  str("q_pos reaches position ", q_last, ": q_pos * mask_seq (", ms, ") overflows"));
+  }
   MPT_CPU_CHECK(std::isfinite(d.softmax_scale) && d.softmax_scale > 0, op,
             str("softmax_scale ", d.softmax_scale, " must be positive (usually 1/sqrt(head_dim))"));
   // Checked here because the GEMMs run inside a parallel region, where nothing may throw.
@@ -57,8 +91,16 @@ struct Slice {
   }
 };
 
-// Keys visible to query i.
-inline int64_t visible(const AttentionDims& d, int64_t i) { return d.causal ? i + 1 : d.seq_kv; }
+// Keys visible to query i: causal masks are aligned to the bottom right.
+inline int64_t visible(const AttentionDims& d, int64_t i) { return d.causal ? i + 1 + (d.seq_kv - d.seq_q) : d.seq_kv; }
+
+// Dropout mask index of element (i, j) is row_base(i) + kv_pos.at(j).
+inline uint64_t mask_row_base(const AttentionDims& d, int64_t i) {
+  return static_cast<uint64_t>(d.q_pos.at(i) * mask_seq(d));
+}
+inline uint64_t mask_index(const AttentionDims& d, uint64_t row_base, int64_t j) {
+  return row_base + static_cast<uint64_t>(d.kv_pos.at(j));
+}
 
 // A buffer of n floats: the ops object's when free, else one for this call only.
 class ScratchLease {
@@ -85,7 +127,7 @@ void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const A
   check_f32(op, "out", out);
   check_numel(op, "out", out, q.numel());
   check_f32(op, "lse", lse);
-  check_numel(op, "lse", lse, d.batch * d.heads * d.seq_q);
+  check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
 
   const int64_t sq = d.seq_q, skv = d.seq_kv, dim = d.head_dim, pairs = d.batch * d.heads;
   const int64_t block = sq * skv;
@@ -112,12 +154,14 @@ void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const A
           row[j] = std::exp(row[j] - mx);
           sum += row[j];
         }
-        pl[bh * sq + i] = mx + static_cast<float>(std::log(sum));
+        pl[(i * d.batch + b) * d.heads + h] = mx + static_cast<float>(std::log(sum));
         const double inv = 1.0 / sum;
         for (int64_t j = 0; j < n; ++j) row[j] = static_cast<float>(row[j] * inv);
-        if (p > 0)
+        if (p > 0) {
+          const uint64_t base = mask_row_base(d, i);
           for (int64_t j = 0; j < n; ++j)
-            row[j] = dropout_keep(sl.dropout_key, static_cast<uint64_t>(i * skv + j), p) ? row[j] * keep_scale : 0.0f;
+            row[j] = dropout_keep(sl.dropout_key, mask_index(d, base, j), p) ? row[j] * keep_scale : 0.0f;
+        }
         std::fill(row + n, row + skv, 0.0f);
       }
       sgemm(false, false, sq, dim, skv, 1.0f, s, skv, pv + sl.kv_off, sl.ldk, 0.0f, po + sl.q_off, sl.ldq);
@@ -135,7 +179,7 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tenso
   check_f32(op, "dout", dout);
   check_numel(op, "dout", dout, q.numel());
   check_f32(op, "lse", lse);
-  check_numel(op, "lse", lse, d.batch * d.heads * d.seq_q);
+  check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
   check_qkv(op, d, dq, dk, dv, {"dq", "dk", "dv"});
 
   const int64_t sq = d.seq_q, skv = d.seq_kv, dim = d.head_dim, pairs = d.batch * d.heads;
@@ -167,12 +211,15 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tenso
         const float* g_row = pg + sl.q_off + i * sl.ldq;
         double di = 0;  // D_i = dout_i . out_i = sum_j P_ij dP_ij
         for (int64_t c = 0; c < dim; ++c) di += static_cast<double>(g_row[c]) * o_row[c];
-        const float dif = static_cast<float>(di), l = pl[bh * sq + i];
+        const float dif = static_cast<float>(di), l = pl[(i * d.batch + b) * d.heads + h];
         float *pr = prob + i * skv, *dr = dprob + i * skv;
         const int64_t n = visible(d, i);
+        const uint64_t base = p > 0 ? mask_row_base(d, i) : 0;
+        // P_ij = exp(s_ij - lse_i) without renormalising: with the lse of a larger attention
+        // these rows sum to this key block's share, which is what its gradients need.
         for (int64_t j = 0; j < n; ++j) {
           const float pij = std::exp(pr[j] - l);
-          const bool keep = p == 0 || dropout_keep(sl.dropout_key, static_cast<uint64_t>(i * skv + j), p);
+          const bool keep = p == 0 || dropout_keep(sl.dropout_key, mask_index(d, base, j), p);
           const float dpij = p == 0 ? dr[j] : (keep ? dr[j] * keep_scale : 0.0f);
           dr[j] = pij * (dpij - dif);
           pr[j] = p == 0 ? pij : (keep ? pij * keep_scale : 0.0f);
@@ -209,6 +256,42 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tenso
         }
       }
     }
+  }
+}
+
+void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads, int64_t head_dim) {
+  const char* op = "attention_merge";
+  MPT_CPU_CHECK(heads > 0 && head_dim > 0, op,
+                str("heads ", heads, " and head_dim ", head_dim, " must be positive"));
+  check_f32(op, "out", out);
+  check_f32(op, "lse", lse);
+  check_f32(op, "part_out", part_out);
+  check_f32(op, "part_lse", part_lse);
+  MPT_CPU_CHECK(lse.numel() % heads == 0, op,
+                "lse " + describe(lse) + str(" must hold [tokens, heads ", heads, "] elements"));
+  const int64_t rows = lse.numel();  // one per (token, head)
+  check_numel(op, "out", out, rows * head_dim);
+  check_numel(op, "part_lse", part_lse, rows);
+  check_numel(op, "part_out", part_out, rows * head_dim);
+
+  float *po = out.f(), *pl = lse.f();
+  const float *px = part_out.f(), *pxl = part_lse.f();
+#pragma omp parallel for schedule(static) if(rows * head_dim >= kMinParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float a = pl[r], b = pxl[r];
+    if (b == kNegInf) continue;  // the part saw no keys
+    float* o = po + r * head_dim;
+    const float* x = px + r * head_dim;
+    if (a == kNegInf) {  // no keys yet: out may hold anything
+      std::copy(x, x + head_dim, o);
+      pl[r] = b;
+      continue;
+    }
+    // log(e^a + e^b) = max + log1p(e^-|a-b|): no overflow, and NaN in either propagates.
+    const double merged = std::max<double>(a, b) + std::log1p(std::exp(-std::fabs(static_cast<double>(a) - b)));
+    const double wa = std::exp(a - merged), wb = std::exp(b - merged);
+    for (int64_t c = 0; c < head_dim; ++c) o[c] = static_cast<float>(wa * o[c] + wb * x[c]);
+    pl[r] = static_cast<float>(merged);
   }
 }
 

@@ -40,6 +40,10 @@ class CpuOps final : public Ops {
   explicit CpuOps(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) { cpu::blas_load(); }
 
   const char* name() const override { return "cpu"; }
+  int64_t workspace_bytes() const override {
+    std::lock_guard<std::mutex> lock(scratch_.mu);
+    return static_cast<int64_t>(scratch_.buf.capacity() * sizeof(float));
+  }
 
   void fill(Tensor x, float value) override {
     ThreadScope ts(threads_);
@@ -130,6 +134,11 @@ class CpuOps final : public Ops {
     ThreadScope ts(threads_);
     cpu::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, d, scratch_);
   }
+  void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads,
+                       int64_t head_dim) override {
+    ThreadScope ts(threads_);
+    cpu::attention_merge(out, lse, part_out, part_lse, heads, head_dim);
+  }
 
   void activation_fwd(Tensor out, Tensor x, Activation act, bool gated) override {
     ThreadScope ts(threads_);
@@ -184,7 +193,7 @@ class CpuOps final : public Ops {
 
  private:
   int threads_;
-  cpu::AttentionScratch scratch_;
+  mutable cpu::AttentionScratch scratch_;
 };
 
 }  // namespace

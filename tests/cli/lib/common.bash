@@ -39,3 +39,10 @@ same_run() {
   metric "$tmp/$2.jsonl" >"$tmp/got"
   same_values "$tmp/want" "$tmp/got" "$3"
 }
+# train_fixture NAME NPROC ARGS...: train_run of $fixture (which the script sets) for 6 steps
+# of 2 micro-batches.
+train_fixture() {
+  local name=$1 n=$2
+  shift 2
+  train_run "$name" "$n" "$fixture" train.global_batch_size=8 train.train_iters=6 "$@"
+}
