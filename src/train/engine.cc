@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <exception>
 #include <cstring>
 #include <filesystem>
 #include <cmath>
@@ -504,32 +505,45 @@ struct Engine::Impl {
 
   // Every rank of a tensor- or context-parallel group, and every stage of a pipeline,
   // computes on the same samples. A host-supplied batch that differs between them would
-  // train a silently wrong model, so the ranks compare a hash of it; all of them fail alike
-  // when any differs. (Called after check_host_batch.)
-  void check_same_batch(const HostBatch& b) {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&](const void* p, int64_t count, size_t size) {
-      if (p == nullptr) return;
-      const auto* c = static_cast<const unsigned char*>(p);
-      for (size_t i = 0; i < static_cast<size_t>(count) * size; ++i) h = (h ^ c[i]) * 1099511628211ull;
-    };
-    const int64_t n = b.rows * dims.seq;
-    mix(b.tokens, b.rows * b.cols, sizeof(int32_t));
-    mix(b.labels, n, sizeof(int32_t));
-    mix(b.loss_mask, n, sizeof(float));
+  // train a silently wrong model, so the ranks compare a hash of it. `invalid` is this rank's
+  // own rejection of its batch (check_host_batch), if any. A collective: every rank takes
+  // part whatever its batch, so a rank that fails never leaves the others waiting; all of
+  // them fail alike when any batch was rejected or differs.
+  void agree_on_batch(const HostBatch& b, std::exception_ptr invalid) {
+    uint64_t h = 0;  // a rejected batch is not read
+    if (!invalid) {
+      h = 1469598103934665603ull;
+      auto mix = [&](const void* p, int64_t count, size_t size) {
+        if (p == nullptr) return;
+        const auto* c = static_cast<const unsigned char*>(p);
+        for (size_t i = 0; i < static_cast<size_t>(count) * size; ++i) h = (h ^ c[i]) * 1099511628211ull;
+      };
+      const int64_t n = b.rows * dims.seq;
+      mix(b.tokens, b.rows * b.cols, sizeof(int32_t));
+      mix(b.labels, n, sizeof(int32_t));
+      mix(b.loss_mask, n, sizeof(float));
+    }
+    std::string problem;
     for (dist::Communicator* c : {tp_comm.get(), cp_comm.get(), pp_comm.get()}) {
       if (c == nullptr || c->size() == 1) continue;
       std::vector<int64_t> all(static_cast<size_t>(c->size()));
       const int64_t mine = static_cast<int64_t>(h);
       c->all_gather(&mine, all.data(), 1, DType::kI64);
-      for (int64_t r = 0; r < c->size(); ++r)
-        MPT_CHECK(all[static_cast<size_t>(r)] == all[0], Status::kInvalidArgument, "rank ", place.rank,
-                  ": the batch passed to this step differs between ",
-                  c == tp_comm.get() ? "tensor" : c == cp_comm.get() ? "context" : "pipeline",
-                  "-parallel ranks (group ", c->name(), ": group rank ", r,
-                  " differs from group rank 0); every rank of a tensor- or context-parallel group and every "
-                  "pipeline stage must pass the same batch, its data-parallel rank's share of whole sequences");
+      for (int64_t r = 0; r < c->size() && problem.empty(); ++r)
+        if (all[static_cast<size_t>(r)] != all[0])
+          problem = str("rank ", place.rank, ": the batch passed to this step differs between ",
+                        c == tp_comm.get() ? "tensor" : c == cp_comm.get() ? "context" : "pipeline",
+                        "-parallel ranks (group ", c->name(), ": group rank ", r,
+                        " differs from group rank 0, or was rejected there)");
     }
+    const bool any = any_rank(invalid != nullptr || !problem.empty());
+    if (invalid) std::rethrow_exception(invalid);
+    const char* rule = "; every rank of a tensor- or context-parallel group and every pipeline stage must pass the "
+                       "same batch, its data-parallel rank's share of whole sequences";
+    MPT_CHECK(problem.empty(), Status::kInvalidArgument, problem, rule);
+    MPT_CHECK(!any, Status::kInvalidArgument, "rank ", place.rank,
+              ": the batch passed to this step differs between the ranks of another group, or was rejected on "
+              "another rank (see its error)", rule);
   }
 
   uint64_t dropout_key(int64_t it, int64_t mb) const {
@@ -658,10 +672,16 @@ struct Engine::Impl {
   StepResult step(const HostBatch* batch) {
     const auto t0 = Clock::now();
     double data_wait = 0;
-    const data::RankBatch* data_batch;
+    const data::RankBatch* data_batch = nullptr;
     if (batch) {
-      data_batch = &stage_host_batch(*batch);
-      check_same_batch(*batch);
+      std::exception_ptr invalid;
+      try {
+        data_batch = &stage_host_batch(*batch);
+      } catch (const Error&) {
+        invalid = std::current_exception();
+      }
+      if (layout) agree_on_batch(*batch, invalid);
+      else if (invalid) std::rethrow_exception(invalid);
     } else {
       if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
       data_batch = &train_loader->next();

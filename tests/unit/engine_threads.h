@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
@@ -152,6 +153,67 @@ inline void expect_same_run(const std::vector<RankRun>& got, const RankRun& want
     for (size_t i = 0; i < rr.params.size(); ++i)
       worst = std::max(worst, static_cast<double>(std::abs(rr.params[i] - want.params[i])));
     EXPECT_LT(worst, 1e-5) << what << " rank " << k << ": final parameters differ by up to " << worst;
+  }
+}
+
+// Batches supplied by the host (the C API's mpt_train_step with a batch), one step of
+// tiny(overrides) on `world` ranks: when every rank passes the same batch of whole
+// sequences (4 micro-batches of 4, loss mask `mask` or none) each reports the one-rank loss;
+// when rank 1 passes another (`spoil` applied to the tokens; default: other tokens), every
+// rank fails with kInvalidArgument containing rule(rank), and nobody hangs.
+inline void expect_same_batch_rule(const std::vector<std::string>& overrides, int64_t world,
+                                   const std::function<std::string(int64_t)>& rule, const float* mask = nullptr,
+                                   const std::function<void(std::vector<int32_t>&)>& spoil = nullptr) {
+  config::Recipe r = tiny(overrides);
+  config::finalize(r, world);
+  const int64_t rows = 16, cols = 129;  // seq_length + 1
+  auto batch_tokens = [&](int32_t salt) {
+    std::vector<int32_t> t(static_cast<size_t>(rows * cols));
+    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((i * 31 + static_cast<size_t>(salt)) % 257);
+    return t;
+  };
+  config::Recipe one = tiny({});
+  config::finalize(one, 1);
+  const std::vector<int32_t> same = batch_tokens(0);
+  std::vector<int32_t> other = batch_tokens(7);
+  if (spoil) {
+    other = same;
+    spoil(other);
+  }
+  HostBatch hb{same.data(), nullptr, mask, rows, cols};
+  Logger quiet([](LogLevel, const std::string&) {}, LogLevel::kError);
+  const double want = Engine(one, quiet).train_step(&hb).lm_loss;
+
+  for (bool differ : {false, true}) {
+    const int port = free_port();
+    std::vector<double> loss(static_cast<size_t>(world), 0);
+    std::vector<std::string> errors(static_cast<size_t>(world));
+    std::vector<std::thread> threads;
+    for (int64_t rank = 0; rank < world; ++rank)
+      threads.emplace_back([&, rank] {
+        dist::LaunchPlace place;
+        place.rank = place.local_rank = rank;
+        place.world_size = world;
+        place.master_addr = "127.0.0.1";
+        place.master_port = port;
+        try {
+          Engine e(r, quiet, place);
+          HostBatch b{differ && rank == 1 ? other.data() : same.data(), nullptr, mask, rows, cols};
+          loss[static_cast<size_t>(rank)] = e.train_step(&b).lm_loss;
+        } catch (const Error& e) {
+          errors[static_cast<size_t>(rank)] = str(static_cast<int>(e.status()), ": ", e.what());
+        }
+      });
+    for (auto& t : threads) t.join();
+    for (size_t k = 0; k < static_cast<size_t>(world); ++k) {
+      if (differ) {
+        EXPECT_NE(errors[k].find(str(static_cast<int>(Status::kInvalidArgument), ": ")), std::string::npos) << errors[k];
+        EXPECT_NE(errors[k].find(rule(static_cast<int64_t>(k))), std::string::npos) << "rank " << k << ": " << errors[k];
+      } else {
+        EXPECT_EQ(errors[k], "");
+        EXPECT_LT(rel(loss[k], want), 1e-6) << loss[k] << " vs " << want;
+      }
+    }
   }
 }
 

@@ -173,52 +173,8 @@ TEST(TensorParallelMemory, ShrinksWithTpAndFurtherWithSp) {
 // ranks that pass the same batch train like one rank; ranks that pass different ones all
 // fail with kInvalidArgument naming the rule, and nobody hangs.
 TEST(TensorParallelHostBatch, SameBatchTrainsDifferentBatchFails) {
-  config::Recipe r = testing::tiny({"model.tensor_model_parallel_size=2"});
-  config::finalize(r, 2);
-  const int64_t rows = 16, cols = 129;  // 4 micro-batches of 4, seq_length + 1
-  auto batch_tokens = [&](int32_t salt) {
-    std::vector<int32_t> t(static_cast<size_t>(rows * cols));
-    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((i * 31 + static_cast<size_t>(salt)) % 257);
-    return t;
-  };
-  config::Recipe one = testing::tiny({});
-  config::finalize(one, 1);
-  const std::vector<int32_t> same = batch_tokens(0), other = batch_tokens(7);
-  HostBatch hb{same.data(), nullptr, nullptr, rows, cols};
-  Logger quiet([](LogLevel, const std::string&) {}, LogLevel::kError);
-  const double want = Engine(one, quiet).train_step(&hb).lm_loss;
-
-  for (bool differ : {false, true}) {
-    const int port = testing::free_port();
-    std::vector<double> loss(2, 0);
-    std::vector<std::string> errors(2);
-    std::vector<std::thread> threads;
-    for (int64_t rank = 0; rank < 2; ++rank)
-      threads.emplace_back([&, rank] {
-        dist::LaunchPlace place;
-        place.rank = place.local_rank = rank;
-        place.world_size = 2;
-        place.master_addr = "127.0.0.1";
-        place.master_port = port;
-        try {
-          Engine e(r, quiet, place);
-          HostBatch b{differ && rank == 1 ? other.data() : same.data(), nullptr, nullptr, rows, cols};
-          loss[static_cast<size_t>(rank)] = e.train_step(&b).lm_loss;
-        } catch (const Error& e) {
-          errors[static_cast<size_t>(rank)] = str(static_cast<int>(e.status()), ": ", e.what());
-        }
-      });
-    for (auto& t : threads) t.join();
-    for (size_t k = 0; k < 2; ++k) {
-      if (differ) {
-        EXPECT_NE(errors[k].find(str(static_cast<int>(Status::kInvalidArgument), ": ")), std::string::npos) << errors[k];
-        EXPECT_NE(errors[k].find("differs between tensor-parallel ranks"), std::string::npos) << errors[k];
-      } else {
-        EXPECT_EQ(errors[k], "");
-        EXPECT_LT(rel(loss[k], want), 1e-6) << loss[k] << " vs " << want;
-      }
-    }
-  }
+  testing::expect_same_batch_rule({"model.tensor_model_parallel_size=2"}, 2,
+                                  [](int64_t) { return "differs between tensor-parallel ranks"; });
 }
 
 }  // namespace
