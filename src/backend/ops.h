@@ -18,6 +18,9 @@
 namespace mpt::backend {
 
 enum class Activation : int32_t { kGelu = 0, kGeluTanh = 1, kSilu = 2, kRelu = 3, kSquaredRelu = 4 };
+enum class RouterScore : int32_t { kSoftmax = 0, kSigmoid = 1 };
+// The three products of a linear layer, per group of a grouped GEMM (see grouped_matmul).
+enum class GroupedForm : int32_t { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
 
 // Where an attention call's rows sit in the whole sequence: local index i < split is at
 // position first + i, the rest at second + (i - split). The default is the identity. Used
@@ -150,6 +153,57 @@ class Ops {
   // dlogits = (softmax - onehot(target)) * grad_scale[t]; dlogits may alias logits.
   virtual void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
                       int64_t vocab_start, int64_t vocab_valid) = 0;
+
+  // --- mixture of experts ---------------------------------------------------------------
+  // Router top-k over logits [T, E] (fp32). Selection and probabilities (Megatron's
+  // topk_routing_with_score_function):
+  //   kSoftmax, pre_softmax = false: the k largest logits; probs = softmax over those k.
+  //   kSoftmax, pre_softmax = true:  scores = softmax over all E; the k largest; probs = those
+  //                                  scores (not renormalised).
+  //   kSigmoid: scores = sigmoid(logits); the k largest; probs = scores / (their sum + 1e-20)
+  //             when k > 1 (Megatron's epsilon); pre_softmax is ignored.
+  // Ties (of the fp32 scores) go to the lower expert index. indices i32 [T, k] and probs
+  // [T, k] are in descending score order. scores [T, E] receives the per-expert scores the
+  // load-balancing loss uses: softmax over all E (kSoftmax), sigmoid / (its sum over E +
+  // 1e-20) (kSigmoid); it may be empty (no load-balancing loss).
+  virtual void router_topk(Tensor indices, Tensor probs, Tensor scores, Tensor logits, int64_t k, RouterScore fn,
+                           bool pre_softmax) = 0;
+  // Backward: dlogits [T, E] (overwritten) from dprobs [T, k] (through the selected probs)
+  // plus dscores [T, E] (through the load-balancing scores; may be empty). Recomputes what it
+  // needs from logits and indices.
+  virtual void router_topk_bwd(Tensor dlogits, Tensor dprobs, Tensor dscores, Tensor logits, Tensor indices,
+                               int64_t k, RouterScore fn, bool pre_softmax) = 0;
+  // z-loss pieces: lse [T] = logsumexp of each row of logits [T, E]; backward dlogits [T,E] +=
+  // scale * 2 * lse[t] * softmax(logits)[t, e] (the gradient of scale * sum_t lse[t]^2).
+  virtual void router_lse(Tensor lse, Tensor logits) = 0;
+  virtual void router_z_loss_bwd(Tensor dlogits, Tensor logits, Tensor lse, float scale) = 0;
+
+  // Permutation of token rows into expert order and back. rows i32 [T, k]: the row of
+  // x_perm that holds token t's j-th choice, or -1 when that choice was dropped.
+  //   moe_permute:   x_perm[rows[t, j]] = x[t]            (x [T, H], x_perm [R, H]; rows of
+  //                  x_perm no choice points to are zeroed: padding to capacity)
+  //   moe_unpermute: out[t] = sum_j probs[t, j] * y[rows[t, j]] over kept choices
+  //                  (y [R, H], out [T, H] overwritten; probs [T, k] or empty for all ones)
+  // Their backwards: moe_permute_bwd dx[t] = sum_j dx_perm[rows[t, j]] (dx overwritten);
+  // moe_unpermute_bwd dy[rows[t, j]] = probs[t, j] * dout[t] (dy overwritten; rows of dy no
+  // choice points to are zeroed) and dprobs[t, j] = dout[t] . y[rows[t, j]] (0 when dropped;
+  // skipped when dprobs is empty, and then y may be empty too). Deterministic: each output
+  // element is one fixed-order sum.
+  virtual void moe_permute(Tensor x_perm, Tensor x, Tensor rows) = 0;
+  virtual void moe_permute_bwd(Tensor dx, Tensor dx_perm, Tensor rows) = 0;
+  virtual void moe_unpermute(Tensor out, Tensor y, Tensor rows, Tensor probs) = 0;
+  virtual void moe_unpermute_bwd(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rows, Tensor probs) = 0;
+
+  // Grouped GEMM over consecutive row groups: for group g of counts[g] rows (host array of
+  // `groups` counts; a group may be empty), c_g = op(a_g) @ op(b_g) + beta * c_g, where
+  // a_g, c_g are the group's rows of a and c, and b_g = b[g] of a stacked b [groups, ...].
+  // Forms (the three a linear layer needs, weights [out, in] per group):
+  //   kForward   c[R, out] = a[R, in] @ b[g]^T
+  //   kInputGrad c[R, in]  = a[R, out] @ b[g]          (a = dy)
+  //   kWeightGrad c[g] = a_g^T @ b_g + beta * c[g] with a = dy [R, out], b = x [R, in],
+  //               c [groups, out, in]; an empty group leaves beta * c[g] (zeros at beta 0)
+  virtual void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, GroupedForm form,
+                              float beta) = 0;
 
   // --- optimizer ----------------------------------------------------------------------
   virtual void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) = 0;

@@ -26,9 +26,16 @@ void check_capabilities(Checker& c) {
           "expert tensor parallelism");
 
   // Model features.
-  for (const KeySpec& k : key_table()) {
-    const bool moe_key = k.section == "model" && (k.name.starts_with("moe_") || k.name == "num_moe_experts");
-    unbuilt(moe_key && changed(k.full_name()), k.full_name(), "mixture of experts");
+  // Mixture of experts: built at one expert-parallel rank, without tensor or context
+  // parallelism; every expert holds the whole of its weights.
+  if (m.num_moe_experts) {
+    unbuilt(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size",
+            "mixture of experts with tensor parallelism");
+    unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "mixture of experts with context parallelism");
+    unbuilt(m.add_bias_linear, "model.add_bias_linear", "biases on the experts' linear layers");
+    unbuilt(m.moe_router_load_balancing_type != "aux_loss" && m.moe_router_load_balancing_type != "none",
+            "model.moe_router_load_balancing_type",
+            str("the load-balancing type ", toml_quote(m.moe_router_load_balancing_type)));
   }
   unbuilt(m.recompute_granularity.has_value(), "model.recompute_granularity", "activation recompute");
   unbuilt(m.recompute_method.has_value(), "model.recompute_method", "activation recompute");

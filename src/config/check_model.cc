@@ -39,6 +39,10 @@ void check_moe(Checker& c) {
     c.fail("model.moe_router_topk",
            str("must be <= model.num_moe_experts (", *m.num_moe_experts, "), got ", m.moe_router_topk));
   }
+  if (m.num_moe_experts && m.hidden_size % 16 != 0) {
+    c.fail("model.hidden_size", str("must be a multiple of 16 with model.num_moe_experts (the experts' weights are "
+                                     "stacked for grouped GEMMs), got ", m.hidden_size));
+  }
   if (m.moe_pad_expert_input_to_capacity && !m.moe_expert_capacity_factor) {
     c.fail("model.moe_pad_expert_input_to_capacity", "needs model.moe_expert_capacity_factor");
   }

@@ -1,5 +1,6 @@
 #include "model/gpt_dims.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace mpt::model {
@@ -50,7 +51,35 @@ GPTDims make_dims(const config::Recipe& r) {
   g.tp = m.tensor_model_parallel_size;
   g.sequence_parallel = m.sequence_parallel && g.tp > 1;
   g.cp = m.context_parallel_size;
+  if (m.num_moe_experts && *m.num_moe_experts > 0) {
+    g.num_experts = *m.num_moe_experts;
+    g.moe_topk = m.moe_router_topk;
+    g.moe_ffn = m.moe_ffn_hidden_size.value_or(g.ffn);
+    g.moe_layer_freq = m.moe_layer_freq;
+    g.shared_ffn = m.moe_shared_expert_intermediate_size.value_or(0);
+    g.router_score = m.moe_router_score_function == "sigmoid" ? backend::RouterScore::kSigmoid
+                                                               : backend::RouterScore::kSoftmax;
+    g.router_pre_softmax = m.moe_router_pre_softmax;
+    g.aux_loss_coeff = m.moe_router_load_balancing_type == "aux_loss" ? static_cast<float>(m.moe_aux_loss_coeff) : 0;
+    g.z_loss_coeff = static_cast<float>(m.moe_z_loss_coeff.value_or(0));
+    g.capacity_factor = static_cast<float>(m.moe_expert_capacity_factor.value_or(0));
+    g.drop_by_position = m.moe_token_drop_policy == "position";
+    g.pad_to_capacity = m.moe_pad_expert_input_to_capacity;
+  }
   return g;
+}
+
+int64_t GPTDims::expert_capacity(int64_t tokens) const {
+  if (capacity_factor <= 0) return tokens * moe_topk;
+  const double c = std::ceil(static_cast<double>(tokens * moe_topk) / static_cast<double>(num_experts) *
+                             static_cast<double>(capacity_factor));
+  return static_cast<int64_t>(c);
+}
+
+int64_t GPTDims::max_expert_rows(int64_t tokens) const {
+  if (capacity_factor <= 0) return tokens * moe_topk;  // dropless: every choice kept
+  const int64_t capped = std::min(tokens * moe_topk, num_experts * expert_capacity(tokens));
+  return pad_to_capacity ? num_experts * expert_capacity(tokens) : capped;
 }
 
 }  // namespace mpt::model

@@ -46,6 +46,30 @@ struct GPTDims {
   int64_t cp = 1;
   int64_t cp_rank = 0;
 
+  // Mixture of experts (num_experts 0: every MLP is dense). Layer i is an MoE layer when
+  // i % moe_layer_freq == 0; its MLP is a router over num_experts experts of moe_ffn hidden
+  // units, moe_topk per token, plus an optional always-on shared expert of shared_ffn units.
+  int64_t num_experts = 0;
+  int64_t moe_topk = 2;
+  int64_t moe_ffn = 0;
+  int64_t moe_layer_freq = 1;
+  int64_t shared_ffn = 0;
+  backend::RouterScore router_score = backend::RouterScore::kSoftmax;
+  bool router_pre_softmax = false;
+  float aux_loss_coeff = 0;      // load-balancing loss (Switch): E * coeff * sum_e f_e * P_e
+  float z_loss_coeff = 0;        // router z-loss: coeff * mean_t logsumexp(logits_t)^2
+  float capacity_factor = 0;     // 0: dropless
+  bool drop_by_position = false; // moe_token_drop_policy "position" (else "probs")
+  bool pad_to_capacity = false;
+
+  bool is_moe_layer(int64_t layer) const { return num_experts > 0 && layer % moe_layer_freq == 0; }
+  int64_t moe_fc1_width() const { return gated ? 2 * moe_ffn : moe_ffn; }
+  int64_t shared_fc1_width() const { return gated ? 2 * shared_ffn : shared_ffn; }
+  // Expert capacity (tokens per expert) for `tokens` tokens: ceil(tokens * k / E * factor).
+  int64_t expert_capacity(int64_t tokens) const;
+  // Rows an MoE layer's permuted activations may need for `tokens` tokens.
+  int64_t max_expert_rows(int64_t tokens) const;
+
   int64_t local_seq() const { return seq / cp; }
   // Tokens of a micro-batch on this rank.
   int64_t tokens() const { return local_seq() * micro_batch; }

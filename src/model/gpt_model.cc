@@ -1,5 +1,7 @@
 #include "model/gpt_model.h"
 
+#include <algorithm>
+
 #include "core/rng.h"
 #include "model/linear.h"
 
@@ -98,6 +100,8 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
             " must each be divisible by the tensor-parallel size ", d.tp);
   MPT_CHECK(0 <= chunk_.begin && chunk_.begin <= chunk_.end && chunk_.end <= d.num_layers, Status::kInvalidArgument,
             "model chunk layers [", chunk_.begin, ", ", chunk_.end, ") are outside the model's ", d.num_layers);
+  MPT_CHECK(d.num_experts == 0 || (d.tp == 1 && d.cp == 1), Status::kNotSupported,
+            "mixture of experts with tensor or context parallelism is not supported yet");
   MPT_CHECK(o.unit_align > 0 && o.unit_align % ParamRegistry::kAlign == 0, Status::kInvalidArgument,
             "unit alignment ", o.unit_align, " must be a positive multiple of ", ParamRegistry::kAlign);
   MPT_CHECK(o.slots >= 1, Status::kInvalidArgument, "a model needs at least one activation slot, got ", o.slots);
@@ -161,8 +165,15 @@ void GPTModel::plan_activations() {
       f32(a.norm2_out, {R, d.hidden});
       if (d.layernorm) f32(a.norm2_mean, {R});
       f32(a.norm2_rstd, {R});
-      f32(a.fc1_out, {T, d.fc1_width()});
-      f32(a.act_out, {T, d.local_ffn()});
+    }
+    for (int64_t i = 0; i < L; ++i) {
+      LayerActs& a = s.layers[static_cast<size_t>(i)];
+      if (d.is_moe_layer(chunk_.begin + i)) {
+        plan_moe(d, a.moe, f32, i32);
+      } else {
+        f32(a.fc1_out, {T, d.fc1_width()});
+        f32(a.act_out, {T, d.local_ffn()});
+      }
     }
     if (chunk_.post_process) {
       f32(s.final_out, {R, d.hidden});
@@ -190,6 +201,9 @@ void GPTModel::plan_activations() {
     f32(s.partial, {T, d.hidden});
   }
   if (cp_.size() > 1) f32(s.cp_work, {cp_.workspace_numel(attention_dims(d, 0))});
+  bool any_moe = false;
+  for (int64_t i = chunk_.begin; i < chunk_.end; ++i) any_moe = any_moe || d.is_moe_layer(i);
+  if (any_moe) plan_moe_scratch(d, s.moe, f32);
   f32(dres_, {R, d.hidden});
   acts_.allocate();
   for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
@@ -239,16 +253,26 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
     if (d.hidden_dropout > 0) dropout_rows_fwd(ops_, runs_, x, x, d.hidden_dropout, mix_key(key, kEmbedding));
   }
 
+  LossSums sums;
   for (int64_t i = 0; i < chunk_.count(); ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     LayerContext c{ops_, d, reg_, st.unit_params(u), nullptr, units_[static_cast<size_t>(u)].begin, positions_, tp_,
-                   cp_, runs_};
+                   cp_, runs_, training};
     layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
                   mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
+    if (ids_.layers[li].moe) {
+      const MoeActs& m = a.layers[li].moe;
+      sums.moe_aux_loss += m.aux_loss;
+      sums.moe_z_loss += m.z_loss;
+      const std::vector<int64_t>& routed = m.routing.routed;
+      const double mean = static_cast<double>(d.tokens() * d.moe_topk) / static_cast<double>(d.num_experts);
+      sums.moe_spread += static_cast<double>(*std::max_element(routed.begin(), routed.end())) / mean;
+      ++sums.moe_layers;
+    }
   }
-  if (!chunk_.post_process) return LossSums{};
+  if (!chunk_.post_process) return sums;
 
   const int hu = head_unit();
   float* head = st.unit_params(hu);
@@ -272,14 +296,13 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   ops_.ce_sumexp_target(a.sumexp, a.target_logit, a.logits, a.row_max, a.labels, d.vocab_start(), d.vocab);
   tp_.all_reduce(a.sumexp_target, dist::ReduceOp::kSum);
   ops_.ce_loss(a.token_loss, a.row_max, a.sumexp, a.target_logit);
-  LossSums sums;
   sums.weighted_loss = ops_.dot(a.token_loss, a.loss_mask);
   const float* m = a.loss_mask.f();
   for (int64_t t = 0; t < T; ++t) sums.mask_sum += m[t];
   return sums;
 }
 
-void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor output_grad) {
+void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor output_grad, float aux_scale) {
   const GPTDims& d = dims_;
   const int64_t T = d.tokens();
   SlotActs& a = slot_at(slot);
@@ -322,7 +345,7 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     LayerContext c{ops_, d, reg_, st.unit_params(u), st.unit_grads(u), units_[static_cast<size_t>(u)].begin,
-                   positions_, tp_, cp_, runs_};
+                   positions_, tp_, cp_, runs_, true, aux_scale};
     layer_backward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], dres_,
                    mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);

@@ -97,13 +97,20 @@ class GPTModel {
   struct LossSums {
     double weighted_loss = 0;
     double mask_sum = 0;
+    // Mixture of experts, summed over this chunk's MoE layers (0 without): the router's
+    // load-balancing loss and z-loss, and each layer's tokens-per-expert spread (the largest
+    // expert's routed tokens over the mean).
+    double moe_aux_loss = 0, moe_z_loss = 0, moe_spread = 0;
+    int64_t moe_layers = 0;
   };
   // training = false runs without dropout (evaluation).
   LossSums forward(uint64_t dropout_key, bool training = true, int64_t slot = 0);
   // Backward of loss_scale * sum(loss * mask) through `slot`'s activations; accumulates
   // parameter gradients. A chunk without the loss takes d(output) [R, H] from the next
   // stage; a chunk without the embedding leaves d(input) in input_grad().
-  void backward(float loss_scale, uint64_t dropout_key, int64_t slot = 0, Tensor output_grad = Tensor());
+  // aux_scale: the weight of the MoE router's losses in the objective (1 / micro-batches).
+  void backward(float loss_scale, uint64_t dropout_key, int64_t slot = 0, Tensor output_grad = Tensor(),
+                float aux_scale = 1.0f);
   Tensor input_grad() { return dres_; }
 
   int64_t params_bytes() const { return storage_->params_bytes(); }

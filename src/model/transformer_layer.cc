@@ -104,6 +104,11 @@ LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) 
   if (d.bias) p.proj_b = replicated("self_attention.linear_proj.bias", Init::kZeros);
   p.norm2_w = replicated("pre_mlp_layernorm.weight", Init::kOnes);
   if (d.layernorm) p.norm2_b = replicated("pre_mlp_layernorm.bias", Init::kZeros);
+  if (d.is_moe_layer(index)) {
+    p.moe = true;
+    p.experts = register_moe(reg, d, pre + "mlp.", out_std);
+    return p;
+  }
   p.fc1_w = reg.add_split(pre + "mlp.linear_fc1.weight", {d.fc1_width(), d.hidden}, gated_column, Init::kNormal,
                           d.init_std, true);
   if (d.bias)
@@ -134,9 +139,14 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
 
   // MLP branch.
   norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
-  column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
-  ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
-  row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
+  if (p.moe) {
+    moe_forward(MoeContext{ops, d, c.reg, c.params, c.grads, c.base}, p.experts, a.moe, s.moe, a.norm2_out, s.branch,
+                c.training);
+  } else {
+    column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
+    ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
+    row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
+  }
   if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut));
   ops.add(out, a.resid_mid, s.branch);
 }
@@ -154,10 +164,15 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
     dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut));
   else
     ops.copy(dbranch, dres);
-  row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
-  ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);
-  column_parallel_backward(ops, c.tp, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w), s.full,
-                           s.partial);
+  if (p.moe) {
+    moe_backward(MoeContext{ops, d, c.reg, c.params, c.grads, c.base}, p.experts, a.moe, s.moe, a.norm2_out, dbranch,
+                 s.dnorm, c.aux_scale);
+  } else {
+    row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
+    ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);
+    column_parallel_backward(ops, c.tp, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w), s.full,
+                             s.partial);
+  }
   norm_backward(c, p.norm2_w, p.norm2_b, dres, s.dnorm, a.resid_mid, a.norm2_mean, a.norm2_rstd);
 
   // Attention branch: resid_mid = x + drop(proj(attn(...))).

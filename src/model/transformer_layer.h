@@ -8,6 +8,7 @@
 
 #include "backend/ops.h"
 #include "model/gpt_dims.h"
+#include "model/moe_layer.h"
 #include "model/param_registry.h"
 #include "parallel/context_parallel.h"
 #include "parallel/tensor_parallel.h"
@@ -22,6 +23,8 @@ struct LayerParams {
   int norm2_w = -1, norm2_b = -1;
   int fc1_w = -1, fc1_b = -1;
   int fc2_w = -1, fc2_b = -1;
+  bool moe = false;  // the MLP is a mixture of experts (fc1/fc2 unused)
+  MoeParams experts;
 };
 
 // Registers layer `index`'s parameters under Megatron's names.
@@ -54,7 +57,8 @@ struct LayerActs {
   Tensor attn_out, lse;                      // [T, heads*D], [T, heads]
   Tensor resid_mid;                          // x + attention branch [R,H]
   Tensor norm2_out, norm2_mean, norm2_rstd;
-  Tensor fc1_out, act_out;                   // [T, fc1_width], [T, ffn]
+  Tensor fc1_out, act_out;                   // [T, fc1_width], [T, ffn] (dense MLP)
+  MoeActs moe;                               // an MoE MLP's
 };
 
 // Scratch shared by every layer (overwritten freely inside one call).
@@ -71,6 +75,7 @@ struct LayerScratch {
   Tensor partial;    // a row-parallel output before its reduce-scatter; d(input) before its own
   // Context parallelism only (empty otherwise): the attention exchange's buffers.
   Tensor cp_work;
+  MoeScratch moe;    // models with MoE layers only
 };
 
 // params/grads hold the layer's unit: the flat range starting at `base`.
@@ -85,6 +90,8 @@ struct LayerContext {
   const parallel::TensorParallel& tp;
   const parallel::ContextParallel& cp;
   const RowRuns& runs;  // this rank's residual rows in the whole micro-batch
+  bool training = true;    // MoE: compute the router's losses
+  float aux_scale = 1.0f;  // MoE: the weight of the router's losses in backward
   Tensor P(int i) const { return reg.view(params, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };

@@ -136,6 +136,11 @@ struct Engine::Impl {
   PostedRecv posted[2];
   std::vector<float> recv_stage[2];
   std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
+  // The MoE router's figures of the step so far, summed over this rank's layers and
+  // micro-batches.
+  struct MoeSums {
+    double aux = 0, z = 0, spread = 0, layers = 0;
+  } moe_sums;
   optim::LRSchedule schedule;
   std::unique_ptr<data::BatchLoader> train_loader, valid_loader;
   data::RankBatch host_staging;  // a host-supplied batch in the loader's layout
@@ -603,6 +608,10 @@ struct Engine::Impl {
     // at every data-parallel layout.
     const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
     model::GPTModel::LossSums s = m.forward(key, training, slot);
+    moe_sums.aux += s.moe_aux_loss;
+    moe_sums.z += s.moe_z_loss;
+    moe_sums.spread += s.moe_spread;
+    moe_sums.layers += static_cast<double>(s.moe_layers);
     if (m.chunk().post_process) {
       // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
       // parallelism the mean is over the whole sequence: the sums add over the group.
@@ -635,7 +644,10 @@ struct Engine::Impl {
     // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
     const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
     const double scale = static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches));
-    m.backward(static_cast<float>(scale), key, slot, dout);
+    // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
+    // CP for the same reason.
+    const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);
+    m.backward(static_cast<float>(scale), key, slot, dout, static_cast<float>(aux_scale));
     const size_t s = static_cast<size_t>(slot);
     if (!m.chunk().pre_process) {
       if (ch.grad_send[s]) ch.grad_send[s]->wait();
@@ -690,6 +702,7 @@ struct Engine::Impl {
 
     for (Chunk& ch : chunks) ch.model->zero_grads();
     double loss_sum = 0;
+    moe_sums = MoeSums{};
     reset_slots();
     for (size_t i = 0; i < actions.size(); ++i) {
       const int64_t index = static_cast<int64_t>(i);
@@ -730,6 +743,17 @@ struct Engine::Impl {
     r.consumed_samples = consumed_samples;
     r.step_time_s = seconds_since(t0);
     r.data_wait_s = data_wait;
+    if (dims.num_experts > 0) {
+      // Means over every MoE layer of every stage and micro-batch, averaged over data-parallel ranks.
+      double v[4] = {moe_sums.aux, moe_sums.z, moe_sums.spread, moe_sums.layers};
+      if (pp_size > 1) pp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
+      if (dp_comm) dp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
+      if (v[3] > 0) {
+        r.moe_aux_loss = v[0] / v[3];
+        r.moe_z_loss = v[1] / v[3];
+        r.moe_expert_spread = v[2] / v[3];
+      }
+    }
     return r;
   }
 
@@ -824,6 +848,9 @@ StepResult Engine::train() {
     interval_time += last.step_time_s;
     acc.lm_loss += last.lm_loss;
     acc.grad_norm += last.grad_norm;
+    acc.moe_aux_loss += last.moe_aux_loss;
+    acc.moe_z_loss += last.moe_z_loss;
+    acc.moe_expert_spread += last.moe_expert_spread;
     if (last.iteration % r.logger.log_interval == 0 || last.iteration == stop) {
       IntervalStats s;
       s.iteration = last.iteration;
@@ -834,6 +861,9 @@ StepResult Engine::train() {
       s.lr = last.lr;
       s.lm_loss = acc.lm_loss / static_cast<double>(in_interval);
       s.grad_norm = acc.grad_norm / static_cast<double>(in_interval);
+      s.moe_aux_loss = acc.moe_aux_loss / static_cast<double>(in_interval);
+      s.moe_z_loss = acc.moe_z_loss / static_cast<double>(in_interval);
+      s.moe_expert_spread = acc.moe_expert_spread / static_cast<double>(in_interval);
       s.tokens_per_sec = static_cast<double>(last.tokens) * static_cast<double>(in_interval) / interval_time;
       m.log.info(format_log_line(s));
       if (tb) {

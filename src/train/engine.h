@@ -35,6 +35,10 @@ struct StepResult {
   double step_time_s = 0;
   int64_t consumed_samples = 0;  // after this step
   double data_wait_s = 0;        // time the step waited for its batch (0 when prefetched in time)
+  // Mixture of experts (0 for a dense model), each the mean over MoE layers and micro-batches:
+  // the router's load-balancing loss and z-loss, and the tokens-per-expert spread (the most
+  // loaded expert's routed tokens over the mean).
+  double moe_aux_loss = 0, moe_z_loss = 0, moe_expert_spread = 0;
 };
 
 struct MemoryReport {

@@ -17,7 +17,13 @@ std::string format_log_line(const IntervalStats& s) {
                 static_cast<long long>(s.iteration), static_cast<long long>(s.train_iters),
                 static_cast<long long>(s.consumed_samples), s.ms_per_iteration, s.lr,
                 static_cast<long long>(s.global_batch_size), s.lm_loss, s.grad_norm, s.tokens_per_sec);
-  return buf;
+  std::string line = buf;
+  if (s.moe_expert_spread > 0) {
+    std::snprintf(buf, sizeof(buf), " | load balancing loss: %.6E | z loss: %.6E | tokens per expert max/mean: %.3f",
+                  s.moe_aux_loss, s.moe_z_loss, s.moe_expert_spread);
+    line += buf;
+  }
+  return line;
 }
 
 void MetricsFile::open(const std::string& path, bool truncate) {
@@ -43,6 +49,11 @@ void MetricsFile::write_step(const StepResult& r, double tokens_per_sec) {
                       {"step_time_s", r.step_time_s},   {"tokens_per_sec", tokens_per_sec},
                       {"consumed_samples", r.consumed_samples}, {"tokens", r.tokens},
                       {"data_wait_s", r.data_wait_s}};
+  if (r.moe_expert_spread > 0) {
+    j["load_balancing_loss"] = r.moe_aux_loss;
+    j["z_loss"] = r.moe_z_loss;
+    j["tokens_per_expert_max_over_mean"] = r.moe_expert_spread;
+  }
   write_line(j.dump());
 }
 

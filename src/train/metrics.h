@@ -21,6 +21,8 @@ struct IntervalStats {
   double lm_loss = 0;
   double grad_norm = 0;
   double tokens_per_sec = 0;
+  // Mixture of experts (spread 0: a dense model, not shown).
+  double moe_aux_loss = 0, moe_z_loss = 0, moe_expert_spread = 0;
 };
 
 std::string format_log_line(const IntervalStats& s);

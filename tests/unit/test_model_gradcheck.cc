@@ -55,9 +55,11 @@ GPTDims llama_family() {
   return d;
 }
 
+// The objective backward differentiates: the token-mean loss plus, with experts, the
+// router's load-balancing and z-losses (weight 1).
 double loss_of(GPTModel& m, uint64_t key) {
   GPTModel::LossSums s = m.forward(key);
-  return s.weighted_loss / s.mask_sum;
+  return s.weighted_loss / s.mask_sum + s.moe_aux_loss + s.moe_z_loss;
 }
 
 void fill_inputs(GPTModel& m, uint64_t seed) {
@@ -71,7 +73,7 @@ void fill_inputs(GPTModel& m, uint64_t seed) {
   }
 }
 
-void check_model_gradients(const GPTDims& dims) {
+void check_model_gradients(const GPTDims& dims, float eps = 1e-2f) {
   auto ops = backend::make_cpu_ops(0);
   GPTModel m(dims, *ops);
   m.init_parameters(42);
@@ -83,7 +85,6 @@ void check_model_gradients(const GPTDims& dims) {
   m.backward(static_cast<float>(1.0 / s.mask_sum), key);
   std::vector<float> grads(m.grads(), m.grads() + m.flat_numel());
 
-  const float eps = 1e-2f;
   for (const ParamInfo& p : m.registry().params()) {
     if (p.name == "embedding.word_embeddings.weight" || p.name == "output_layer.weight") {
       // rows past the real vocabulary never influence the loss: their gradient must be 0
@@ -103,7 +104,39 @@ void check_model_gradients(const GPTDims& dims) {
     std::copy(saved.begin(), saved.end(), w);
     double numeric = (lp - lm) / (2.0 * eps);
     EXPECT_NEAR(numeric, analytic, 2e-3 + 2e-2 * std::fabs(analytic)) << p.name;
+    // Every parameter moves the loss: a forward that read the wrong memory would give zero
+    // on both sides and pass the comparison above.
+    EXPECT_GT(std::fabs(numeric), 1e-5) << p.name << ": the loss does not depend on it";
   }
+}
+
+// A mixture of experts in every other layer: 4 experts, top 2, a shared expert, the
+// load-balancing and z-losses. The step is small so that no token's top-k choice flips.
+GPTDims moe_family() {
+  GPTDims d = llama_family();
+  d.num_layers = 2;
+  d.num_experts = 4;
+  d.moe_topk = 2;
+  d.moe_ffn = 12;
+  d.moe_layer_freq = 1;
+  d.shared_ffn = 8;
+  d.aux_loss_coeff = 0.1f;
+  d.z_loss_coeff = 0.05f;
+  return d;
+}
+
+TEST(ModelGradcheck, MixtureOfExperts) { check_model_gradients(moe_family(), 1e-3f); }
+
+TEST(ModelGradcheck, MixtureOfExpertsSigmoidAndPreSoftmax) {
+  GPTDims d = moe_family();
+  d.router_score = backend::RouterScore::kSigmoid;
+  d.moe_topk = 3;
+  d.shared_ffn = 0;
+  d.moe_layer_freq = 2;  // layer 0 MoE, layer 1 dense
+  check_model_gradients(d, 1e-3f);
+  d = moe_family();
+  d.router_pre_softmax = true;
+  check_model_gradients(d, 1e-3f);
 }
 
 TEST(ModelGradcheck, GPTFamily) { check_model_gradients(gpt_family()); }

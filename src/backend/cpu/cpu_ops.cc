@@ -13,6 +13,7 @@
 #include "backend/cpu/elementwise.h"
 #include "backend/cpu/embedding.h"
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/moe.h"
 #include "backend/cpu/norm.h"
 #include "backend/cpu/qkv.h"
 #include "backend/cpu/rope.h"
@@ -41,8 +42,9 @@ class CpuOps final : public Ops {
 
   const char* name() const override { return "cpu"; }
   int64_t workspace_bytes() const override {
-    std::lock_guard<std::mutex> lock(scratch_.mu);
-    return static_cast<int64_t>(scratch_.buf.capacity() * sizeof(float));
+    std::scoped_lock lock(scratch_.mu, moe_scratch_.mu);
+    return static_cast<int64_t>(scratch_.buf.capacity() * sizeof(float) +
+                                moe_scratch_.slots.capacity() * sizeof(int64_t));
   }
 
   void fill(Tensor x, float value) override {
@@ -186,6 +188,46 @@ class CpuOps final : public Ops {
     cpu::ce_bwd(dlogits, logits, row_max, sumexp, targets, grad_scale, vocab_start, vocab_valid);
   }
 
+  void router_topk(Tensor indices, Tensor probs, Tensor scores, Tensor logits, int64_t k, RouterScore fn,
+                   bool pre_softmax) override {
+    ThreadScope ts(threads_);
+    cpu::router_topk(indices, probs, scores, logits, k, fn, pre_softmax);
+  }
+  void router_topk_bwd(Tensor dlogits, Tensor dprobs, Tensor dscores, Tensor logits, Tensor indices, int64_t k,
+                       RouterScore fn, bool pre_softmax) override {
+    ThreadScope ts(threads_);
+    cpu::router_topk_bwd(dlogits, dprobs, dscores, logits, indices, k, fn, pre_softmax);
+  }
+  void router_lse(Tensor lse, Tensor logits) override {
+    ThreadScope ts(threads_);
+    cpu::router_lse(lse, logits);
+  }
+  void router_z_loss_bwd(Tensor dlogits, Tensor logits, Tensor lse, float scale) override {
+    ThreadScope ts(threads_);
+    cpu::router_z_loss_bwd(dlogits, logits, lse, scale);
+  }
+  void moe_permute(Tensor x_perm, Tensor x, Tensor rows) override {
+    ThreadScope ts(threads_);
+    cpu::moe_permute(x_perm, x, rows, moe_scratch_);
+  }
+  void moe_permute_bwd(Tensor dx, Tensor dx_perm, Tensor rows) override {
+    ThreadScope ts(threads_);
+    cpu::moe_permute_bwd(dx, dx_perm, rows, moe_scratch_);
+  }
+  void moe_unpermute(Tensor out, Tensor y, Tensor rows, Tensor probs) override {
+    ThreadScope ts(threads_);
+    cpu::moe_unpermute(out, y, rows, probs, moe_scratch_);
+  }
+  void moe_unpermute_bwd(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rows, Tensor probs) override {
+    ThreadScope ts(threads_);
+    cpu::moe_unpermute_bwd(dy, dprobs, dout, y, rows, probs, moe_scratch_);
+  }
+  void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, GroupedForm form,
+                      float beta) override {
+    ThreadScope ts(threads_);
+    cpu::grouped_matmul(c, a, b, counts, groups, form, beta);
+  }
+
   void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) override {
     ThreadScope ts(threads_);
     cpu::adamw(param, grad, exp_avg, exp_avg_sq, a);
@@ -194,6 +236,7 @@ class CpuOps final : public Ops {
  private:
   int threads_;
   mutable cpu::AttentionScratch scratch_;
+  mutable cpu::MoeScratch moe_scratch_;
 };
 
 }  // namespace
