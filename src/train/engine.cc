@@ -13,7 +13,6 @@
 #include "backend/devices.h"
 #include "backend/ops.h"
 #include "core/rng.h"
-#include "data/dataset_builder.h"
 #include "data/loader.h"
 #include "data/sample_source.h"
 #include "dist/communicator.h"
@@ -29,6 +28,8 @@
 #include "parallel/pipeline_schedule.h"
 #include "parallel/tensor_parallel.h"
 #include "train/checkpointing.h"
+#include "train/data_streams.h"
+#include "train/host_batch.h"
 #include "train/metrics.h"
 #include "train/tensorboard.h"
 
@@ -41,55 +42,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The train and validation sample streams of a recipe.
-struct DataStreams {
-  std::shared_ptr<data::SampleSource> train, valid;  // valid is null without validation
-  std::vector<std::string> log_lines;
-};
-
-DataStreams make_streams(const config::Recipe& r, int64_t global_batch) {
-  const std::string& src = r.derived.dataset_source;
-  const bool validate = r.validation.eval_interval.has_value();
-  const uint64_t seed = static_cast<uint64_t>(r.dataset.random_seed);
-  DataStreams out;
-  if (src == "mock" || src == "corpus") {
-    auto make = [&](data::Split split) -> std::shared_ptr<data::SampleSource> {
-      if (src == "mock") return data::make_mock_source(r.model.vocab_size, r.model.seq_length, seed, split);
-      return data::make_corpus_source(r.model.seq_length, seed, split, r.dataset.split.value_or(""));
-    };
-    out.train = make(data::Split::kTrain);
-    if (validate) out.valid = make(data::Split::kValid);
-    out.log_lines.push_back(out.train->describe());
-    return out;
-  }
-  MPT_CHECK(src == "indexed", Status::kNotSupported, "dataset.source '", src, "' is not supported");
-  data::DataSpec spec;
-  if (!r.dataset.blend.empty()) {
-    for (const config::BlendItem& b : r.dataset.blend) spec.blend.push_back(data::BlendEntry{b.prefix, b.weight});
-  } else {
-    spec.blend = data::parse_data_path(r.dataset.data_path, "dataset.data_path");
-  }
-  spec.split = r.dataset.split.value_or(data::kDefaultIndexedSplit);
-  spec.seq_length = r.model.seq_length;
-  spec.seed = static_cast<uint32_t>(r.dataset.random_seed);
-  spec.cache_dir = r.dataset.path_to_cache.value_or("");
-  spec.mmap_bin = r.dataset.mmap_bin_files;
-  // Megatron's sample counts: every training step, and eval_iters batches at each
-  // evaluation plus one more round.
-  const int64_t train_iters = *r.train.train_iters;
-  spec.num_samples[0] = train_iters * global_batch;
-  if (validate)
-    spec.num_samples[1] = (train_iters / *r.validation.eval_interval + 1) * r.validation.eval_iters * global_batch;
-  data::SplitSources sources = data::build_indexed_sources(spec);
-  out.train = sources.by_split[0];
-  out.valid = sources.by_split[1];
-  MPT_CHECK(out.train != nullptr, Status::kInvalidConfig, "dataset.split ", spec.split,
-            " leaves the training split empty");
-  MPT_CHECK(!validate || out.valid != nullptr, Status::kInvalidConfig, "dataset.split ", spec.split,
-            " leaves the validation split empty, but validation.eval_interval asks for validation");
-  out.log_lines = std::move(sources.log_lines);
-  return out;
-}
 }  // namespace
 
 struct Engine::Impl {
@@ -454,64 +406,10 @@ struct Engine::Impl {
     }
   }
 
-  // A host-supplied batch (whole sequences) in the loader's layout: this rank's
-  // context-parallel columns, with the same end-of-document masking.
-  const data::RankBatch& stage_host_batch(const HostBatch& hb) {
-    check_host_batch(hb);
-    const int64_t S = dims.seq, L = dims.local_seq();
-    data::RankBatch& b = host_staging;
-    b.rows = rows;
-    b.cols = L;
-    b.tokens.resize(static_cast<size_t>(rows * L));
-    b.labels.resize(static_cast<size_t>(rows * L));
-    b.loss_mask.resize(static_cast<size_t>(rows * L));
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t* tok = hb.tokens + r * hb.cols;
-      for (int64_t j = 0; j < L; ++j) {
-        const int64_t s = cp.position(j, L);
-        const size_t i = static_cast<size_t>(r * L + j), g = static_cast<size_t>(r * S + s);
-        b.tokens[i] = tok[s];
-        b.labels[i] = hb.labels ? hb.labels[g] : tok[s + 1];
-        float m = hb.loss_mask ? hb.loss_mask[g] : 1.0f;
-        if (recipe.dataset.eod_mask_loss && tok[s] == eod_id) m = 0.0f;
-        b.loss_mask[i] = m;
-      }
-    }
-    return b;
-  }
-
-  void check_host_batch(const HostBatch& b) const {
-    const int64_t S = dims.seq;
-    MPT_CHECK(b.tokens != nullptr, Status::kInvalidArgument, "batch.tokens is NULL");
-    MPT_CHECK(b.rows == rows, Status::kInvalidArgument, "batch.rows is ", b.rows, " but the recipe needs ", rows,
-              " (micro_batch_size ", dims.micro_batch, " x ", num_microbatches, " micro-batches)");
-    const int64_t want_cols = b.labels ? S : S + 1;
-    MPT_CHECK(b.cols == want_cols, Status::kInvalidArgument, "batch.cols is ", b.cols, " but must be ", want_cols,
-              b.labels ? " (seq_length, labels given)" : " (seq_length + 1, labels taken from the shifted tokens)");
-    for (int64_t r = 0; r < b.rows; ++r)
-      for (int64_t c = 0; c < b.cols; ++c) {
-        int32_t v = b.tokens[r * b.cols + c];
-        MPT_CHECK(v >= 0 && v < dims.vocab, Status::kInvalidArgument, "batch.tokens[", r, "][", c, "] = ", v,
-                  " is outside the vocabulary [0, ", dims.vocab, ")");
-      }
-    for (int64_t r = 0; r < b.rows; ++r)
-      for (int64_t s = 0; s < S; ++s) {
-        const int64_t i = r * S + s;
-        float m = b.loss_mask ? b.loss_mask[i] : 1.0f;
-        MPT_CHECK(std::isfinite(m) && m >= 0.0f, Status::kInvalidArgument, "batch.loss_mask[", r, "][", s, "] = ", m,
-                  " must be finite and >= 0");
-        if (b.labels && m != 0.0f) {
-          int32_t v = b.labels[i];
-          MPT_CHECK(v >= 0 && v < dims.vocab, Status::kInvalidArgument, "batch.labels[", r, "][", s, "] = ", v,
-                    " is outside the vocabulary [0, ", dims.vocab, ")");
-        }
-      }
-  }
-
   // Every rank of a tensor- or context-parallel group, and every stage of a pipeline,
   // computes on the same samples. A host-supplied batch that differs between them would
   // train a silently wrong model, so the ranks compare a hash of it. `invalid` is this rank's
-  // own rejection of its batch (check_host_batch), if any. A collective: every rank takes
+  // own rejection of its batch (stage_host_batch), if any. A collective: every rank takes
   // part whatever its batch, so a rank that fails never leaves the others waiting; all of
   // them fail alike when any batch was rejected or differs.
   void agree_on_batch(const HostBatch& b, std::exception_ptr invalid) {
@@ -688,7 +586,10 @@ struct Engine::Impl {
     if (batch) {
       std::exception_ptr invalid;
       try {
-        data_batch = &stage_host_batch(*batch);
+        HostBatchShape shape{dims.seq, dims.local_seq(), rows, dims.micro_batch, num_microbatches, dims.vocab,
+                             recipe.dataset.eod_mask_loss, eod_id};
+        stage_host_batch(*batch, shape, [&](int64_t j) { return cp.position(j, dims.local_seq()); }, host_staging);
+        data_batch = &host_staging;
       } catch (const Error&) {
         invalid = std::current_exception();
       }
