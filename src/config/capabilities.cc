@@ -20,18 +20,11 @@ void check_capabilities(Checker& c) {
     return k != nullptr && k->get(r) != k->default_value();
   };
 
-  // Parallelism: data, tensor (+ sequence), context and pipeline (+ virtual stages) parallel.
-  unbuilt(m.expert_model_parallel_size > 1, "model.expert_model_parallel_size", "expert parallelism");
-  unbuilt(m.expert_tensor_parallel_size.value_or(1) != 1, "model.expert_tensor_parallel_size",
-          "expert tensor parallelism");
+  // Parallelism: every dimension is built (data, tensor + sequence, context, pipeline +
+  // virtual stages, expert + expert tensor).
 
   // Model features.
-  // Mixture of experts: built at one expert-parallel rank, without tensor or context
-  // parallelism; every expert holds the whole of its weights.
   if (m.num_moe_experts) {
-    unbuilt(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size",
-            "mixture of experts with tensor parallelism");
-    unbuilt(m.context_parallel_size > 1, "model.context_parallel_size", "mixture of experts with context parallelism");
     unbuilt(m.add_bias_linear, "model.add_bias_linear", "biases on the experts' linear layers");
     unbuilt(m.moe_router_load_balancing_type != "aux_loss" && m.moe_router_load_balancing_type != "none",
             "model.moe_router_load_balancing_type",

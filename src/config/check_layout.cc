@@ -111,10 +111,18 @@ void check_experts(Checker& c) {
            str("the expert hidden size ", expert_ffn, " must be divisible by the expert tensor parallel size (", etp,
                ")"));
   }
-  if (tp > 1 && ep > 1 && !m.sequence_parallel) {
+  // Megatron requires it when TP and EP are combined, and its MoE layer refuses to train
+  // with TP without it: each rank routes its own part of the sequence.
+  if (tp > 1 && !m.sequence_parallel) {
     c.fail("model.sequence_parallel",
-           str("must be true when tensor and expert parallelism are combined (tensor_model_parallel_size ", tp,
+           str("must be true for a mixture of experts with tensor parallelism (tensor_model_parallel_size ", tp,
                ", expert_model_parallel_size ", ep, ")"));
+  }
+  const int64_t shared = m.moe_shared_expert_intermediate_size.value_or(0);
+  if (shared % tp != 0) {
+    c.fail("model.moe_shared_expert_intermediate_size",
+           str("the shared expert's hidden size ", shared, " must be divisible by tensor_model_parallel_size (", tp,
+               ")"));
   }
 }
 

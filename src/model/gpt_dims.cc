@@ -65,6 +65,9 @@ GPTDims make_dims(const config::Recipe& r) {
     g.capacity_factor = static_cast<float>(m.moe_expert_capacity_factor.value_or(0));
     g.drop_by_position = m.moe_token_drop_policy == "position";
     g.pad_to_capacity = m.moe_pad_expert_input_to_capacity;
+    g.ep = m.expert_model_parallel_size;
+    g.etp = d.expert_tensor_parallel_size;
+    g.alltoall = m.moe_token_dispatcher_type == "alltoall";
   }
   return g;
 }
@@ -76,10 +79,11 @@ int64_t GPTDims::expert_capacity(int64_t tokens) const {
   return static_cast<int64_t>(c);
 }
 
-int64_t GPTDims::max_expert_rows(int64_t tokens) const {
-  if (capacity_factor <= 0) return tokens * moe_topk;  // dropless: every choice kept
-  const int64_t capped = std::min(tokens * moe_topk, num_experts * expert_capacity(tokens));
-  return pad_to_capacity ? num_experts * expert_capacity(tokens) : capped;
+int64_t GPTDims::expert_rows(int64_t tokens, int64_t experts) const {
+  const int64_t kept = tokens * std::min(moe_topk, experts);  // dropless: every choice kept
+  if (capacity_factor <= 0) return kept;
+  const int64_t capped = experts * expert_capacity(tokens);
+  return pad_to_capacity ? capped : std::min(kept, capped);
 }
 
 }  // namespace mpt::model

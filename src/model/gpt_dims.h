@@ -61,14 +61,33 @@ struct GPTDims {
   float capacity_factor = 0;     // 0: dropless
   bool drop_by_position = false; // moe_token_drop_policy "position" (else "probs")
   bool pad_to_capacity = false;
+  // Expert parallelism: the experts are spread over ep ranks, each holding local_experts()
+  // of them, and each expert's hidden units are split over etp ranks. An MoE layer exchanges
+  // tokens within the etp x ep group of moe_group() ranks, through an all-to-all of the
+  // routed rows (alltoall) or by gathering every token of the group (allgather).
+  int64_t ep = 1, ep_rank = 0;
+  int64_t etp = 1, etp_rank = 0;
+  bool alltoall = false;  // moe_token_dispatcher_type
 
   bool is_moe_layer(int64_t layer) const { return num_experts > 0 && layer % moe_layer_freq == 0; }
-  int64_t moe_fc1_width() const { return gated ? 2 * moe_ffn : moe_ffn; }
-  int64_t shared_fc1_width() const { return gated ? 2 * shared_ffn : shared_ffn; }
-  // Expert capacity (tokens per expert) for `tokens` tokens: ceil(tokens * k / E * factor).
+  int64_t moe_group() const { return ep * etp; }
+  int64_t local_experts() const { return num_experts / ep; }
+  int64_t first_expert() const { return ep_rank * local_experts(); }
+  // This rank's widths of an expert's (etp split) and of the shared expert's (tp split) layers.
+  int64_t local_moe_ffn() const { return moe_ffn / etp; }
+  int64_t moe_fc1_width() const { return gated ? 2 * local_moe_ffn() : local_moe_ffn(); }
+  int64_t local_shared_ffn() const { return shared_ffn / tp; }
+  int64_t shared_fc1_width() const { return gated ? 2 * local_shared_ffn() : local_shared_ffn(); }
+  // Expert capacity (tokens per expert) for `tokens` tokens routed on one rank:
+  // ceil(tokens * k / E * factor).
   int64_t expert_capacity(int64_t tokens) const;
-  // Rows an MoE layer's permuted activations may need for `tokens` tokens.
-  int64_t max_expert_rows(int64_t tokens) const;
+  // Rows that `experts` experts may receive from one rank's routing of `tokens` tokens (each
+  // token picks each expert at most once; with a capacity, at most that many per expert).
+  int64_t expert_rows(int64_t tokens, int64_t experts) const;
+  // Rows of one rank's permuted activations for all of its `tokens` tokens' choices.
+  int64_t max_expert_rows(int64_t tokens) const { return expert_rows(tokens, num_experts); }
+  // Rows this rank's local experts may receive from the whole group.
+  int64_t max_received_rows(int64_t tokens) const { return moe_group() * expert_rows(tokens, local_experts()); }
 
   int64_t local_seq() const { return seq / cp; }
   // Tokens of a micro-batch on this rank.

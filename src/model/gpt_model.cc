@@ -20,13 +20,14 @@ parallel::ChunkLayers whole_model(const GPTDims& d) { return parallel::ChunkLaye
 }  // namespace
 
 ChunkParams register_chunk(ParamRegistry& reg, std::vector<ParamUnit>& units, const GPTDims& d,
-                           const parallel::ChunkLayers& chunk, int64_t unit_align) {
+                           const parallel::ChunkLayers& chunk, int64_t unit_align, const ExpertLayout* experts) {
   ChunkParams ids;
-  auto close_unit = [&](std::string name) {
-    reg.pad_to(unit_align);
-    const int64_t begin = units.empty() ? 0 : units.back().end;
-    units.push_back(ParamUnit{std::move(name), begin, reg.total_numel()});
+  auto close = [](ParamRegistry& r, std::vector<ParamUnit>& us, int64_t align, std::string name) {
+    r.pad_to(align);
+    const int64_t begin = us.empty() ? 0 : us.back().end;
+    us.push_back(ParamUnit{std::move(name), begin, r.total_numel()});
   };
+  auto close_unit = [&](std::string name) { close(reg, units, unit_align, std::move(name)); };
   // Vocab-parallel: each tensor-parallel rank holds a contiguous range of vocabulary rows.
   const TensorSplit vocab{0, 1, d.tp_rank, d.tp}, whole{-1, 1, d.tp_rank, d.tp};
   if (chunk.pre_process) {
@@ -40,8 +41,13 @@ ChunkParams register_chunk(ParamRegistry& reg, std::vector<ParamUnit>& units, co
     close_unit("embedding");
   }
   for (int64_t l = chunk.begin; l < chunk.end; ++l) {
-    ids.layers.push_back(register_layer(reg, d, l));
+    ids.layers.push_back(register_layer(reg, experts ? *experts->reg : reg, d, l));
     close_unit(str("decoder.layers.", l));
+    ids.expert_unit.push_back(-1);
+    if (experts && ids.layers.back().moe) {
+      ids.expert_unit.back() = static_cast<int>(experts->units->size());
+      close(*experts->reg, *experts->units, experts->unit_align, str("decoder.layers.", l, ".mlp.experts"));
+    }
   }
   if (chunk.post_process) {
     ids.final_w = reg.add_split("decoder.final_layernorm.weight", {d.hidden}, whole, Init::kOnes, 0, false);
@@ -70,6 +76,8 @@ ParamRegistry whole_model_registry(const GPTDims& dims) {
   d.tp = 1;
   d.tp_rank = 0;
   d.sequence_parallel = false;
+  d.ep = d.etp = 1;
+  d.ep_rank = d.etp_rank = 0;
   ParamRegistry reg;
   std::vector<ParamUnit> units;
   register_chunk(reg, units, d, whole_model(d), ParamRegistry::kAlign);
@@ -77,7 +85,7 @@ ParamRegistry whole_model_registry(const GPTDims& dims) {
 }
 
 GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
-    : dims_(dims), ops_(ops), tp_(o.tp), cp_(o.cp), chunk_(o.chunk.value_or(whole_model(dims))) {
+    : dims_(dims), ops_(ops), tp_(o.tp), cp_(o.cp), chunk_(o.chunk.value_or(whole_model(dims))), ep_(o.ep) {
   MPT_CHECK(tp_.size() == dims.tp, Status::kInvalidArgument, "the model is split over ", dims.tp,
             " tensor-parallel ranks but its group has ", tp_.size());
   MPT_CHECK(tp_.sequence_parallel() == dims.sequence_parallel, Status::kInvalidArgument,
@@ -88,6 +96,13 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
             " must be divisible by 2 x context_parallel_size = ", 2 * dims.cp);
   dims_.tp_rank = tp_.rank();
   dims_.cp_rank = cp_.rank();
+  if (dims.num_experts > 0) {
+    MPT_CHECK(ep_.ep() == dims.ep && ep_.etp() == dims.etp, Status::kInvalidArgument, "the experts are split over ",
+              dims.ep, " expert-parallel x ", dims.etp, " expert-tensor-parallel ranks but the token-exchange group is ",
+              ep_.ep(), " x ", ep_.etp());
+    dims_.ep_rank = ep_.ep_rank();
+    dims_.etp_rank = ep_.etp_rank();
+  }
   eval_dims_ = dims_;
   eval_dims_.hidden_dropout = 0;
   eval_dims_.attention_dropout = 0;
@@ -100,12 +115,21 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
             " must each be divisible by the tensor-parallel size ", d.tp);
   MPT_CHECK(0 <= chunk_.begin && chunk_.begin <= chunk_.end && chunk_.end <= d.num_layers, Status::kInvalidArgument,
             "model chunk layers [", chunk_.begin, ", ", chunk_.end, ") are outside the model's ", d.num_layers);
-  MPT_CHECK(d.num_experts == 0 || (d.tp == 1 && d.cp == 1), Status::kNotSupported,
-            "mixture of experts with tensor or context parallelism is not supported yet");
+  // Megatron's MoELayer refuses to train with tensor parallelism unless the sequence is split
+  // too: each rank routes its own rows.
+  MPT_CHECK(d.num_experts == 0 || d.tp == 1 || d.sequence_parallel, Status::kInvalidConfig,
+            "mixture of experts with tensor parallelism needs model.sequence_parallel = true");
+  MPT_CHECK(d.num_experts == 0 || (d.num_experts % d.ep == 0 && d.moe_ffn % d.etp == 0 && d.shared_ffn % d.tp == 0),
+            Status::kInvalidConfig, "experts ", d.num_experts, ", expert ffn ", d.moe_ffn, " and shared expert ffn ",
+            d.shared_ffn, " must divide by expert-parallel ", d.ep, ", expert-tensor-parallel ", d.etp,
+            " and tensor-parallel ", d.tp, " sizes");
   MPT_CHECK(o.unit_align > 0 && o.unit_align % ParamRegistry::kAlign == 0, Status::kInvalidArgument,
             "unit alignment ", o.unit_align, " must be a positive multiple of ", ParamRegistry::kAlign);
   MPT_CHECK(o.slots >= 1, Status::kInvalidArgument, "a model needs at least one activation slot, got ", o.slots);
-  ids_ = register_chunk(reg_, units_, d, chunk_, o.unit_align);
+  MPT_CHECK(o.expert_unit_align > 0 && o.expert_unit_align % ParamRegistry::kAlign == 0, Status::kInvalidArgument,
+            "expert unit alignment ", o.expert_unit_align, " must be a positive multiple of ", ParamRegistry::kAlign);
+  const ExpertLayout experts{&expert_reg_, &expert_units_, o.expert_unit_align};
+  ids_ = register_chunk(reg_, units_, d, chunk_, o.unit_align, &experts);
   if (chunk_.post_process) {
     if (!d.tied_output) {
       out_unit_ = head_unit(), out_param_ = ids_.output_w;
@@ -122,6 +146,15 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
     auto full = std::make_unique<FullStorage>(reg_.total_numel());
     full->set_units(&units_);
     storage_ = std::move(full);
+  }
+  if (!expert_units_.empty()) {
+    if (o.expert_storage) {
+      expert_storage_ = o.expert_storage(expert_reg_, expert_units_);
+    } else {
+      auto full = std::make_unique<FullStorage>(expert_reg_.total_numel());
+      full->set_units(&expert_units_);
+      expert_storage_ = std::move(full);
+    }
   }
   slots_.resize(static_cast<size_t>(o.slots));
   plan_activations();
@@ -203,7 +236,7 @@ void GPTModel::plan_activations() {
   if (cp_.size() > 1) f32(s.cp_work, {cp_.workspace_numel(attention_dims(d, 0))});
   bool any_moe = false;
   for (int64_t i = chunk_.begin; i < chunk_.end; ++i) any_moe = any_moe || d.is_moe_layer(i);
-  if (any_moe) plan_moe_scratch(d, s.moe, f32);
+  if (any_moe) plan_moe_scratch(d, s.moe, f32, i32);
   f32(dres_, {R, d.hidden});
   acts_.allocate();
   for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
@@ -230,9 +263,40 @@ void GPTModel::init_parameters(uint64_t seed) {
   MPT_CHECK(params() != nullptr, Status::kInvalidArgument,
             "init_parameters needs resident parameters; a sharding storage initialises its shards");
   reg_.initialize(params(), seed);
+  if (expert_storage_) {
+    MPT_CHECK(expert_storage_->full_params() != nullptr, Status::kInvalidArgument,
+              "init_parameters needs resident expert parameters");
+    expert_reg_.initialize(expert_storage_->full_params(), seed);
+  }
 }
 
-void GPTModel::zero_grads() { storage_->zero_grads(); }
+void GPTModel::zero_grads() {
+  storage_->zero_grads();
+  if (expert_storage_) expert_storage_->zero_grads();
+}
+
+LayerContext GPTModel::layer_context(const GPTDims& d, int64_t i, float* params, float* grads, bool training,
+                                     float aux_scale) {
+  const int u = layer_unit(i);
+  LayerContext c{ops_, d, reg_, params, grads, units_[static_cast<size_t>(u)].begin, positions_, tp_, cp_, runs_,
+                 training, aux_scale};
+  const int eu = ids_.expert_unit[static_cast<size_t>(i)];
+  if (eu >= 0) {
+    c.ereg = &expert_reg_;
+    c.eparams = expert_storage_->unit_params(eu);
+    if (grads) c.egrads = expert_storage_->unit_grads(eu);
+    c.ebase = expert_units_[static_cast<size_t>(eu)].begin;
+  }
+  c.ep = &ep_;
+  return c;
+}
+
+void GPTModel::expert_unit_done(int64_t i, bool grads) {
+  const int eu = ids_.expert_unit[static_cast<size_t>(i)];
+  if (eu < 0) return;
+  expert_storage_->params_done(eu);
+  if (grads) expert_storage_->grads_done(eu);
+}
 
 GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) {
   const GPTDims& d = training ? dims_ : eval_dims_;
@@ -240,6 +304,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   SlotActs& a = slot_at(slot);
   ParamStorage& st = *storage_;
   st.begin_pass(training ? Pass::kForward : Pass::kEval);
+  if (expert_storage_) expert_storage_->begin_pass(training ? Pass::kForward : Pass::kEval);
   if (chunk_.pre_process) {
     // Embedding: vocab-parallel word lookup (ids outside this rank's rows give zeros) summed
     // over tensor-parallel ranks, (+ learned position) then dropout, on this rank's rows.
@@ -257,17 +322,17 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   for (int64_t i = 0; i < chunk_.count(); ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
-    LayerContext c{ops_, d, reg_, st.unit_params(u), nullptr, units_[static_cast<size_t>(u)].begin, positions_, tp_,
-                   cp_, runs_, training};
+    const LayerContext c = layer_context(d, i, st.unit_params(u), nullptr, training, 1.0f);
     layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
                   mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
+    expert_unit_done(i, false);
     if (ids_.layers[li].moe) {
       const MoeActs& m = a.layers[li].moe;
       sums.moe_aux_loss += m.aux_loss;
       sums.moe_z_loss += m.z_loss;
-      const std::vector<int64_t>& routed = m.routing.routed;
-      const double mean = static_cast<double>(d.tokens() * d.moe_topk) / static_cast<double>(d.num_experts);
+      const std::vector<int64_t>& routed = m.routed_total;
+      const double mean = static_cast<double>(m.tokens_total * d.moe_topk) / static_cast<double>(d.num_experts);
       sums.moe_spread += static_cast<double>(*std::max_element(routed.begin(), routed.end())) / mean;
       ++sums.moe_layers;
     }
@@ -308,6 +373,7 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
   SlotActs& a = slot_at(slot);
   ParamStorage& st = *storage_;
   st.begin_pass(Pass::kBackward);
+  if (expert_storage_) expert_storage_->begin_pass(Pass::kBackward);
   if (chunk_.post_process) {
     float* gs = a.grad_scale.f();
     const float* m = a.loss_mask.f();
@@ -344,12 +410,12 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
   for (int64_t i = chunk_.count() - 1; i >= 0; --i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
-    LayerContext c{ops_, d, reg_, st.unit_params(u), st.unit_grads(u), units_[static_cast<size_t>(u)].begin,
-                   positions_, tp_, cp_, runs_, true, aux_scale};
+    const LayerContext c = layer_context(d, i, st.unit_params(u), st.unit_grads(u), true, aux_scale);
     layer_backward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], dres_,
                    mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
     st.grads_done(u);
+    expert_unit_done(i, true);
   }
   if (!chunk_.pre_process) return;  // dres_ holds d(input) for the previous stage
 

@@ -17,6 +17,7 @@
 #include "model/param_storage.h"
 #include "model/transformer_layer.h"
 #include "parallel/context_parallel.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/pipeline_layout.h"
 #include "parallel/tensor_parallel.h"
 
@@ -41,13 +42,25 @@ struct ChunkParams {
   // The tied output layer on a chunk without the embedding: a copy of
   // embedding.word_embeddings.weight (ParamInfo::pipeline_copy).
   int word_copy = -1;
+  std::vector<int> expert_unit;  // per local layer: its unit of the expert layout, or -1
+};
+
+// Where a chunk's experts go when they are kept apart from the other parameters (their
+// gradients reduce over the expert-data-parallel group): their own registry, cut into one
+// unit per MoE layer ("decoder.layers.N.mlp.experts"), each padded to a multiple of
+// unit_align.
+struct ExpertLayout {
+  ParamRegistry* reg = nullptr;
+  std::vector<ParamUnit>* units = nullptr;
+  int64_t unit_align = ParamRegistry::kAlign;
 };
 
 // Registers a chunk's parameters under Megatron's names and cuts them into units: the
 // embedding (pre-process), each decoder layer, the head (post-process), each unit padded to a
-// multiple of unit_align.
+// multiple of unit_align. Experts go to `experts` when given, else into their layer's unit.
 ChunkParams register_chunk(ParamRegistry& reg, std::vector<ParamUnit>& units, const GPTDims& dims,
-                           const parallel::ChunkLayers& chunk, int64_t unit_align);
+                           const parallel::ChunkLayers& chunk, int64_t unit_align,
+                           const ExpertLayout* experts = nullptr);
 // The whole model's registry (every layer, nothing split): the layout checkpoints store.
 ParamRegistry whole_model_registry(const GPTDims& dims);
 
@@ -58,6 +71,11 @@ struct ModelOptions {
   int64_t unit_align = ParamRegistry::kAlign;
   parallel::TensorParallel tp;  // this rank's tensor-parallel group; its size must be dims.tp
   parallel::ContextParallel cp;  // this rank's context-parallel group; its size must be dims.cp
+  // Mixture of experts: the experts' storage (null: resident) and unit alignment, and this
+  // rank's token-exchange group (its sizes must be dims.ep and dims.etp).
+  StorageFactory expert_storage;
+  int64_t expert_unit_align = ParamRegistry::kAlign;
+  parallel::ExpertParallel ep;
   std::optional<parallel::ChunkLayers> chunk;  // the layers this model holds; default all
   // Sets of saved activations: micro-batches whose forward has run and backward has not
   // (a pipeline schedule keeps several in flight).
@@ -73,6 +91,11 @@ class GPTModel {
   const ParamRegistry& registry() const { return reg_; }
   const std::vector<ParamUnit>& units() const { return units_; }
   ParamStorage& storage() { return *storage_; }
+  // The experts of this chunk's MoE layers, apart from the other parameters (empty registry
+  // and null storage when the chunk has none).
+  const ParamRegistry& expert_registry() const { return expert_reg_; }
+  const std::vector<ParamUnit>& expert_units() const { return expert_units_; }
+  ParamStorage* expert_storage() { return expert_storage_.get(); }
   // The whole flat buffers; null when the storage shards them.
   float* params() { return storage_->full_params(); }
   const float* params() const { return storage_->full_params(); }
@@ -113,8 +136,12 @@ class GPTModel {
                 float aux_scale = 1.0f);
   Tensor input_grad() { return dres_; }
 
-  int64_t params_bytes() const { return storage_->params_bytes(); }
-  int64_t grads_bytes() const { return storage_->grads_bytes(); }
+  // Bytes held, experts included; and the experts' parameters alone.
+  int64_t params_bytes() const { return storage_->params_bytes() + expert_params_bytes(); }
+  int64_t grads_bytes() const {
+    return storage_->grads_bytes() + (expert_storage_ ? expert_storage_->grads_bytes() : 0);
+  }
+  int64_t expert_params_bytes() const { return expert_storage_ ? expert_storage_->params_bytes() : 0; }
   int64_t activations_bytes() const { return static_cast<int64_t>(acts_.size()); }
 
  private:
@@ -133,6 +160,11 @@ class GPTModel {
   void plan_activations();
   int layer_unit(int64_t i) const { return static_cast<int>(i) + (chunk_.pre_process ? 1 : 0); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
+  // The context layer i (local) runs with; params/grads: its unit's areas (grads null in
+  // forward). Takes its expert unit's areas from the expert storage.
+  LayerContext layer_context(const GPTDims& d, int64_t i, float* params, float* grads, bool training,
+                             float aux_scale);
+  void expert_unit_done(int64_t i, bool grads);
   // Views of parameter i inside unit u's current area.
   Tensor P(int u, float* area, int i) const { return reg_.view(area, units_[static_cast<size_t>(u)].begin, i); }
 
@@ -149,6 +181,10 @@ class GPTModel {
 
   std::vector<ParamUnit> units_;
   std::unique_ptr<ParamStorage> storage_;
+  parallel::ExpertParallel ep_;
+  ParamRegistry expert_reg_;
+  std::vector<ParamUnit> expert_units_;
+  std::unique_ptr<ParamStorage> expert_storage_;
 
   Arena acts_;
   std::vector<SlotActs> slots_;

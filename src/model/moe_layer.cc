@@ -9,34 +9,42 @@
 
 namespace mpt::model {
 
-MoeParams register_moe(ParamRegistry& reg, const GPTDims& d, const std::string& pre, float out_std) {
+MoeParams register_moe(ParamRegistry& reg, ParamRegistry& experts, const GPTDims& d, const std::string& pre,
+                       float out_std) {
   MoeParams p;
-  p.router = reg.add(pre + "router.weight", {d.num_experts, d.hidden}, Init::kNormal, d.init_std, true);
+  // The router is replicated over tensor-parallel ranks; each routes its own rows under
+  // sequence parallelism, so its gradient is a partial sum there.
+  const TensorSplit whole{-1, 1, d.tp_rank, d.tp};
+  p.router = reg.add_split(pre + "router.weight", {d.num_experts, d.hidden}, whole, Init::kNormal, d.init_std, true);
+  reg.set_sequence_parallel(p.router, d.sequence_parallel);
+  // Experts' hidden units are cut over expert-tensor-parallel ranks like a dense MLP's.
+  const TensorSplit column{0, d.gated ? 2 : 1, d.etp_rank, d.etp}, row{1, 1, d.etp_rank, d.etp};
   // Expert weights back to back: each is a whole number of alignment blocks when the hidden
   // size is (checked when the recipe is loaded), so expert e + 1 starts where e ends.
-  for (int64_t e = 0; e < d.num_experts; ++e) {
-    const int i = reg.add(str(pre, "experts.linear_fc1.weight", e), {d.moe_fc1_width(), d.hidden}, Init::kNormal,
-                          d.init_std, true);
-    if (e == 0) p.fc1 = i;
+  const int64_t first = d.first_expert(), n = d.local_experts();
+  for (int64_t e = first; e < first + n; ++e) {
+    const int i = experts.add_split(str(pre, "experts.linear_fc1.weight", e), {d.moe_fc1_width(), d.hidden}, column,
+                                    Init::kNormal, d.init_std, true);
+    if (e == first) p.fc1 = i;
   }
-  for (int64_t e = 0; e < d.num_experts; ++e) {
-    const int i =
-        reg.add(str(pre, "experts.linear_fc2.weight", e), {d.hidden, d.moe_ffn}, Init::kNormal, out_std, true);
-    if (e == 0) p.fc2 = i;
+  for (int64_t e = first; e < first + n; ++e) {
+    const int i = experts.add_split(str(pre, "experts.linear_fc2.weight", e), {d.hidden, d.local_moe_ffn()}, row,
+                                    Init::kNormal, out_std, true);
+    if (e == first) p.fc2 = i;
   }
   if (d.shared_ffn > 0) {
-    p.shared_fc1 = reg.add(pre + "shared_experts.linear_fc1.weight", {d.shared_fc1_width(), d.hidden}, Init::kNormal,
-                           d.init_std, true);
-    p.shared_fc2 =
-        reg.add(pre + "shared_experts.linear_fc2.weight", {d.hidden, d.shared_ffn}, Init::kNormal, out_std, true);
+    const TensorSplit tp_column{0, d.gated ? 2 : 1, d.tp_rank, d.tp}, tp_row{1, 1, d.tp_rank, d.tp};
+    p.shared_fc1 = reg.add_split(pre + "shared_experts.linear_fc1.weight", {d.shared_fc1_width(), d.hidden}, tp_column,
+                                 Init::kNormal, d.init_std, true);
+    p.shared_fc2 = reg.add_split(pre + "shared_experts.linear_fc2.weight", {d.hidden, d.local_shared_ffn()}, tp_row,
+                                 Init::kNormal, out_std, true);
   }
-  for (int first : {p.fc1, p.fc2}) {
-    const ParamInfo& a = reg.at(first);
-    const ParamInfo& b = reg.at(first + static_cast<int>(d.num_experts) - 1);
-    MPT_CHECK(b.offset == a.offset + (d.num_experts - 1) * a.numel, Status::kInvalidConfig,
-              "the experts' weights of ", pre, " are not contiguous: hidden_size ", d.hidden,
-              " and the expert ffn size must make each expert's weight a multiple of ", ParamRegistry::kAlign,
-              " elements");
+  for (int first_param : {p.fc1, p.fc2}) {
+    const ParamInfo& a = experts.at(first_param);
+    const ParamInfo& b = experts.at(first_param + static_cast<int>(n) - 1);
+    MPT_CHECK(b.offset == a.offset + (n - 1) * a.numel, Status::kInvalidConfig, "the experts' weights of ", pre,
+              " are not contiguous: hidden_size ", d.hidden, " and the expert ffn size must make each expert's weight "
+              "a multiple of ", ParamRegistry::kAlign, " elements");
   }
   return p;
 }
@@ -79,34 +87,293 @@ Routing route_tokens(const int32_t* indices, const float* probs, int64_t tokens,
 }
 
 Tensor MoeContext::stacked(float* area, int first) const {
-  const ParamInfo& p = reg.at(first);
-  return Tensor::f32(area + (p.offset - base), {dims.num_experts, p.shape[0], p.shape[1]});
+  const ParamInfo& p = ereg.at(first);
+  return Tensor::f32(area + (p.offset - ebase), {dims.local_experts(), p.shape[0], p.shape[1]});
 }
 
 namespace {
-// The first `rows` rows of a planned [max_rows, width] tensor.
-Tensor first_rows(Tensor t, int64_t rows) { return t.rows(0, rows); }
+// The experts' part of forward: x_perm [rows, H] -> y [rows, H] through fc1, the activation
+// and fc2 as grouped GEMMs over the local experts (counts rows each).
+void experts_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, int64_t rows, const int64_t* counts,
+                     Tensor y) {
+  backend::Ops& ops = c.ops;
+  const int64_t E = c.dims.local_experts();
+  const Tensor xp = a.x_perm.rows(0, rows), h1 = a.fc1_out.rows(0, rows), h2 = a.act_out.rows(0, rows);
+  ops.grouped_matmul(h1, xp, c.stacked(c.eparams, p.fc1), counts, E, backend::GroupedForm::kForward, 0.0f);
+  ops.activation_fwd(h2, h1, c.dims.activation, c.dims.gated);
+  ops.grouped_matmul(y, h2, c.stacked(c.eparams, p.fc2), counts, E, backend::GroupedForm::kForward, 0.0f);
+}
+
+// Its backward: dy [rows, H] -> dx [rows, H]; the experts' weight gradients accumulate.
+void experts_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, int64_t rows,
+                      const int64_t* counts, Tensor dy, Tensor dx) {
+  backend::Ops& ops = c.ops;
+  const int64_t E = c.dims.local_experts();
+  const Tensor xp = a.x_perm.rows(0, rows), h1 = a.fc1_out.rows(0, rows), h2 = a.act_out.rows(0, rows);
+  const Tensor dh2 = s.dact.rows(0, rows), dh1 = s.dfc1.rows(0, rows);
+  ops.grouped_matmul(c.stacked(c.egrads, p.fc2), dy, h2, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
+  ops.grouped_matmul(dh2, dy, c.stacked(c.eparams, p.fc2), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
+  ops.activation_bwd(dh1, dh2, h1, c.dims.activation, c.dims.gated);
+  ops.grouped_matmul(c.stacked(c.egrads, p.fc1), dh1, xp, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
+  ops.grouped_matmul(dx, dh1, c.stacked(c.eparams, p.fc1), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
+}
+
+// Every member's rows per expert, and the rows each local expert receives from the group.
+void exchange_counts(const MoeContext& c, const Routing& r, Exchange& x) {
+  const GPTDims& d = c.dims;
+  const int64_t g = c.ep.size(), E = d.num_experts, El = d.local_experts(), first = d.first_expert();
+  x.all_counts.resize(static_cast<size_t>(g * E));
+  c.ep.all_gather(r.counts.data(), x.all_counts.data(), E, DType::kI64);
+  x.counts.assign(static_cast<size_t>(El), 0);
+  for (int64_t q = 0; q < g; ++q)
+    for (int64_t e = 0; e < El; ++e)
+      x.counts[static_cast<size_t>(e)] += x.all_counts[static_cast<size_t>(q * E + first + e)];
+  x.rows = 0;
+  for (int64_t n : x.counts) x.rows += n;
+}
+
+// Where member q's rows of local expert e start in x_perm (expert-major, members in order).
+std::vector<int64_t> expert_offsets(const MoeContext& c, const Exchange& x) {
+  const int64_t g = c.ep.size(), E = c.dims.num_experts, El = c.dims.local_experts(), first = c.dims.first_expert();
+  std::vector<int64_t> off(static_cast<size_t>(g * El));
+  int64_t at = 0;
+  for (int64_t e = 0; e < El; ++e)
+    for (int64_t q = 0; q < g; ++q) {
+      off[static_cast<size_t>(q * El + e)] = at;
+      at += x.all_counts[static_cast<size_t>(q * E + first + e)];
+    }
+  return off;
+}
+
+// --- allgather dispatcher ----------------------------------------------------------------
+
+void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out) {
+  backend::Ops& ops = c.ops;
+  const GPTDims& d = c.dims;
+  const int64_t R = d.rows(), k = d.moe_topk, g = c.ep.size(), E = d.num_experts, El = d.local_experts();
+  const int64_t first = d.first_expert();
+  Exchange& ex = a.exchange;
+  exchange_counts(c, a.routing, ex);
+  c.ep.all_gather(x.data, s.gathered.data, R * d.hidden, DType::kF32);
+  c.ep.all_gather(a.rows.data, s.rows_g.data, R * k, DType::kI32);
+  c.ep.all_gather(a.indices.data, s.indices_g.data, R * k, DType::kI32);
+  c.ep.all_gather(a.probs.data, a.probs_g.data, R * k, DType::kF32);
+  // Each gathered choice of a local expert goes to that expert's block, member q's part,
+  // at its place among q's rows of the expert.
+  const std::vector<int64_t> off = expert_offsets(c, ex);
+  std::vector<int64_t> start(static_cast<size_t>(E));
+  const int32_t* rows = s.rows_g.i();
+  const int32_t* idx = s.indices_g.i();
+  int32_t* map = a.map.i();
+  for (int64_t q = 0; q < g; ++q) {
+    int64_t at = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      start[static_cast<size_t>(e)] = at;
+      at += ex.all_counts[static_cast<size_t>(q * E + e)];
+    }
+    for (int64_t i = q * R * k; i < (q + 1) * R * k; ++i) {
+      const int64_t e = idx[i] - first;
+      map[i] = rows[i] < 0 || e < 0 || e >= El
+                   ? -1
+                   : static_cast<int32_t>(off[static_cast<size_t>(q * El + e)] + rows[i] -
+                                          start[static_cast<size_t>(idx[i])]);
+    }
+  }
+  const int64_t n = ex.rows;
+  const Tensor xp = a.x_perm.rows(0, n), y = s.y_perm.rows(0, n);
+  ops.moe_permute(xp, s.gathered, a.map);
+  experts_forward(c, p, a, n, ex.counts.data(), y);
+  ops.moe_unpermute(s.combined, y, a.map, a.probs_g);
+  ops.synchronize();
+  c.ep.reduce_scatter(s.combined.f(), out.f(), R * d.hidden);
+}
+
+void allgather_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor dout, Tensor dx) {
+  backend::Ops& ops = c.ops;
+  const GPTDims& d = c.dims;
+  const int64_t R = d.rows(), k = d.moe_topk, n = a.exchange.rows;
+  const int64_t* counts = a.exchange.counts.data();
+  ops.synchronize();
+  c.ep.all_gather(dout.data, s.gathered.data, R * d.hidden, DType::kF32);
+  // Recompute the local experts' outputs for d(probs), then d(y) in their place.
+  const Tensor y = s.y_perm.rows(0, n), dy = s.dx_perm.rows(0, n);
+  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked(c.eparams, p.fc2), counts, d.local_experts(),
+                     backend::GroupedForm::kForward, 0.0f);
+  ops.moe_unpermute_bwd(dy, s.dprobs_g, s.gathered, y, a.map, a.probs_g);
+  ops.synchronize();
+  c.ep.reduce_scatter(s.dprobs_g.f(), s.dprobs.f(), R * k);
+  experts_backward(c, p, a, s, n, counts, dy, y);  // y's rows now hold d(x_perm)
+  ops.moe_permute_bwd(s.combined, y, a.map);
+  ops.synchronize();
+  c.ep.reduce_scatter(s.combined.f(), dx.f(), R * d.hidden);
+}
+
+// --- alltoall dispatcher -----------------------------------------------------------------
+
+// Plans the exchange: this rank's permuted rows for expert-parallel rank r's experts are
+// block r; member p gets block peer_ep(p). Received rows come member by member, each
+// member's rows expert by expert; map sends each to its place in x_perm (expert-major).
+void alltoall_plan(const MoeContext& c, MoeActs& a) {
+  const GPTDims& d = c.dims;
+  const int64_t g = c.ep.size(), E = d.num_experts, El = d.local_experts(), H = d.hidden, first = d.first_expert();
+  Exchange& ex = a.exchange;
+  exchange_counts(c, a.routing, ex);
+  const std::vector<int64_t>& mine = a.routing.counts;
+  ex.block_start.assign(static_cast<size_t>(c.ep.ep()), 0);
+  ex.block_rows.assign(static_cast<size_t>(c.ep.ep()), 0);
+  int64_t at = 0;
+  for (int64_t r = 0; r < c.ep.ep(); ++r) {
+    ex.block_start[static_cast<size_t>(r)] = at;
+    for (int64_t e = r * El; e < (r + 1) * El; ++e) ex.block_rows[static_cast<size_t>(r)] += mine[static_cast<size_t>(e)];
+    at += ex.block_rows[static_cast<size_t>(r)];
+  }
+  ex.send.resize(static_cast<size_t>(g));
+  ex.recv.resize(static_cast<size_t>(g));
+  const std::vector<int64_t> off = expert_offsets(c, ex);
+  int32_t* map = a.map.i();
+  ex.received = 0;
+  for (int64_t q = 0; q < g; ++q) {
+    ex.send[static_cast<size_t>(q)] = ex.block_rows[static_cast<size_t>(c.ep.peer_ep(q))] * H;
+    int64_t from_q = 0;
+    for (int64_t e = 0; e < El; ++e) {
+      const int64_t n = ex.all_counts[static_cast<size_t>(q * E + first + e)];
+      for (int64_t i = 0; i < n; ++i) map[ex.received + from_q + i] = static_cast<int32_t>(off[static_cast<size_t>(q * El + e)] + i);
+      from_q += n;
+    }
+    ex.recv[static_cast<size_t>(q)] = from_q * H;
+    ex.received += from_q;
+  }
+}
+
+// Sends this rank's permuted rows `local` to the members holding their experts; rows land in
+// s.received.
+void alltoall_dispatch(const MoeContext& c, const MoeActs& a, MoeScratch& s, Tensor local) {
+  const Exchange& ex = a.exchange;
+  const int64_t H = c.dims.hidden;
+  const float* send = local.f();
+  if (c.ep.etp() > 1) {  // every ETP rank of an expert-parallel rank gets its block
+    float* stage = s.stage.f();
+    for (int64_t q = 0; q < c.ep.size(); ++q) {
+      const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
+      const float* src = local.f() + ex.block_start[r] * H;
+      stage = std::copy(src, src + ex.block_rows[r] * H, stage);
+    }
+    send = s.stage.f();
+  }
+  c.ep.all_to_all(send, ex.send.data(), s.received.f(), ex.recv.data());
+}
+
+// The reverse: s.received holds each received row's result; they travel back and, summed
+// over the ETP ranks that computed parts of them, land in `local`.
+void alltoall_combine(const MoeContext& c, const MoeActs& a, MoeScratch& s, Tensor local) {
+  const Exchange& ex = a.exchange;
+  const int64_t H = c.dims.hidden;
+  if (c.ep.etp() == 1) {
+    c.ep.all_to_all(s.received.f(), ex.recv.data(), local.f(), ex.send.data());
+    return;
+  }
+  c.ep.all_to_all(s.received.f(), ex.recv.data(), s.stage.f(), ex.send.data());
+  std::vector<bool> seen(static_cast<size_t>(c.ep.ep()), false);
+  const float* part = s.stage.f();
+  for (int64_t q = 0; q < c.ep.size(); ++q) {
+    const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
+    const int64_t n = ex.block_rows[r];
+    const Tensor dst = local.rows(ex.block_start[r], n), src = Tensor::f32(const_cast<float*>(part), {n, H});
+    if (!seen[r]) c.ops.copy(dst, src);
+    else c.ops.add_inplace(dst, src);
+    seen[r] = true;
+    part += n * H;
+  }
+}
+
+void alltoall_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out) {
+  backend::Ops& ops = c.ops;
+  alltoall_plan(c, a);
+  const Exchange& ex = a.exchange;
+  const Tensor local = s.local.rows(0, a.routing.total_rows);
+  ops.moe_permute(local, x, a.rows);
+  ops.synchronize();
+  alltoall_dispatch(c, a, s, local);
+  const int64_t n = ex.rows;
+  const Tensor received = s.received.rows(0, ex.received), map = a.map.rows(0, ex.received);
+  const Tensor xp = a.x_perm.rows(0, n), y = s.y_perm.rows(0, n);
+  ops.moe_permute(xp, received, map);
+  experts_forward(c, p, a, n, ex.counts.data(), y);
+  ops.moe_permute_bwd(received, y, map);  // back into arrival order
+  ops.synchronize();
+  const Tensor y_local = a.y_local.rows(0, a.routing.total_rows);
+  alltoall_combine(c, a, s, y_local);
+  ops.moe_unpermute(out, y_local, a.rows, a.probs);
+}
+
+void alltoall_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor dout, Tensor dx) {
+  backend::Ops& ops = c.ops;
+  const Exchange& ex = a.exchange;
+  const Tensor local = s.local.rows(0, a.routing.total_rows);
+  ops.moe_unpermute_bwd(local, s.dprobs, dout, a.y_local.rows(0, a.routing.total_rows), a.rows, a.probs);
+  ops.synchronize();
+  alltoall_dispatch(c, a, s, local);
+  const int64_t n = ex.rows;
+  const Tensor received = s.received.rows(0, ex.received), map = a.map.rows(0, ex.received);
+  const Tensor dy = s.y_perm.rows(0, n), dxp = s.dx_perm.rows(0, n);
+  ops.moe_permute(dy, received, map);
+  experts_backward(c, p, a, s, n, ex.counts.data(), dy, dxp);
+  ops.moe_permute_bwd(received, dxp, map);
+  ops.synchronize();
+  alltoall_combine(c, a, s, local);
+  ops.moe_permute_bwd(dx, local, a.rows);
+}
+
+// --- one rank ----------------------------------------------------------------------------
+
+void local_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out) {
+  const int64_t n = a.routing.total_rows;
+  const Tensor y = s.y_perm.rows(0, n);
+  c.ops.moe_permute(a.x_perm.rows(0, n), x, a.rows);
+  experts_forward(c, p, a, n, a.routing.counts.data(), y);
+  c.ops.moe_unpermute(out, y, a.rows, a.probs);
+}
+
+void local_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor dout, Tensor dx) {
+  backend::Ops& ops = c.ops;
+  const int64_t n = a.routing.total_rows;
+  const int64_t* counts = a.routing.counts.data();
+  // Recompute the experts' outputs the probabilities multiplied (for d(probs)); d(y) then
+  // overwrites them once d(probs) has read them.
+  const Tensor y = s.y_perm.rows(0, n), dy = s.dx_perm.rows(0, n);
+  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked(c.eparams, p.fc2), counts, c.dims.local_experts(),
+                     backend::GroupedForm::kForward, 0.0f);
+  ops.moe_unpermute_bwd(dy, s.dprobs, dout, y, a.rows, a.probs);
+  experts_backward(c, p, a, s, n, counts, dy, y);  // y's rows now hold d(x_perm)
+  ops.moe_permute_bwd(dx, y, a.rows);
+}
 }  // namespace
 
 void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out,
                  bool training) {
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
-  const int64_t T = d.tokens(), E = d.num_experts, k = d.moe_topk;
+  const int64_t R = d.rows(), E = d.num_experts, k = d.moe_topk;
 
-  // Router: logits, top-k, the losses' pieces.
+  // Router: logits, top-k, the losses' pieces, over this rank's rows.
   linear_forward(ops, a.logits, x, c.P(p.router), Tensor());
   ops.router_topk(a.indices, a.probs, a.scores, a.logits, k, d.router_score, d.router_pre_softmax);
-  a.z_loss = 0;
+  double lse_sq = 0;
   if (d.z_loss_coeff > 0) {
     ops.router_lse(a.lse, a.logits);
-    double sq = ops.dot(a.lse, a.lse);
-    a.z_loss = d.z_loss_coeff * sq / static_cast<double>(T);
+    lse_sq = ops.dot(a.lse, a.lse);
   }
   ops.synchronize();
-  const int64_t capacity = d.capacity_factor > 0 ? d.expert_capacity(T) : -1;
-  a.routing = route_tokens(a.indices.i(), a.probs.f(), T, k, E, capacity, d.drop_by_position, d.pad_to_capacity);
+  const int64_t capacity = d.capacity_factor > 0 ? d.expert_capacity(R) : -1;
+  a.routing = route_tokens(a.indices.i(), a.probs.f(), R, k, E, capacity, d.drop_by_position, d.pad_to_capacity);
   std::copy(a.routing.rows.begin(), a.routing.rows.end(), a.rows.i());
+  // The losses are the micro-batch's: counts over the ranks holding parts of it, each rank's
+  // share from its own rows (the shares add up to the whole).
+  a.routed_total = a.routing.routed;
+  c.ep.sum_over_tpcp(a.routed_total.data(), E);
+  a.tokens_total = R * c.ep.tpcp_size();
+  const double Tt = static_cast<double>(a.tokens_total);
+  a.z_loss = d.z_loss_coeff * lse_sq / Tt;
   a.aux_loss = 0;
   if (training && d.aux_loss_coeff > 0) {
     // E * coeff / (k * T^2) * sum_e routed_e * sum_t scores[t, e].
@@ -114,27 +381,20 @@ void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch
     double sum = 0;
     for (int64_t e = 0; e < E; ++e) {
       double col = 0;
-      for (int64_t t = 0; t < T; ++t) col += sc[t * E + e];
-      sum += col * static_cast<double>(a.routing.routed[static_cast<size_t>(e)]);
+      for (int64_t t = 0; t < R; ++t) col += sc[t * E + e];
+      sum += col * static_cast<double>(a.routed_total[static_cast<size_t>(e)]);
     }
-    a.aux_loss = static_cast<double>(E) * d.aux_loss_coeff / (static_cast<double>(k) * T * T) * sum;
+    a.aux_loss = static_cast<double>(E) * d.aux_loss_coeff / (static_cast<double>(k) * Tt * Tt) * sum;
   }
 
-  // Experts: permute, fc1, activation, fc2 as grouped GEMMs, then combine.
-  const int64_t R = a.routing.total_rows;
-  const int64_t* counts = a.routing.counts.data();
-  const Tensor xp = first_rows(a.x_perm, R), h1 = first_rows(a.fc1_out, R), h2 = first_rows(a.act_out, R);
-  const Tensor y = first_rows(s.y_perm, R);
-  ops.moe_permute(xp, x, a.rows);
-  ops.grouped_matmul(h1, xp, c.stacked(c.params, p.fc1), counts, E, backend::GroupedForm::kForward, 0.0f);
-  ops.activation_fwd(h2, h1, d.activation, d.gated);
-  ops.grouped_matmul(y, h2, c.stacked(c.params, p.fc2), counts, E, backend::GroupedForm::kForward, 0.0f);
-  ops.moe_unpermute(out, y, a.rows, a.probs);
+  if (c.ep.size() == 1) local_forward(c, p, a, s, x, out);
+  else if (c.ep.dispatcher() == parallel::TokenDispatcher::kAllGather) allgather_forward(c, p, a, s, x, out);
+  else alltoall_forward(c, p, a, s, x, out);
 
   if (d.shared_ffn > 0) {
-    linear_forward(ops, a.shared_fc1_out, x, c.P(p.shared_fc1), Tensor());
+    column_parallel_forward(ops, c.tp, a.shared_fc1_out, x, c.P(p.shared_fc1), Tensor(), c.full);
     ops.activation_fwd(a.shared_act_out, a.shared_fc1_out, d.activation, d.gated);
-    linear_forward(ops, s.shared_out, a.shared_act_out, c.P(p.shared_fc2), Tensor());
+    row_parallel_forward(ops, c.tp, s.shared_out, a.shared_act_out, c.P(p.shared_fc2), Tensor(), c.partial);
     ops.add_inplace(out, s.shared_out);
   }
 }
@@ -143,46 +403,37 @@ void moe_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratc
                   float aux_scale) {
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
-  const int64_t T = d.tokens(), E = d.num_experts, k = d.moe_topk;
-  const int64_t R = a.routing.total_rows;
-  const int64_t* counts = a.routing.counts.data();
+  const int64_t R = d.rows(), E = d.num_experts, k = d.moe_topk;
 
-  // Shared expert: dx starts as its input gradient.
+  // Shared expert: its input gradient waits in s.shared_out.
   if (d.shared_ffn > 0) {
-    linear_backward(ops, s.dshared_act, c.G(p.shared_fc2), Tensor(), dout, a.shared_act_out, c.P(p.shared_fc2));
+    row_parallel_backward(ops, c.tp, s.dshared_act, c.G(p.shared_fc2), Tensor(), dout, a.shared_act_out,
+                          c.P(p.shared_fc2), c.full);
     ops.activation_bwd(s.dshared_fc1, s.dshared_act, a.shared_fc1_out, d.activation, d.gated);
-    linear_backward(ops, s.shared_out, c.G(p.shared_fc1), Tensor(), s.dshared_fc1, x, c.P(p.shared_fc1));
+    column_parallel_backward(ops, c.tp, s.shared_out, c.G(p.shared_fc1), Tensor(), s.dshared_fc1, x,
+                             c.P(p.shared_fc1), c.full, c.partial);
   }
 
-  // Recompute the experts' outputs the probabilities multiplied (for d(probs)).
-  const Tensor xp = first_rows(a.x_perm, R), h1 = first_rows(a.fc1_out, R), h2 = first_rows(a.act_out, R);
-  const Tensor y = first_rows(s.y_perm, R), dxp = first_rows(s.dx_perm, R);
-  const Tensor dh2 = first_rows(s.dact, R), dh1 = first_rows(s.dfc1, R);
-  ops.grouped_matmul(y, h2, c.stacked(c.params, p.fc2), counts, E, backend::GroupedForm::kForward, 0.0f);
-  // dy overwrites y once d(probs) has read it: compute d(probs) into s.dprobs first.
-  ops.moe_unpermute_bwd(dxp, s.dprobs, dout, y, a.rows, a.probs);  // dxp holds d(y) for now
-  ops.grouped_matmul(c.stacked(c.grads, p.fc2), dxp, h2, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
-  ops.grouped_matmul(dh2, dxp, c.stacked(c.params, p.fc2), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
-  ops.activation_bwd(dh1, dh2, h1, d.activation, d.gated);
-  ops.grouped_matmul(c.stacked(c.grads, p.fc1), dh1, xp, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
-  ops.grouped_matmul(dxp, dh1, c.stacked(c.params, p.fc1), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
-  ops.moe_permute_bwd(dx, dxp, a.rows);
+  if (c.ep.size() == 1) local_backward(c, p, a, s, dout, dx);
+  else if (c.ep.dispatcher() == parallel::TokenDispatcher::kAllGather) allgather_backward(c, p, a, s, dout, dx);
+  else alltoall_backward(c, p, a, s, dout, dx);
   if (d.shared_ffn > 0) ops.add_inplace(dx, s.shared_out);
 
   // Router: through the probabilities, the load-balancing loss and the z-loss.
+  const double Tt = static_cast<double>(a.tokens_total);
   Tensor dscores;
   if (d.aux_loss_coeff > 0) {
     ops.synchronize();
     float* ds = s.dscores.f();
-    const double w = aux_scale * static_cast<double>(E) * d.aux_loss_coeff / (static_cast<double>(k) * T * T);
-    for (int64_t t = 0; t < T; ++t)
+    const double w = aux_scale * static_cast<double>(E) * d.aux_loss_coeff / (static_cast<double>(k) * Tt * Tt);
+    for (int64_t t = 0; t < R; ++t)
       for (int64_t e = 0; e < E; ++e)
-        ds[t * E + e] = static_cast<float>(w * static_cast<double>(a.routing.routed[static_cast<size_t>(e)]));
+        ds[t * E + e] = static_cast<float>(w * static_cast<double>(a.routed_total[static_cast<size_t>(e)]));
     dscores = s.dscores;
   }
   ops.router_topk_bwd(s.dlogits, s.dprobs, dscores, a.logits, a.indices, k, d.router_score, d.router_pre_softmax);
   if (d.z_loss_coeff > 0)
-    ops.router_z_loss_bwd(s.dlogits, a.logits, a.lse, aux_scale * d.z_loss_coeff / static_cast<float>(T));
+    ops.router_z_loss_bwd(s.dlogits, a.logits, a.lse, static_cast<float>(aux_scale * d.z_loss_coeff / Tt));
   ops.matmul(c.G(p.router), s.dlogits, x, true, false, 1.0f, 1.0f);
   ops.matmul(dx, s.dlogits, c.P(p.router), false, false, 1.0f, 1.0f);
 }

@@ -15,6 +15,8 @@
 #include "backend/ops.h"
 #include "model/gpt_dims.h"
 #include "model/param_registry.h"
+#include "parallel/expert_parallel.h"
+#include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
 
@@ -27,9 +29,12 @@ struct MoeParams {
 };
 
 // Registers layer `prefix`'s MoE MLP ("decoder.layers.N.mlp.") under Megatron's names:
-// router.weight [E, H]; experts.linear_fc1.weight<e> [fc1, H] and experts.linear_fc2.weight<e>
-// [H, ffn] for each expert e; shared_experts.linear_fc1/fc2.weight when shared_ffn > 0.
-MoeParams register_moe(ParamRegistry& reg, const GPTDims& d, const std::string& prefix, float out_std);
+// router.weight [E, H] and shared_experts.linear_fc1/fc2.weight (when shared_ffn > 0, split
+// over tensor-parallel ranks like a dense MLP) in `reg`; this rank's experts
+// experts.linear_fc1.weight<e> [fc1, H] and experts.linear_fc2.weight<e> [H, ffn] (e global,
+// the hidden units split over expert-tensor-parallel ranks) in `experts`, which may be `reg`.
+MoeParams register_moe(ParamRegistry& reg, ParamRegistry& experts, const GPTDims& d, const std::string& prefix,
+                       float out_std);
 
 // Where each token's choices went: host-side routing of one micro-batch.
 struct Routing {
@@ -44,64 +49,111 @@ struct Routing {
 Routing route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
                      int64_t capacity, bool by_position, bool pad_to_capacity);
 
-// What an MoE MLP keeps from forward to backward (T tokens, up to `max_rows` permuted rows).
+// How this rank's local experts' rows were exchanged with the group (expert parallelism).
+struct Exchange {
+  std::vector<int64_t> all_counts;  // [group, E]: every member's rows per expert
+  std::vector<int64_t> counts;      // [local experts]: rows each local expert received
+  int64_t rows = 0;                 // sum of counts: rows of x_perm
+  // alltoall: elements sent to and received from each member, and where each expert-parallel
+  // rank's experts' rows start in this rank's locally permuted rows.
+  std::vector<int64_t> send, recv, block_start, block_rows;
+  int64_t received = 0;             // rows received
+};
+
+// What an MoE MLP keeps from forward to backward. R = the rows this rank holds (its tokens).
 struct MoeActs {
-  Tensor logits, lse;            // [T, E], [T] (lse only with the z-loss)
-  Tensor indices, probs, scores; // i32 [T, k], [T, k], [T, E]
-  Tensor rows;                   // i32 [T, k]
-  Tensor x_perm, fc1_out, act_out;  // [max_rows, H], [max_rows, fc1], [max_rows, ffn]
-  Tensor shared_fc1_out, shared_act_out;  // [T, shared fc1], [T, shared ffn]
+  Tensor logits, lse;            // [R, E], [R] (lse only with the z-loss)
+  Tensor indices, probs, scores; // i32 [R, k], [R, k], [R, E]
+  Tensor rows;                   // i32 [R, k]: this rank's routing (see Routing)
+  Tensor x_perm, fc1_out, act_out;  // the local experts' rows: [max rows, H], [., fc1], [., ffn]
+  Tensor shared_fc1_out, shared_act_out;  // [T, shared fc1], [T, shared ffn] (T: whole tokens)
+  // Expert parallelism only.
+  Tensor map;      // i32: allgather [group * R, k]: each gathered choice's row of x_perm or -1;
+                   // alltoall [max received, 1]: each received row's row of x_perm
+  Tensor probs_g;  // allgather [group * R, k]: every member's probabilities
+  Tensor y_local;  // alltoall [max local rows, H]: the outputs of this rank's choices
   Routing routing;
-  double aux_loss = 0, z_loss = 0;  // this micro-batch's values (0 when off)
+  Exchange exchange;
+  std::vector<int64_t> routed_total;  // [E]: routed choices over the micro-batch (tensor x context group)
+  int64_t tokens_total = 0;           // tokens of the micro-batch the counts cover
+  double aux_loss = 0, z_loss = 0;    // this rank's share of the micro-batch's values (0 when off)
 };
 
 // Scratch shared by every MoE layer of a model.
 struct MoeScratch {
-  Tensor y_perm;         // [max_rows, H]; its gradient in backward
-  Tensor dact, dfc1;     // [max_rows, ffn], [max_rows, fc1]
-  Tensor dx_perm;        // [max_rows, H]
-  Tensor dlogits, dscores, dprobs;  // [T, E], [T, E], [T, k]
-  Tensor shared_out;     // [T, H]: the shared expert's output, then its input gradient
+  Tensor y_perm;         // [max rows, H]; its gradient in backward
+  Tensor dact, dfc1;     // [max rows, ffn], [max rows, fc1]
+  Tensor dx_perm;        // [max rows, H]
+  Tensor dlogits, dscores, dprobs;  // [R, E], [R, E], [R, k]
+  Tensor shared_out;     // [R, H]: the shared expert's output, then its input gradient
   Tensor dshared_act, dshared_fc1;
+  // Expert parallelism only.
+  Tensor gathered, combined;  // allgather [group * R, H]
+  Tensor rows_g, indices_g;   // allgather i32 [group * R, k]
+  Tensor dprobs_g;            // allgather [group * R, k]
+  Tensor local;               // alltoall [max local rows, H]: this rank's permuted rows
+  Tensor received;            // alltoall [max received, H]
+  Tensor stage;               // alltoall with ETP > 1: [ETP * max local rows, H]
 };
 
 // Reserves a layer's MoE activations and the shared scratch through `f32`/`i32`, which plan
 // tensors of a shape inside the model's arena.
 template <typename F32, typename I32>
 void plan_moe(const GPTDims& d, MoeActs& a, F32 f32, I32 i32) {
-  const int64_t T = d.tokens(), E = d.num_experts, k = d.moe_topk, rows = d.max_expert_rows(T);
-  f32(a.logits, {T, E});
-  if (d.z_loss_coeff > 0) f32(a.lse, {T});
-  i32(a.indices, {T, k});
-  f32(a.probs, {T, k});
-  f32(a.scores, {T, E});
-  i32(a.rows, {T, k});
+  const int64_t R = d.rows(), T = d.tokens(), E = d.num_experts, k = d.moe_topk, g = d.moe_group();
+  const int64_t rows = g > 1 ? d.max_received_rows(R) : d.max_expert_rows(R);
+  f32(a.logits, {R, E});
+  if (d.z_loss_coeff > 0) f32(a.lse, {R});
+  i32(a.indices, {R, k});
+  f32(a.probs, {R, k});
+  f32(a.scores, {R, E});
+  i32(a.rows, {R, k});
   f32(a.x_perm, {rows, d.hidden});
   f32(a.fc1_out, {rows, d.moe_fc1_width()});
-  f32(a.act_out, {rows, d.moe_ffn});
+  f32(a.act_out, {rows, d.local_moe_ffn()});
   if (d.shared_ffn > 0) {
     f32(a.shared_fc1_out, {T, d.shared_fc1_width()});
-    f32(a.shared_act_out, {T, d.shared_ffn});
+    f32(a.shared_act_out, {T, d.local_shared_ffn()});
+  }
+  if (g > 1 && !d.alltoall) {
+    i32(a.map, {g * R, k});
+    f32(a.probs_g, {g * R, k});
+  } else if (g > 1) {
+    i32(a.map, {rows, 1});
+    f32(a.y_local, {d.max_expert_rows(R), d.hidden});
   }
 }
-template <typename F32>
-void plan_moe_scratch(const GPTDims& d, MoeScratch& s, F32 f32) {
-  const int64_t T = d.tokens(), E = d.num_experts, k = d.moe_topk, rows = d.max_expert_rows(T);
+template <typename F32, typename I32>
+void plan_moe_scratch(const GPTDims& d, MoeScratch& s, F32 f32, I32 i32) {
+  const int64_t R = d.rows(), E = d.num_experts, k = d.moe_topk, g = d.moe_group();
+  const int64_t rows = g > 1 ? d.max_received_rows(R) : d.max_expert_rows(R);
   f32(s.y_perm, {rows, d.hidden});
-  f32(s.dact, {rows, d.moe_ffn});
+  f32(s.dact, {rows, d.local_moe_ffn()});
   f32(s.dfc1, {rows, d.moe_fc1_width()});
   f32(s.dx_perm, {rows, d.hidden});
-  f32(s.dlogits, {T, E});
-  f32(s.dscores, {T, E});
-  f32(s.dprobs, {T, k});
+  f32(s.dlogits, {R, E});
+  f32(s.dscores, {R, E});
+  f32(s.dprobs, {R, k});
   if (d.shared_ffn > 0) {
-    f32(s.shared_out, {T, d.hidden});
-    f32(s.dshared_act, {T, d.shared_ffn});
-    f32(s.dshared_fc1, {T, d.shared_fc1_width()});
+    f32(s.shared_out, {R, d.hidden});
+    f32(s.dshared_act, {d.tokens(), d.local_shared_ffn()});
+    f32(s.dshared_fc1, {d.tokens(), d.shared_fc1_width()});
+  }
+  if (g > 1 && !d.alltoall) {
+    f32(s.gathered, {g * R, d.hidden});
+    f32(s.combined, {g * R, d.hidden});
+    i32(s.rows_g, {g * R, k});
+    i32(s.indices_g, {g * R, k});
+    f32(s.dprobs_g, {g * R, k});
+  } else if (g > 1) {
+    f32(s.local, {d.max_expert_rows(R), d.hidden});
+    f32(s.received, {rows, d.hidden});
+    if (d.etp > 1) f32(s.stage, {d.etp * d.max_expert_rows(R), d.hidden});
   }
 }
 
-// The parameters of one MoE MLP: P(i) / G(i) view parameter i of the layer's unit.
+// What one MoE MLP computes with: the layer's unit (router, shared expert) and its expert
+// unit (this rank's experts), the groups, and the layer's sequence-parallel scratch.
 struct MoeContext {
   backend::Ops& ops;
   const GPTDims& dims;
@@ -109,19 +161,27 @@ struct MoeContext {
   float* params;
   float* grads;
   int64_t base;
+  const ParamRegistry& ereg;
+  float* eparams;
+  float* egrads;
+  int64_t ebase;
+  const parallel::TensorParallel& tp;
+  const parallel::ExpertParallel& ep;
+  Tensor full, partial;  // [T, H] each under sequence parallelism (the shared expert's)
   Tensor P(int i) const { return reg.view(params, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
-  // Experts' weights stacked: [E, out, in] starting at parameter `first`.
+  // This rank's experts' weights stacked: [local experts, out, in] starting at expert
+  // parameter `first`, inside eparams or egrads.
   Tensor stacked(float* area, int first) const;
 };
 
-// x [T, H] (the pre-MLP norm's output) -> out [T, H] (overwritten). training: compute the
+// x [R, H] (the pre-MLP norm's output) -> out [R, H] (overwritten). training: compute the
 // load-balancing and z-losses.
 void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out,
                  bool training);
-// dout [T, H] -> dx [T, H] (overwritten); parameter gradients accumulate. aux_scale: the
+// dout [R, H] -> dx [R, H] (overwritten); parameter gradients accumulate. aux_scale: the
 // weight of this micro-batch's load-balancing and z-losses in the objective (Megatron's
-// MoEAuxLossAutoScaler scale, 1 / micro-batches).
+// MoEAuxLossAutoScaler scale, 1 / micro-batches, times CP).
 void moe_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor dout, Tensor dx,
                   float aux_scale);
 

@@ -45,6 +45,12 @@ void norm_backward(const LayerContext& c, int w, int b, Tensor dx, Tensor dout, 
   else
     c.ops.rmsnorm_bwd(dx, c.G(w), dout, x, c.P(w), rstd);
 }
+
+MoeContext moe_context(const LayerContext& c, const LayerScratch& s) {
+  MPT_ASSERT(c.ereg != nullptr && c.ep != nullptr);
+  return MoeContext{c.ops, c.dims, c.reg, c.params, c.grads, c.base, *c.ereg, c.eparams, c.egrads, c.ebase,
+                    c.tp, *c.ep, s.full, s.partial};
+}
 }  // namespace
 
 RowRuns residual_row_runs(const GPTDims& d, const parallel::ContextParallel& cp, const parallel::TensorParallel& tp) {
@@ -77,7 +83,7 @@ void dropout_rows_bwd(backend::Ops& ops, const RowRuns& runs, Tensor dx, Tensor 
     ops.dropout_bwd(dx.rows(r.begin, r.count), dout.rows(r.begin, r.count), p, key, r.global);
 }
 
-LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) {
+LayerParams register_layer(ParamRegistry& reg, ParamRegistry& experts, const GPTDims& d, int64_t index) {
   const std::string pre = "decoder.layers." + std::to_string(index) + ".";
   // Output-side projections are scaled by 1/sqrt(2 * num_layers), as Megatron does.
   const float out_std = d.init_std / std::sqrt(2.0f * static_cast<float>(d.num_layers));
@@ -106,7 +112,7 @@ LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index) 
   if (d.layernorm) p.norm2_b = replicated("pre_mlp_layernorm.bias", Init::kZeros);
   if (d.is_moe_layer(index)) {
     p.moe = true;
-    p.experts = register_moe(reg, d, pre + "mlp.", out_std);
+    p.experts = register_moe(reg, experts, d, pre + "mlp.", out_std);
     return p;
   }
   p.fc1_w = reg.add_split(pre + "mlp.linear_fc1.weight", {d.fc1_width(), d.hidden}, gated_column, Init::kNormal,
@@ -140,8 +146,7 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
   // MLP branch.
   norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
   if (p.moe) {
-    moe_forward(MoeContext{ops, d, c.reg, c.params, c.grads, c.base}, p.experts, a.moe, s.moe, a.norm2_out, s.branch,
-                c.training);
+    moe_forward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, s.branch, c.training);
   } else {
     column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
     ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
@@ -165,8 +170,7 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   else
     ops.copy(dbranch, dres);
   if (p.moe) {
-    moe_backward(MoeContext{ops, d, c.reg, c.params, c.grads, c.base}, p.experts, a.moe, s.moe, a.norm2_out, dbranch,
-                 s.dnorm, c.aux_scale);
+    moe_backward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, dbranch, s.dnorm, c.aux_scale);
   } else {
     row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
     ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);

@@ -27,8 +27,9 @@ struct LayerParams {
   MoeParams experts;
 };
 
-// Registers layer `index`'s parameters under Megatron's names.
-LayerParams register_layer(ParamRegistry& reg, const GPTDims& d, int64_t index);
+// Registers layer `index`'s parameters under Megatron's names; an MoE layer's experts go to
+// `experts` (which may be `reg`).
+LayerParams register_layer(ParamRegistry& reg, ParamRegistry& experts, const GPTDims& d, int64_t index);
 
 // A contiguous run of the residual rows this rank holds: rows [begin, begin + count) of its
 // [R, H] tensors are rows [global, global + count) of the whole micro-batch's [S*B, H]
@@ -92,6 +93,12 @@ struct LayerContext {
   const RowRuns& runs;  // this rank's residual rows in the whole micro-batch
   bool training = true;    // MoE: compute the router's losses
   float aux_scale = 1.0f;  // MoE: the weight of the router's losses in backward
+  // MoE layers: the layer's expert unit (this rank's experts) and the token-exchange group.
+  const ParamRegistry* ereg = nullptr;
+  float* eparams = nullptr;
+  float* egrads = nullptr;
+  int64_t ebase = 0;
+  const parallel::ExpertParallel* ep = nullptr;
   Tensor P(int i) const { return reg.view(params, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };

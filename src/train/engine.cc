@@ -24,6 +24,7 @@
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/context_parallel.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/pipeline_layout.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/tensor_parallel.h"
@@ -45,12 +46,20 @@ double seconds_since(Clock::time_point t0) {
 }  // namespace
 
 struct Engine::Impl {
+  // Parameters of a chunk that share a storage and an optimizer: the experts of MoE layers
+  // apart from the rest, as their gradients reduce over another group.
+  struct Part {
+    const model::ParamRegistry* reg = nullptr;  // null: the chunk has no such parameters
+    model::ParamStorage* storage = nullptr;
+    optim::DataParallel* dp = nullptr;          // the storage when distributed
+    std::unique_ptr<optim::AdamW> optimizer;
+    dist::Communicator* slices = nullptr;       // the group its split tensors are cut over
+  };
   // One model chunk of this rank: its layers, storage, optimizer (a pipeline stage with
   // virtual stages holds several).
   struct Chunk {
     std::unique_ptr<model::GPTModel> model;
-    optim::DataParallel* dp = nullptr;  // the model's storage when distributed
-    std::unique_ptr<optim::AdamW> optimizer;
+    Part dense, experts;
     std::unique_ptr<parallel::SequenceParallelGrads> sp_grads;
     int tied = -1;                      // the tied embedding (or its copy) when shared across stages
     int64_t last_backward = -1;         // index of this chunk's last backward in the schedule
@@ -70,6 +79,10 @@ struct Engine::Impl {
   std::unique_ptr<dist::Store> store;
   std::unique_ptr<dist::ParallelState> layout;
   std::unique_ptr<dist::Communicator> dp_comm, tp_comm, pp_comm, cp_comm, emb_comm;
+  // Mixture of experts: token exchange (etp-ep), expert gradients (edp), expert slices
+  // (etp), expert owners (ep), router counts (tp-cp).
+  std::unique_ptr<dist::Communicator> etp_ep_comm, edp_comm, etp_comm, ep_comm, tpcp_comm;
+  parallel::ExpertParallel ep;        // one rank holding every expert unless expert-parallel
   parallel::TensorParallel tp;        // one rank unless tensor-parallel
   parallel::ContextParallel cp;       // one rank unless context-parallel
   std::unique_ptr<backend::Ops> ops;
@@ -162,6 +175,10 @@ struct Engine::Impl {
     sizes.tp = recipe.model.tensor_model_parallel_size;
     sizes.cp = recipe.model.context_parallel_size;
     sizes.pp = recipe.model.pipeline_model_parallel_size;
+    if (dims.num_experts > 0) {
+      sizes.ep = dims.ep;
+      sizes.etp = dims.etp;
+    }
     layout = std::make_unique<dist::ParallelState>(sizes);
     store->wait_ranks("engine/start", place.rank, place.world_size);
     dist::CommOptions co;
@@ -180,6 +197,16 @@ struct Engine::Impl {
     pp_size = sizes.pp;
     if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
       emb_comm = group(dist::GroupKind::kEmbedding);
+    if (dims.num_experts > 0) {
+      etp_ep_comm = group(dist::GroupKind::kEtpEp);
+      edp_comm = group(dist::GroupKind::kEdp);
+      etp_comm = group(dist::GroupKind::kEtp);
+      ep_comm = group(dist::GroupKind::kEp);
+      tpcp_comm = group(dist::GroupKind::kTpCp);
+      const dist::RankCoords rc = layout->coords(place.rank);
+      ep = parallel::ExpertParallel(etp_ep_comm.get(), dims.ep, rc.ep, dims.etp, rc.etp, tpcp_comm.get(),
+                                    parallel::parse_token_dispatcher(recipe.model.moe_token_dispatcher_type));
+    }
     tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
     cp = parallel::ContextParallel(cp_comm.get(), parallel::parse_cp_comm_type(recipe.model.cp_comm_type));
     log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
@@ -218,22 +245,40 @@ struct Engine::Impl {
       mo.cp = cp;
       mo.chunk = parallel::chunk_layers(split, pp_rank, c);
       mo.slots = slots;
+      mo.ep = ep;
       if (dp_comm) {
         const optim::DataParallelConfig dc = dp_config();
         mo.storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
           auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
-          ch.dp = storage.get();
+          ch.dense.dp = storage.get();
           return std::unique_ptr<model::ParamStorage>(std::move(storage));
         };
         mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
+        if (edp_comm) {
+          mo.expert_storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
+            auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *edp_comm, dc);
+            ch.experts.dp = storage.get();
+            return std::unique_ptr<model::ParamStorage>(std::move(storage));
+          };
+          mo.expert_unit_align = model::ParamRegistry::kAlign * edp_comm->size();
+        }
       }
       ch.model = std::make_unique<model::GPTModel>(dims, *ops, mo);
       const model::ParamRegistry& reg = ch.model->registry();
-      if (ch.dp) {
-        ch.dp->init_parameters(seed);
+      ch.dense.reg = &reg;
+      ch.dense.storage = &ch.model->storage();
+      ch.dense.slices = tp.comm();
+      if (ch.model->expert_storage()) {
+        ch.experts.reg = &ch.model->expert_registry();
+        ch.experts.storage = ch.model->expert_storage();
+        ch.experts.slices = etp_comm && etp_comm->size() > 1 ? etp_comm.get() : nullptr;
+      }
+      if (ch.dense.dp) {
+        ch.dense.dp->init_parameters(seed);
+        if (ch.experts.dp) ch.experts.dp->init_parameters(seed);
         if (dims.sequence_parallel) {
           std::vector<std::pair<int64_t, int64_t>> owned;
-          for (const optim::FlatRange& r : ch.dp->owned()) owned.emplace_back(r.begin, r.end);
+          for (const optim::FlatRange& r : ch.dense.dp->owned()) owned.emplace_back(r.begin, r.end);
           ch.sp_grads = std::make_unique<parallel::SequenceParallelGrads>(reg, owned);
         }
       } else {
@@ -248,8 +293,10 @@ struct Engine::Impl {
       oc.beta2 = recipe.optimizer.adam_beta2;
       oc.eps = recipe.optimizer.adam_eps;
       oc.clip_grad = recipe.optimizer.clip_grad;
-      ch.optimizer = std::make_unique<optim::AdamW>(reg, *ops, oc,
-                                                    ch.dp ? ch.dp->owned() : std::vector<optim::FlatRange>{});
+      for (Part* part : {&ch.dense, &ch.experts})
+        if (part->reg)
+          part->optimizer = std::make_unique<optim::AdamW>(
+              *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
       const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
       ch.out_send.resize(n);
       ch.grad_send.resize(n);
@@ -284,14 +331,22 @@ struct Engine::Impl {
     return v;
   }
 
+  static double part_sum_squares(Part& p) {
+    if (!p.reg) return 0;
+    return p.dp ? p.dp->grad_sum_squares(*p.optimizer) : p.optimizer->grad_sum_squares(p.storage->full_grads());
+  }
   // The global gradient norm: each element counted once over data-, tensor- and pipeline-
-  // parallel ranks.
+  // parallel ranks; experts once over expert-data-parallel ranks, summed over the experts'
+  // owners (the etp-ep group).
   double grad_norm() {
-    double sq = 0;
-    for (Chunk& ch : chunks)
-      sq += ch.dp ? ch.dp->grad_sum_squares(*ch.optimizer) : ch.optimizer->grad_sum_squares(ch.model->grads());
+    double sq = 0, esq = 0;
+    for (Chunk& ch : chunks) {
+      sq += part_sum_squares(ch.dense);
+      esq += part_sum_squares(ch.experts);
+    }
     if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
-    return std::sqrt(pp_sum(sq));
+    if (etp_ep_comm && etp_ep_comm->size() > 1) etp_ep_comm->all_reduce(&esq, 1, DType::kF64, dist::ReduceOp::kSum);
+    return std::sqrt(pp_sum(sq + esq));
   }
 
   // After the data-parallel reduction: gradients that other groups share. Sequence-parallel
@@ -299,50 +354,87 @@ struct Engine::Impl {
   // with it over the embedding group.
   void finalize_grads() {
     for (Chunk& ch : chunks) {
-      if (ch.dp) ch.dp->finish_grad_sync();
-      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dp->owned_grads());
+      if (ch.dense.dp) ch.dense.dp->finish_grad_sync();
+      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dense.dp->owned_grads());
       if (ch.tied >= 0) {
         const model::ParamInfo& p = ch.model->registry().at(ch.tied);
-        std::vector<float> g = ch.dp->gather_grad_range(p.offset, p.offset + p.numel);
+        std::vector<float> g = ch.dense.dp->gather_grad_range(p.offset, p.offset + p.numel);
         emb_comm->all_reduce(g.data(), static_cast<int64_t>(g.size()), DType::kF32, dist::ReduceOp::kSum);
-        ch.dp->store_grad_range(p.offset, p.offset + p.numel, g.data());
+        ch.dense.dp->store_grad_range(p.offset, p.offset + p.numel, g.data());
+      }
+      if (ch.experts.dp) {
+        // Averaged over the expert-data-parallel group, but each expert saw the tokens of
+        // several data-parallel replicas: the objective's mean over dp-cp ranks needs the sum
+        // over replicas divided by DP x CP (Megatron's expert_gradient_scaling_factor).
+        ch.experts.dp->finish_grad_sync();
+        const float f = static_cast<float>(static_cast<double>(edp_comm->size()) / static_cast<double>(dp_comm->size()));
+        if (f != 1.0f) {
+          const std::vector<optim::FlatRange>& owned = ch.experts.dp->owned();
+          for (size_t k = 0; k < owned.size(); ++k)
+            ops->scale(Tensor::f32(ch.experts.dp->owned_grads()[k], {owned[k].end - owned[k].begin}), f);
+        }
       }
     }
   }
 
   // What a chunk holds, as whole-model buffers: parameters, gradients or Adam moments.
   enum class Buffer { kParams, kGrads, kExpAvg, kExpAvgSq };
-  // Chunk `ch`'s flat buffer of that kind, gathered over data-parallel shards.
-  std::vector<float> local_flat(Chunk& ch, Buffer which) {
-    const size_t n = static_cast<size_t>(ch.model->flat_numel());
+  // A part's flat buffer of that kind, gathered over data-parallel shards.
+  static std::vector<float> local_flat(Part& p, Buffer which) {
+    const size_t n = static_cast<size_t>(p.reg->total_numel());
     std::vector<float> flat(n, 0.0f);
-    if (!ch.dp) {
-      const float* src = which == Buffer::kParams   ? ch.model->params()
-                         : which == Buffer::kGrads  ? ch.model->grads()
-                         : which == Buffer::kExpAvg ? ch.optimizer->exp_avg()
-                                                    : ch.optimizer->exp_avg_sq();
+    if (!p.dp) {
+      const float* src = which == Buffer::kParams   ? p.storage->full_params()
+                         : which == Buffer::kGrads  ? p.storage->full_grads()
+                         : which == Buffer::kExpAvg ? p.optimizer->exp_avg()
+                                                    : p.optimizer->exp_avg_sq();
       std::copy(src, src + n, flat.begin());
     } else if (which == Buffer::kParams) {
-      ch.dp->gather_params(flat.data());
+      p.dp->gather_params(flat.data());
     } else if (which == Buffer::kGrads) {
-      ch.dp->gather_grads(flat.data());
+      p.dp->gather_grads(flat.data());
     } else {
-      ch.dp->gather_owned(which == Buffer::kExpAvg ? ch.optimizer->exp_avg() : ch.optimizer->exp_avg_sq(),
-                          flat.data());
+      p.dp->gather_owned(which == Buffer::kExpAvg ? p.optimizer->exp_avg() : p.optimizer->exp_avg_sq(), flat.data());
     }
     return flat;
   }
+  // The whole model's expert tensors, in whole_reg order: each rank holds only its
+  // expert-parallel rank's experts, so the others are summed in over the ep group.
+  std::vector<int> whole_expert_params() const {
+    std::vector<int> out;
+    for (int i = 0; i < static_cast<int>(whole_reg.params().size()); ++i)
+      if (whole_reg.at(i).name.find(".mlp.experts.") != std::string::npos) out.push_back(i);
+    return out;
+  }
   // The whole model's buffer of that kind laid out by whole_reg, on every rank: gathered over
-  // data-parallel shards, tensor-parallel slices and pipeline stages (a collective).
+  // data-parallel shards, tensor-parallel slices, expert owners and pipeline stages (a
+  // collective).
   std::vector<float> gather_whole(Buffer which) {
     std::vector<float> whole(static_cast<size_t>(whole_reg.total_numel()), 0.0f);
-    for (Chunk& ch : chunks) {
-      const std::vector<float> flat = local_flat(ch, which);
-      const model::ParamRegistry& reg = ch.model->registry();
-      for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
-        const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), tp.comm());
-        if (reg.at(i).pipeline_copy) continue;  // the first stage's original is the one kept
-        std::copy(w.begin(), w.end(), whole.begin() + whole_reg.at(whole_reg.find(reg.at(i).name)).offset);
+    for (Chunk& ch : chunks)
+      for (Part* part : {&ch.dense, &ch.experts}) {
+        if (!part->reg) continue;
+        const std::vector<float> flat = local_flat(*part, which);
+        const model::ParamRegistry& reg = *part->reg;
+        for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
+          const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), part->slices);
+          if (reg.at(i).pipeline_copy) continue;  // the first stage's original is the one kept
+          std::copy(w.begin(), w.end(), whole.begin() + whole_reg.at(whole_reg.find(reg.at(i).name)).offset);
+        }
+      }
+    if (ep_comm && ep_comm->size() > 1) {
+      const std::vector<int> experts = whole_expert_params();
+      std::vector<float> packed;
+      for (int i : experts) {
+        const model::ParamInfo& p = whole_reg.at(i);
+        packed.insert(packed.end(), whole.begin() + p.offset, whole.begin() + p.offset + p.numel);
+      }
+      ep_comm->all_reduce(packed.data(), static_cast<int64_t>(packed.size()), DType::kF32, dist::ReduceOp::kSum);
+      auto at = packed.begin();
+      for (int i : experts) {
+        const model::ParamInfo& p = whole_reg.at(i);
+        std::copy(at, at + p.numel, whole.begin() + p.offset);
+        at += p.numel;
       }
     }
     if (pp_size > 1)
@@ -351,23 +443,25 @@ struct Engine::Impl {
   }
   // The reverse: each chunk takes its slices and shards of whole-model buffers.
   void scatter_whole(const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
-    for (Chunk& ch : chunks) {
-      const model::ParamRegistry& reg = ch.model->registry();
-      const size_t n = static_cast<size_t>(ch.model->flat_numel());
-      std::vector<float> lp(n, 0.0f), lm(n, 0.0f), lv(n, 0.0f);
-      parallel::take_slices(reg, lp.data(), whole_reg, params.data());
-      parallel::take_slices(reg, lm.data(), whole_reg, m.data());
-      parallel::take_slices(reg, lv.data(), whole_reg, v.data());
-      if (ch.dp) {
-        ch.dp->load_params(lp.data());
-        ch.dp->scatter_owned(lm.data(), ch.optimizer->exp_avg());
-        ch.dp->scatter_owned(lv.data(), ch.optimizer->exp_avg_sq());
-      } else {
-        std::copy(lp.begin(), lp.end(), ch.model->params());
-        std::copy(lm.begin(), lm.end(), ch.optimizer->exp_avg());
-        std::copy(lv.begin(), lv.end(), ch.optimizer->exp_avg_sq());
+    for (Chunk& ch : chunks)
+      for (Part* part : {&ch.dense, &ch.experts}) {
+        if (!part->reg) continue;
+        const model::ParamRegistry& reg = *part->reg;
+        const size_t n = static_cast<size_t>(reg.total_numel());
+        std::vector<float> lp(n, 0.0f), lm(n, 0.0f), lv(n, 0.0f);
+        parallel::take_slices(reg, lp.data(), whole_reg, params.data());
+        parallel::take_slices(reg, lm.data(), whole_reg, m.data());
+        parallel::take_slices(reg, lv.data(), whole_reg, v.data());
+        if (part->dp) {
+          part->dp->load_params(lp.data());
+          part->dp->scatter_owned(lm.data(), part->optimizer->exp_avg());
+          part->dp->scatter_owned(lv.data(), part->optimizer->exp_avg_sq());
+        } else {
+          std::copy(lp.begin(), lp.end(), part->storage->full_params());
+          std::copy(lm.begin(), lm.end(), part->optimizer->exp_avg());
+          std::copy(lv.begin(), lv.end(), part->optimizer->exp_avg_sq());
+        }
       }
-    }
   }
   // True on every rank when `failed` is true on any.
   bool any_rank(bool failed) {
@@ -382,7 +476,9 @@ struct Engine::Impl {
     for (const Chunk& ch : chunks) {
       m.params_bytes += ch.model->params_bytes();
       m.grads_bytes += ch.model->grads_bytes();
-      m.optimizer_bytes += ch.optimizer->state_bytes();
+      m.expert_params_bytes += ch.model->expert_params_bytes();
+      for (const Part* part : {&ch.dense, &ch.experts})
+        if (part->optimizer) m.optimizer_bytes += part->optimizer->state_bytes();
       m.activations_peak_bytes += ch.model->activations_bytes();
     }
     m.backend_workspace_bytes = ops->workspace_bytes();
@@ -534,7 +630,8 @@ struct Engine::Impl {
     Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
     model::GPTModel& m = *ch.model;
     const int64_t slot = ch.slot_of[static_cast<size_t>(a.microbatch)];
-    if (ch.dp) ch.dp->set_last_microbatch(index == ch.last_backward);
+    for (Part* part : {&ch.dense, &ch.experts})
+      if (part->dp) part->dp->set_last_microbatch(index == ch.last_backward);
     Tensor dout;
     if (!m.chunk().post_process) dout = Tensor::f32(take_recv(index, a), {dims.rows(), dims.hidden});
     const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
@@ -624,14 +721,17 @@ struct Engine::Impl {
               " (NaN or Inf in the gradients); parameters were not updated");
 
     const double lr = schedule.lr_at(iteration);
-    for (Chunk& ch : chunks) {
-      if (ch.dp) {
-        ch.optimizer->step(ch.dp->owned_params(), ch.dp->owned_grads(), norm, lr, schedule.weight_decay_at(iteration));
-        ch.dp->finish_step();
-      } else {
-        ch.optimizer->step(ch.model->params(), ch.model->grads(), norm, lr, schedule.weight_decay_at(iteration));
+    const double wd = schedule.weight_decay_at(iteration);
+    for (Chunk& ch : chunks)
+      for (Part* part : {&ch.dense, &ch.experts}) {
+        if (!part->reg) continue;
+        if (part->dp) {
+          part->optimizer->step(part->dp->owned_params(), part->dp->owned_grads(), norm, lr, wd);
+          part->dp->finish_step();
+        } else {
+          part->optimizer->step(part->storage->full_params(), part->storage->full_grads(), norm, lr, wd);
+        }
       }
-    }
     ++iteration;
     consumed_samples += rows * recipe.derived.data_parallel_size;
 
@@ -646,7 +746,9 @@ struct Engine::Impl {
     r.data_wait_s = data_wait;
     if (dims.num_experts > 0) {
       // Means over every MoE layer of every stage and micro-batch, averaged over data-parallel ranks.
+      // Each rank of a tensor x context group holds its share of a micro-batch's losses.
       double v[4] = {moe_sums.aux, moe_sums.z, moe_sums.spread, moe_sums.layers};
+      if (tpcp_comm && tpcp_comm->size() > 1) tpcp_comm->all_reduce(v, 2, DType::kF64, dist::ReduceOp::kSum);
       if (pp_size > 1) pp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
       if (dp_comm) dp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
       if (v[3] > 0) {
@@ -804,7 +906,7 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
   st.iteration = m.iteration;
   st.consumed_samples = m.consumed_samples;
   st.consumed_valid_samples = m.consumed_valid_samples;
-  st.optimizer_steps = m.chunks[0].optimizer->step_count();
+  st.optimizer_steps = m.chunks[0].dense.optimizer->step_count();
   // Every rank contributes its slices and shards; rank 0 writes; all learn whether it
   // succeeded.
   std::vector<float> params = m.gather_whole(Impl::Buffer::kParams);
@@ -840,7 +942,9 @@ void Engine::load_checkpoint(const std::string& dir) {
     m.iteration = st.iteration;
     m.consumed_samples = st.consumed_samples;
     m.consumed_valid_samples = st.consumed_valid_samples;
-    for (Impl::Chunk& ch : m.chunks) ch.optimizer->set_step_count(st.optimizer_steps);
+    for (Impl::Chunk& ch : m.chunks)
+      for (Impl::Part* part : {&ch.dense, &ch.experts})
+        if (part->optimizer) part->optimizer->set_step_count(st.optimizer_steps);
   }
   m.log.info(str("mptrain: loaded checkpoint from ", dir, " at iteration ", st.iteration));
 }
@@ -856,7 +960,7 @@ int64_t Engine::cp_bytes_sent() const { return impl_->cp_comm ? impl_->cp_comm->
 
 int64_t Engine::flat_numel() const {
   int64_t n = 0;
-  for (const Impl::Chunk& ch : impl_->chunks) n += ch.model->flat_numel();
+  for (const Impl::Chunk& ch : impl_->chunks) n += ch.model->flat_numel() + ch.model->expert_registry().total_numel();
   return n;
 }
 

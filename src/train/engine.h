@@ -43,6 +43,7 @@ struct StepResult {
 
 struct MemoryReport {
   int64_t params_bytes = 0;
+  int64_t expert_params_bytes = 0;  // the MoE experts' share of params_bytes
   int64_t grads_bytes = 0;
   int64_t optimizer_bytes = 0;
   int64_t activations_peak_bytes = 0;

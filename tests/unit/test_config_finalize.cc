@@ -292,7 +292,7 @@ TEST(ConfigFinalize, ExpertRulesOfMegatron) {
                                          "model.tensor_model_parallel_size=2"}, 8);
   EXPECT_TRUE(has(msg, "model.num_moe_experts: must be divisible by model.expert_model_parallel_size (6 % 4 = 2)"))
       << msg;
-  EXPECT_TRUE(has(msg, "model.sequence_parallel: must be true when tensor and expert parallelism are combined")) << msg;
+  EXPECT_TRUE(has(msg, "model.sequence_parallel: must be true for a mixture of experts with tensor parallelism")) << msg;
   EXPECT_FALSE(has(msg, "world size 8 is not divisible")) << msg;  // ETP 2 * EP 4 * PP 1 = 8 fits
   EXPECT_TRUE(has(problems_with({"model.expert_model_parallel_size=2"}, 2),
                   "model.expert_model_parallel_size: needs model.num_moe_experts"));

@@ -83,9 +83,21 @@ void check_model_gradients(const GPTDims& dims, float eps = 1e-2f) {
   GPTModel::LossSums s = m.forward(key);
   m.zero_grads();
   m.backward(static_cast<float>(1.0 / s.mask_sum), key);
-  std::vector<float> grads(m.grads(), m.grads() + m.flat_numel());
-
-  for (const ParamInfo& p : m.registry().params()) {
+  // The experts of MoE layers live in their own storage.
+  struct Part {
+    const ParamRegistry* reg;
+    float* params;
+    std::vector<float> grads;
+  };
+  std::vector<Part> parts;
+  parts.push_back({&m.registry(), m.params(), std::vector<float>(m.grads(), m.grads() + m.flat_numel())});
+  if (ParamStorage* es = m.expert_storage()) {
+    const int64_t n = m.expert_registry().total_numel();
+    parts.push_back({&m.expert_registry(), es->full_params(), std::vector<float>(es->full_grads(), es->full_grads() + n)});
+  }
+  for (const Part& part : parts)
+  for (const ParamInfo& p : part.reg->params()) {
+    const std::vector<float>& grads = part.grads;
     if (p.name == "embedding.word_embeddings.weight" || p.name == "output_layer.weight") {
       // rows past the real vocabulary never influence the loss: their gradient must be 0
       for (int64_t i = dims.vocab * dims.hidden; i < p.numel; ++i)
@@ -95,7 +107,7 @@ void check_model_gradients(const GPTDims& dims, float eps = 1e-2f) {
     fill_normal(u.data(), p.numel, hash_name(p.name), 0, 0.0f, 1.0f);
     double analytic = 0;
     for (int64_t i = 0; i < p.numel; ++i) analytic += static_cast<double>(grads[p.offset + i]) * u[i];
-    float* w = m.params() + p.offset;
+    float* w = part.params + p.offset;
     std::vector<float> saved(w, w + p.numel);
     for (int64_t i = 0; i < p.numel; ++i) w[i] = saved[i] + eps * u[i];
     double lp = loss_of(m, key);
@@ -107,6 +119,14 @@ void check_model_gradients(const GPTDims& dims, float eps = 1e-2f) {
     // Every parameter moves the loss: a forward that read the wrong memory would give zero
     // on both sides and pass the comparison above.
     EXPECT_GT(std::fabs(numeric), 1e-5) << p.name << ": the loss does not depend on it";
+  }
+  // Every expert was checked: the layers' experts are all in this rank's storage.
+  if (dims.num_experts > 0) {
+    int64_t experts = 0;
+    for (const ParamInfo& p : m.expert_registry().params()) experts += p.name.find(".mlp.experts.") != std::string::npos;
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < dims.num_layers; ++l) moe_layers += dims.is_moe_layer(l);
+    EXPECT_EQ(experts, 2 * dims.num_experts * moe_layers);
   }
 }
 
