@@ -957,6 +957,8 @@ int64_t Engine::dp_bytes_sent() const { return impl_->dp_comm ? impl_->dp_comm->
 int64_t Engine::tp_bytes_sent() const { return impl_->tp_comm ? impl_->tp_comm->bytes_sent() : 0; }
 int64_t Engine::pp_bytes_sent() const { return impl_->pp_comm ? impl_->pp_comm->bytes_sent() : 0; }
 int64_t Engine::cp_bytes_sent() const { return impl_->cp_comm ? impl_->cp_comm->bytes_sent() : 0; }
+int64_t Engine::ep_bytes_sent() const { return impl_->etp_ep_comm ? impl_->etp_ep_comm->bytes_sent() : 0; }
+int64_t Engine::edp_bytes_sent() const { return impl_->edp_comm ? impl_->edp_comm->bytes_sent() : 0; }
 
 int64_t Engine::flat_numel() const {
   int64_t n = 0;

@@ -89,6 +89,10 @@ class Engine {
   int64_t tp_bytes_sent() const;
   int64_t pp_bytes_sent() const;
   int64_t cp_bytes_sent() const;
+  // Bytes this rank has sent in the MoE token exchange (its expert-tensor x expert-parallel
+  // group), and to its expert-data-parallel peers (the experts' gradients).
+  int64_t ep_bytes_sent() const;
+  int64_t edp_bytes_sent() const;
   // Every parameter in registry order as whole tensors (global shapes), concatenated without
   // padding, gathered over data-parallel shards and tensor-parallel slices: a collective,
   // every rank must call it.
