@@ -402,9 +402,10 @@ typedef struct mpt_model_info {
   int64_t grads_bytes;
   int64_t optimizer_bytes;
   int64_t activations_peak_bytes;
+  int64_t expert_params_bytes;   /* the MoE experts' share of params_bytes (0 without) */
 } mpt_model_info;
 
-#define MPT_MODEL_INFO_INIT { sizeof(mpt_model_info), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+#define MPT_MODEL_INFO_INIT { sizeof(mpt_model_info), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 /* Fills *info.
  * Returns:

@@ -167,6 +167,7 @@ mpt_status mpt_model_get_info(const mpt_model* model, mpt_model_info* info) noex
     MPT_FIELD_SET(info, mpt_model_info, grads_bytes, memory.grads_bytes);
     MPT_FIELD_SET(info, mpt_model_info, optimizer_bytes, memory.optimizer_bytes);
     MPT_FIELD_SET(info, mpt_model_info, activations_peak_bytes, memory.activations_peak_bytes);
+    MPT_FIELD_SET(info, mpt_model_info, expert_params_bytes, memory.expert_params_bytes);
   });
 }
 

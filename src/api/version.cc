@@ -44,7 +44,7 @@ static_assert(sizeof(mpt_init_options) == 88);
 static_assert(offsetof(mpt_batch, cols) == 40 && sizeof(mpt_batch) == 48);
 static_assert(offsetof(mpt_step_result, consumed_samples) == 56 && sizeof(mpt_step_result) == 64);
 static_assert(offsetof(mpt_model_info, activations_peak_bytes) == 88 &&
-              sizeof(mpt_model_info) == 96);
+              offsetof(mpt_model_info, expert_params_bytes) == 96 && sizeof(mpt_model_info) == 104);
 #endif
 static_assert(sizeof(mpt_status) == sizeof(int), "mpt_status must stay int-sized");
 

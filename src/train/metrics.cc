@@ -61,6 +61,7 @@ void MetricsFile::write_memory(int rank, const MemoryReport& m) {
   nlohmann::json j = {{"event", "memory"},
                       {"rank", rank},
                       {"params_bytes", m.params_bytes},
+                      {"expert_params_bytes", m.expert_params_bytes},
                       {"grads_bytes", m.grads_bytes},
                       {"optimizer_bytes", m.optimizer_bytes},
                       {"activations_peak_bytes", m.activations_peak_bytes},

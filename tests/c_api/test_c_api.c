@@ -405,7 +405,7 @@ static void test_training_and_checkpoint(void) {
   CHECK(info.num_parameters > 0 && info.iteration == 0 && info.train_iters == 4 &&
             info.seq_length == kSeq && info.micro_batch_size == 2 && info.global_batch_size == 4 &&
             info.vocab_size == kVocab && info.params_bytes >= 4 * info.num_parameters &&
-            info.grads_bytes > 0 && info.optimizer_bytes > 0,
+            info.grads_bytes > 0 && info.optimizer_bytes > 0 && info.expert_params_bytes == 0,
         "info: %lld params, iteration %lld, train_iters %lld, seq %lld, params %lld bytes",
         (long long)info.num_parameters, (long long)info.iteration, (long long)info.train_iters,
         (long long)info.seq_length, (long long)info.params_bytes);
