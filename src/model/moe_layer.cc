@@ -49,41 +49,42 @@ MoeParams register_moe(ParamRegistry& reg, ParamRegistry& experts, const GPTDims
   return p;
 }
 
-Routing route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
-                     int64_t capacity, bool by_position, bool pad_to_capacity) {
-  Routing r;
-  r.rows.assign(static_cast<size_t>(tokens * k), -1);
-  r.counts.assign(static_cast<size_t>(experts), 0);
-  r.routed.assign(static_cast<size_t>(experts), 0);
-  // Each expert's choices (flat index t * k + j), tokens ascending.
-  std::vector<std::vector<int64_t>> chosen(static_cast<size_t>(experts));
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = indices[t * k + j];
-      MPT_CHECK(e >= 0 && e < experts, Status::kInternal, "router chose expert ", e, " of ", experts);
-      chosen[static_cast<size_t>(e)].push_back(t * k + j);
-    }
+void route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
+                  int64_t capacity, bool by_position, bool pad_to_capacity, Routing& r) {
+  const size_t E = static_cast<size_t>(experts), n = static_cast<size_t>(tokens * k);
+  r.rows.assign(n, -1);
+  r.counts.assign(E, 0);
+  r.routed.assign(E, 0);
+  // Each expert's choices (flat index t * k + j), tokens ascending: a counting sort.
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t e = indices[i];
+    MPT_CHECK(e >= 0 && e < experts, Status::kInternal, "router chose expert ", e, " of ", experts);
+    ++r.routed[static_cast<size_t>(e)];
+  }
+  r.start.assign(E + 1, 0);
+  for (size_t e = 0; e < E; ++e) r.start[e + 1] = r.start[e] + r.routed[e];
+  r.order.resize(n);
+  r.counts.assign(r.start.begin(), r.start.end() - 1);  // next free place of each expert, for now
+  for (size_t i = 0; i < n; ++i) r.order[static_cast<size_t>(r.counts[static_cast<size_t>(indices[i])]++)] = static_cast<int64_t>(i);
   int64_t next_row = 0;
-  for (int64_t e = 0; e < experts; ++e) {
-    std::vector<int64_t>& c = chosen[static_cast<size_t>(e)];
-    r.routed[static_cast<size_t>(e)] = static_cast<int64_t>(c.size());
-    if (capacity >= 0 && static_cast<int64_t>(c.size()) > capacity) {
+  for (size_t e = 0; e < E; ++e) {
+    const auto first = r.order.begin() + r.start[e];
+    auto last = r.order.begin() + r.start[e + 1];
+    if (capacity >= 0 && last - first > capacity) {
       if (!by_position) {
         // Keep the highest probabilities; among equal ones the earlier token.
-        std::stable_sort(c.begin(), c.end(), [&](int64_t a, int64_t b) { return probs[a] > probs[b]; });
-        c.resize(static_cast<size_t>(capacity));
-        std::sort(c.begin(), c.end());
-      } else {
-        c.resize(static_cast<size_t>(capacity));
+        std::sort(first, last, [&](int64_t a, int64_t b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+        std::sort(first, first + capacity);
       }
+      last = first + capacity;
     }
-    for (int64_t flat : c) r.rows[static_cast<size_t>(flat)] = static_cast<int32_t>(next_row++);
-    const int64_t n = pad_to_capacity && capacity >= 0 ? capacity : static_cast<int64_t>(c.size());
-    next_row += n - static_cast<int64_t>(c.size());  // padding rows stay zero
-    r.counts[static_cast<size_t>(e)] = n;
+    for (auto it = first; it != last; ++it) r.rows[static_cast<size_t>(*it)] = static_cast<int32_t>(next_row++);
+    const int64_t kept = last - first;
+    const int64_t rows = pad_to_capacity && capacity >= 0 ? capacity : kept;
+    next_row += rows - kept;  // padding rows stay zero
+    r.counts[e] = rows;
   }
   r.total_rows = next_row;
-  return r;
 }
 
 Tensor MoeContext::stacked(float* area, int first) const {
@@ -132,17 +133,17 @@ void exchange_counts(const MoeContext& c, const Routing& r, Exchange& x) {
   for (int64_t n : x.counts) x.rows += n;
 }
 
-// Where member q's rows of local expert e start in x_perm (expert-major, members in order).
-std::vector<int64_t> expert_offsets(const MoeContext& c, const Exchange& x) {
+// Where member q's rows of local expert e start in x_perm (expert-major, members in order):
+// x.offsets[q * local experts + e].
+void expert_offsets(const MoeContext& c, Exchange& x) {
   const int64_t g = c.ep.size(), E = c.dims.num_experts, El = c.dims.local_experts(), first = c.dims.first_expert();
-  std::vector<int64_t> off(static_cast<size_t>(g * El));
+  x.offsets.resize(static_cast<size_t>(g * El));
   int64_t at = 0;
   for (int64_t e = 0; e < El; ++e)
     for (int64_t q = 0; q < g; ++q) {
-      off[static_cast<size_t>(q * El + e)] = at;
+      x.offsets[static_cast<size_t>(q * El + e)] = at;
       at += x.all_counts[static_cast<size_t>(q * E + first + e)];
     }
-  return off;
 }
 
 // --- allgather dispatcher ----------------------------------------------------------------
@@ -160,8 +161,10 @@ void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeS
   c.ep.all_gather(a.probs.data, a.probs_g.data, R * k, DType::kF32);
   // Each gathered choice of a local expert goes to that expert's block, member q's part,
   // at its place among q's rows of the expert.
-  const std::vector<int64_t> off = expert_offsets(c, ex);
-  std::vector<int64_t> start(static_cast<size_t>(E));
+  expert_offsets(c, ex);
+  const std::vector<int64_t>& off = ex.offsets;
+  std::vector<int64_t>& start = ex.starts;
+  start.resize(static_cast<size_t>(E));
   const int32_t* rows = s.rows_g.i();
   const int32_t* idx = s.indices_g.i();
   int32_t* map = a.map.i();
@@ -229,7 +232,8 @@ void alltoall_plan(const MoeContext& c, MoeActs& a) {
   }
   ex.send.resize(static_cast<size_t>(g));
   ex.recv.resize(static_cast<size_t>(g));
-  const std::vector<int64_t> off = expert_offsets(c, ex);
+  expert_offsets(c, ex);
+  const std::vector<int64_t>& off = ex.offsets;
   int32_t* map = a.map.i();
   ex.received = 0;
   for (int64_t q = 0; q < g; ++q) {
@@ -273,15 +277,14 @@ void alltoall_combine(const MoeContext& c, const MoeActs& a, MoeScratch& s, Tens
     return;
   }
   c.ep.all_to_all(s.received.f(), ex.recv.data(), s.stage.f(), ex.send.data());
-  std::vector<bool> seen(static_cast<size_t>(c.ep.ep()), false);
+  // Members come ETP-fastest: the first ETP rank of each expert-parallel rank sets the sum.
   const float* part = s.stage.f();
   for (int64_t q = 0; q < c.ep.size(); ++q) {
     const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
     const int64_t n = ex.block_rows[r];
     const Tensor dst = local.rows(ex.block_start[r], n), src = Tensor::f32(const_cast<float*>(part), {n, H});
-    if (!seen[r]) c.ops.copy(dst, src);
+    if (q % c.ep.etp() == 0) c.ops.copy(dst, src);
     else c.ops.add_inplace(dst, src);
-    seen[r] = true;
     part += n * H;
   }
 }
@@ -365,7 +368,7 @@ void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch
   }
   ops.synchronize();
   const int64_t capacity = d.capacity_factor > 0 ? d.expert_capacity(R) : -1;
-  a.routing = route_tokens(a.indices.i(), a.probs.f(), R, k, E, capacity, d.drop_by_position, d.pad_to_capacity);
+  route_tokens(a.indices.i(), a.probs.f(), R, k, E, capacity, d.drop_by_position, d.pad_to_capacity, a.routing);
   std::copy(a.routing.rows.begin(), a.routing.rows.end(), a.rows.i());
   // The losses are the micro-batch's: counts over the ranks holding parts of it, each rank's
   // share from its own rows (the shares add up to the whole).

@@ -42,12 +42,21 @@ struct Routing {
   std::vector<int64_t> counts;      // [E]: rows per expert (capacity each when padded)
   std::vector<int64_t> routed;      // [E]: choices per expert before dropping (the loss's f_e)
   int64_t total_rows = 0;           // sum of counts
+  // Work space, kept so that routing the next micro-batch allocates nothing.
+  std::vector<int64_t> order, start;
 };
-// Builds the routing from the router's choices. indices [T, k] (descending probability per
-// token), probs [T, k]. capacity < 0: dropless. Dropping keeps, per expert, the `capacity`
-// choices of highest probability (ties: lower token) or, by position, the earliest tokens.
-Routing route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
-                     int64_t capacity, bool by_position, bool pad_to_capacity);
+// Builds the routing from the router's choices into `r` (its storage reused). indices [T, k]
+// (descending probability per token), probs [T, k]. capacity < 0: dropless. Dropping keeps,
+// per expert, the `capacity` choices of highest probability (ties: lower token) or, by
+// position, the earliest tokens.
+void route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
+                  int64_t capacity, bool by_position, bool pad_to_capacity, Routing& r);
+inline Routing route_tokens(const int32_t* indices, const float* probs, int64_t tokens, int64_t k, int64_t experts,
+                            int64_t capacity, bool by_position, bool pad_to_capacity) {
+  Routing r;
+  route_tokens(indices, probs, tokens, k, experts, capacity, by_position, pad_to_capacity, r);
+  return r;
+}
 
 // How this rank's local experts' rows were exchanged with the group (expert parallelism).
 struct Exchange {
@@ -58,6 +67,9 @@ struct Exchange {
   // rank's experts' rows start in this rank's locally permuted rows.
   std::vector<int64_t> send, recv, block_start, block_rows;
   int64_t received = 0;             // rows received
+  // Work space: where member q's rows of local expert e start in x_perm ([group, local
+  // experts]), and where a member's rows of each expert start among its own ([E]).
+  std::vector<int64_t> offsets, starts;
 };
 
 // What an MoE MLP keeps from forward to backward. R = the rows this rank holds (its tokens).
