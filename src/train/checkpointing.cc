@@ -1,6 +1,6 @@
 #include "train/checkpointing.h"
 
-#include <nlohmann/json.hpp>
+#include <algorithm>
 
 #include "ckpt/checkpoint.h"
 #include "core/error.h"
@@ -11,16 +11,30 @@ namespace {
 const char* kExpAvg = "optimizer.exp_avg.";
 const char* kExpAvgSq = "optimizer.exp_avg_sq.";
 
-ckpt::TensorSlice slice_of(const model::ParamInfo& p, const std::string& name, const float* base) {
-  MPT_ASSERT(!p.tp.split());  // whole tensors only (see ModelBuffers)
-  ckpt::TensorSlice s;
-  s.name = name;
-  s.dtype = DType::kF32;
-  s.global_shape = p.global_shape;
-  s.offset.assign(p.shape.size(), 0);
-  s.shape = p.shape;
-  s.data = base + p.offset;
-  return s;
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += str(i ? ", " : "", shape[i]);
+  return s + "]";
+}
+
+bool is_vocab_tensor(const std::string& name) {
+  return name == "embedding.word_embeddings.weight" || name == "output_layer.weight";
+}
+
+nlohmann::json checkpoint_meta(const config::Recipe& recipe, const CheckpointState& st) {
+  return {{"iteration", st.iteration},
+          {"consumed_samples", st.consumed_samples},
+          {"consumed_valid_samples", st.consumed_valid_samples},
+          {"optimizer_steps", st.optimizer_steps},
+          {"has_optimizer_state", recipe.checkpoint.save_optim},
+          {"rng", {{"seed", recipe.rng.seed}, {"generator", "philox4x32-10, counter = iteration"}}},
+          {"scheduler", {{"lr", recipe.optimizer.lr.value_or(0.0)},
+                         {"min_lr", recipe.derived.min_lr},
+                         {"lr_warmup_iters", recipe.derived.lr_warmup_iters},
+                         {"lr_decay_iters", recipe.derived.lr_decay_iters},
+                         {"lr_decay_style", recipe.scheduler.lr_decay_style},
+                         {"num_steps", st.optimizer_steps}}},
+          {"recipe", config::to_toml(recipe)}};
 }
 }  // namespace
 
@@ -34,33 +48,67 @@ bool checkpoint_exists(const std::string& dir) {
   }
 }
 
-std::string save_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe, const ModelBuffers& b,
-                                  const CheckpointState& st) {
-  std::vector<ckpt::TensorSlice> tensors;
-  for (const auto& p : b.registry->params()) {
-    tensors.push_back(slice_of(p, p.name, b.params));
-    if (recipe.checkpoint.save_optim) {
-      tensors.push_back(slice_of(p, kExpAvg + p.name, b.exp_avg));
-      tensors.push_back(slice_of(p, kExpAvgSq + p.name, b.exp_avg_sq));
-    }
+std::vector<SliceBox> slice_boxes(const model::ParamInfo& p) {
+  std::vector<SliceBox> boxes;
+  const size_t n = p.shape.size();
+  if (!p.tp.split()) {
+    boxes.push_back(SliceBox{std::vector<int64_t>(n, 0), p.shape, 0});
+    return boxes;
   }
-  nlohmann::json meta = {{"iteration", st.iteration},
-                         {"consumed_samples", st.consumed_samples},
-                         {"consumed_valid_samples", st.consumed_valid_samples},
-                         {"optimizer_steps", st.optimizer_steps},
-                         {"has_optimizer_state", recipe.checkpoint.save_optim},
-                         {"rng", {{"seed", recipe.rng.seed}, {"generator", "philox4x32-10, counter = iteration"}}},
-                         {"scheduler", {{"lr", recipe.optimizer.lr.value_or(0.0)},
-                                        {"min_lr", recipe.derived.min_lr},
-                                        {"lr_warmup_iters", recipe.derived.lr_warmup_iters},
-                                        {"lr_decay_iters", recipe.derived.lr_decay_iters},
-                                        {"lr_decay_style", recipe.scheduler.lr_decay_style},
-                                        {"num_steps", st.optimizer_steps}}},
-                         {"recipe", config::to_toml(recipe)}};
-  return ckpt::save_checkpoint(save_dir, st.iteration, tensors, meta);
+  const size_t a = static_cast<size_t>(p.tp.axis);
+  MPT_CHECK(a == 0 || p.tp.stride == 1, Status::kInternal, "parameter ", p.name,
+            ": a strided split along axis ", a, " has no contiguous boxes");
+  int64_t inner = 1;
+  for (size_t d = a + 1; d < n; ++d) inner *= p.shape[d];
+  const int64_t part = p.shape[a] / p.tp.stride, block = p.global_shape[a] / p.tp.stride;
+  for (int64_t b = 0; b < p.tp.stride; ++b) {
+    SliceBox box{std::vector<int64_t>(n, 0), p.shape, a == 0 ? b * part * inner : 0};
+    box.offset[a] = b * block + p.tp.rank * part;
+    box.shape[a] = part;
+    boxes.push_back(std::move(box));
+  }
+  return boxes;
 }
 
-CheckpointState load_model_checkpoint(const std::string& dir, const config::Recipe& recipe, const ModelBuffers& b) {
+nlohmann::json write_rank_shard(const std::string& staging_dir, int64_t rank, const config::Recipe& recipe,
+                                const std::vector<LocalBuffers>& parts) {
+  std::vector<ckpt::TensorSlice> slices;
+  for (const LocalBuffers& b : parts) {
+    const std::vector<model::ParamInfo>& params = b.registry->params();
+    MPT_ASSERT(b.writes.size() == params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!b.writes[i]) continue;
+      const model::ParamInfo& p = params[i];
+      auto add = [&](const std::string& name, const float* base) {
+        for (const SliceBox& box : slice_boxes(p)) {
+          ckpt::TensorSlice s;
+          s.name = name;
+          s.dtype = DType::kF32;
+          s.global_shape = p.global_shape;
+          s.offset = box.offset;
+          s.shape = box.shape;
+          s.data = base + p.offset + box.local_first;
+          slices.push_back(std::move(s));
+        }
+      };
+      add(p.name, b.params);
+      if (recipe.checkpoint.save_optim) {
+        add(kExpAvg + p.name, b.exp_avg);
+        add(kExpAvgSq + p.name, b.exp_avg_sq);
+      }
+    }
+  }
+  return ckpt::write_shard(staging_dir, ckpt::shard_file_name(rank), slices);
+}
+
+std::string commit_model_checkpoint(const std::string& save_dir, const config::Recipe& recipe,
+                                    const std::string& staging_dir, const std::vector<nlohmann::json>& shard_parts,
+                                    const CheckpointState& state) {
+  return ckpt::commit_checkpoint(save_dir, state.iteration, staging_dir, shard_parts, checkpoint_meta(recipe, state));
+}
+
+CheckpointState load_local_checkpoint(const std::string& dir, const config::Recipe& recipe,
+                                      const std::vector<LocalBuffers>& parts) {
   ckpt::CheckpointReader reader(dir);
   const nlohmann::json& meta = reader.meta();
   CheckpointState st;
@@ -84,34 +132,42 @@ CheckpointState load_model_checkpoint(const std::string& dir, const config::Reci
   // model's padding rows (which no token ever reads).
   const int64_t vocab = recipe.model.vocab_size;
   auto real_rows = [&](const model::ParamInfo& p, const std::vector<int64_t>& saved) {
-    const bool vocab_tensor = p.name == "embedding.word_embeddings.weight" || p.name == "output_layer.weight";
-    return vocab_tensor && saved.size() == 2 && p.shape.size() == 2 && saved[1] == p.shape[1] && saved[0] >= vocab &&
-           p.shape[0] >= vocab;
+    return is_vocab_tensor(p.name) && saved.size() == 2 && p.global_shape.size() == 2 &&
+           saved[1] == p.global_shape[1] && saved[0] >= vocab && p.global_shape[0] >= vocab;
   };
   // Check every tensor before touching the model, so a bad checkpoint leaves it as it was.
   auto check = [&](const model::ParamInfo& p, const std::string& name) {
     MPT_CHECK(reader.has(name), Status::kCorruptData, reader.directory(), ": tensor '", name, "' is missing");
     const std::vector<int64_t> saved = reader.global_shape(name);
     MPT_CHECK(saved == p.global_shape || real_rows(p, saved), Status::kCorruptData, reader.directory(), ": tensor '",
-              name, "' has a different global shape than this model's (model config differs from the checkpoint's)");
+              name, "' has global shape ", shape_str(saved), " but this model's is ", shape_str(p.global_shape),
+              " (the model config differs from the checkpoint's)");
   };
-  for (const auto& p : b.registry->params()) {
-    check(p, p.name);
-    if (want_optim) check(p, kExpAvg + p.name), check(p, kExpAvgSq + p.name);
-  }
-  auto read_into = [&](const model::ParamInfo& p, const std::string& name, float* base) {
-    MPT_ASSERT(!p.tp.split());
-    std::vector<int64_t> shape = p.shape;
-    if (reader.global_shape(name) != p.global_shape) shape[0] = vocab;
-    reader.read(name, DType::kF32, std::vector<int64_t>(shape.size(), 0), shape, base + p.offset);
-  };
-  for (const auto& p : b.registry->params()) {
-    read_into(p, p.name, b.params);
-    if (want_optim) {
-      read_into(p, kExpAvg + p.name, b.exp_avg);
-      read_into(p, kExpAvgSq + p.name, b.exp_avg_sq);
+  for (const LocalBuffers& b : parts)
+    for (const model::ParamInfo& p : b.registry->params()) {
+      check(p, p.name);
+      if (want_optim) check(p, kExpAvg + p.name), check(p, kExpAvgSq + p.name);
     }
-  }
+  // Each box of this rank's slice, read from whichever saved slices cover it.
+  auto read_into = [&](const model::ParamInfo& p, const std::string& name, float* base) {
+    const bool cut = reader.global_shape(name) != p.global_shape;  // other vocabulary padding
+    int64_t inner = 1;
+    for (size_t d = 1; d < p.shape.size(); ++d) inner *= p.shape[d];
+    for (SliceBox box : slice_boxes(p)) {
+      if (cut) box.shape[0] = std::clamp<int64_t>(vocab - box.offset[0], 0, box.shape[0]);
+      if (box.shape[0] == 0) continue;
+      MPT_ASSERT(!cut || box.local_first % inner == 0);
+      reader.read(name, DType::kF32, box.offset, box.shape, base + p.offset + box.local_first);
+    }
+  };
+  for (const LocalBuffers& b : parts)
+    for (const model::ParamInfo& p : b.registry->params()) {
+      read_into(p, p.name, b.params);
+      if (want_optim) {
+        read_into(p, kExpAvg + p.name, b.exp_avg);
+        read_into(p, kExpAvgSq + p.name, b.exp_avg_sq);
+      }
+    }
   return st;
 }
 

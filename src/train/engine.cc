@@ -12,6 +12,7 @@
 
 #include "backend/devices.h"
 #include "backend/ops.h"
+#include "ckpt/checkpoint.h"
 #include "core/rng.h"
 #include "data/loader.h"
 #include "data/sample_source.h"
@@ -116,6 +117,7 @@ struct Engine::Impl {
   int64_t num_microbatches = 0;
   int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
   int64_t dp_rank = 0, dp_size = 1;
+  int64_t saves = 0;             // checkpoint saves so far (keys their rendezvous)
 
   Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p) : recipe(r), log(std::move(l)), place(p) {
     MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
@@ -441,27 +443,61 @@ struct Engine::Impl {
       pp_comm->all_reduce(whole.data(), static_cast<int64_t>(whole.size()), DType::kF32, dist::ReduceOp::kSum);
     return whole;
   }
-  // The reverse: each chunk takes its slices and shards of whole-model buffers.
-  void scatter_whole(const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
+  // What this rank holds of a part as whole local slices (gathered over data-parallel
+  // shards: a collective), for checkpoints.
+  struct LocalCopy {
+    Part* part = nullptr;
+    std::vector<float> params, exp_avg, exp_avg_sq;
+    std::vector<bool> writes;
+  };
+  // writes: mark the parameters this rank saves: each tensor slice once over its replicas
+  // (data-parallel ranks, spread by parameter index; tensor-parallel rank 0 for tensors
+  // replicated over TP; the first stage's original of a tied output layer).
+  std::vector<LocalCopy> local_copies(bool moments, bool writes) {
+    std::vector<LocalCopy> out;
     for (Chunk& ch : chunks)
       for (Part* part : {&ch.dense, &ch.experts}) {
         if (!part->reg) continue;
-        const model::ParamRegistry& reg = *part->reg;
-        const size_t n = static_cast<size_t>(reg.total_numel());
-        std::vector<float> lp(n, 0.0f), lm(n, 0.0f), lv(n, 0.0f);
-        parallel::take_slices(reg, lp.data(), whole_reg, params.data());
-        parallel::take_slices(reg, lm.data(), whole_reg, m.data());
-        parallel::take_slices(reg, lv.data(), whole_reg, v.data());
-        if (part->dp) {
-          part->dp->load_params(lp.data());
-          part->dp->scatter_owned(lm.data(), part->optimizer->exp_avg());
-          part->dp->scatter_owned(lv.data(), part->optimizer->exp_avg_sq());
-        } else {
-          std::copy(lp.begin(), lp.end(), part->storage->full_params());
-          std::copy(lm.begin(), lm.end(), part->optimizer->exp_avg());
-          std::copy(lv.begin(), lv.end(), part->optimizer->exp_avg_sq());
+        LocalCopy c;
+        c.part = part;
+        c.params = local_flat(*part, Buffer::kParams);
+        if (moments) {
+          c.exp_avg = local_flat(*part, Buffer::kExpAvg);
+          c.exp_avg_sq = local_flat(*part, Buffer::kExpAvgSq);
         }
+        if (writes) {
+          dist::Communicator* replicas = part == &ch.experts ? edp_comm.get() : dp_comm.get();
+          const int64_t n = replicas ? replicas->size() : 1, r = replicas ? replicas->rank() : 0;
+          const std::vector<model::ParamInfo>& params = part->reg->params();
+          c.writes.resize(params.size());
+          for (size_t i = 0; i < params.size(); ++i)
+            c.writes[i] = params[i].counted_in_norm() && static_cast<int64_t>(i) % n == r;
+        }
+        out.push_back(std::move(c));
       }
+    return out;
+  }
+  static std::vector<LocalBuffers> buffers(std::vector<LocalCopy>& copies) {
+    std::vector<LocalBuffers> out;
+    for (LocalCopy& c : copies)
+      out.push_back(LocalBuffers{c.part->reg, c.params.data(), c.exp_avg.empty() ? nullptr : c.exp_avg.data(),
+                                 c.exp_avg_sq.empty() ? nullptr : c.exp_avg_sq.data(), c.writes});
+    return out;
+  }
+  // Puts loaded local copies back: each part keeps its shards.
+  void store_local_copies(std::vector<LocalCopy>& copies) {
+    for (LocalCopy& c : copies) {
+      Part& p = *c.part;
+      if (p.dp) {
+        p.dp->load_params(c.params.data());
+        p.dp->scatter_owned(c.exp_avg.data(), p.optimizer->exp_avg());
+        p.dp->scatter_owned(c.exp_avg_sq.data(), p.optimizer->exp_avg_sq());
+      } else {
+        std::copy(c.params.begin(), c.params.end(), p.storage->full_params());
+        std::copy(c.exp_avg.begin(), c.exp_avg.end(), p.optimizer->exp_avg());
+        std::copy(c.exp_avg_sq.begin(), c.exp_avg_sq.end(), p.optimizer->exp_avg_sq());
+      }
+    }
   }
   // True on every rank when `failed` is true on any.
   bool any_rank(bool failed) {
@@ -907,37 +943,67 @@ std::string Engine::save_checkpoint(const std::string& save_dir) {
   st.consumed_samples = m.consumed_samples;
   st.consumed_valid_samples = m.consumed_valid_samples;
   st.optimizer_steps = m.chunks[0].dense.optimizer->step_count();
-  // Every rank contributes its slices and shards; rank 0 writes; all learn whether it
-  // succeeded.
-  std::vector<float> params = m.gather_whole(Impl::Buffer::kParams);
-  std::vector<float> ea = m.gather_whole(Impl::Buffer::kExpAvg), eas = m.gather_whole(Impl::Buffer::kExpAvgSq);
-  std::string dir;
-  std::exception_ptr error;
+  // Every rank writes its own shard file of the slices it owns into one staging directory
+  // that rank 0 created; rank 0 commits once every shard is written, and all ranks learn
+  // whether the save succeeded.
+  std::vector<Impl::LocalCopy> copies = m.local_copies(m.recipe.checkpoint.save_optim, true);
+  const std::string key = str("engine/checkpoint/", m.saves++, "/");
+  std::string staging, dir, failure;
   if (m.rank0) {
     try {
-      dir = save_model_checkpoint(save_dir, m.recipe, ModelBuffers{&m.whole_reg, params.data(), ea.data(), eas.data()},
-                                  st);
-    } catch (...) {
-      error = std::current_exception();
+      staging = ckpt::begin_checkpoint(save_dir, st.iteration);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+    if (m.store) m.store->set(key + "staging", staging);
+  } else {
+    staging = m.store->get(key + "staging");
+  }
+  nlohmann::json part;
+  bool wrote = false;
+  if (!staging.empty()) {
+    try {
+      part = write_rank_shard(staging, m.place.rank, m.recipe, Impl::buffers(copies));
+      wrote = true;
+    } catch (const Error& e) {
+      failure = e.what();
     }
   }
-  const bool failed = m.any_rank(error != nullptr);
-  if (error) std::rethrow_exception(error);
-  MPT_CHECK(!failed, Status::kIoError, "rank ", m.place.rank, ": rank 0 failed to save the checkpoint in '",
-            save_dir, "'");
-  m.log.info(str("mptrain: saved checkpoint ", dir));
-  return dir;
+  if (m.store) m.store->set(str(key, "part/", m.place.rank), wrote ? part.dump() : std::string());
+  if (m.rank0 && !staging.empty()) {
+    std::vector<nlohmann::json> parts;
+    bool all = true;
+    for (int64_t r = 0; r < m.place.world_size; ++r) {
+      const std::string text = r == 0 ? (wrote ? part.dump() : std::string()) : m.store->get(str(key, "part/", r));
+      if (text.empty()) all = false;
+      else parts.push_back(nlohmann::json::parse(text));
+    }
+    try {
+      MPT_CHECK(all, Status::kIoError, "checkpoint.save: a rank failed to write its shard into '", staging,
+                "' (see its error)");
+      dir = commit_model_checkpoint(save_dir, m.recipe, staging, parts, st);
+    } catch (const Error& e) {
+      if (failure.empty()) failure = e.what();
+      ckpt::discard_checkpoint(staging);
+    }
+  }
+  const bool failed = m.any_rank(!failure.empty());
+  MPT_CHECK(failure.empty(), Status::kIoError, "rank ", m.place.rank, ": saving the checkpoint in '", save_dir,
+            "' failed: ", failure);
+  MPT_CHECK(!failed, Status::kIoError, "rank ", m.place.rank, ": saving the checkpoint in '", save_dir,
+            "' failed on another rank (see its error); the previous checkpoint is kept");
+  m.log.info(str("mptrain: saved checkpoint ", m.rank0 ? dir : save_dir));
+  return m.rank0 ? dir : std::string();
 }
 
 void Engine::load_checkpoint(const std::string& dir) {
   Impl& m = *impl_;
-  // Every rank reads the whole checkpoint and keeps its slices and shards; the current
-  // values stay where the checkpoint has none (checkpoint.load_optim off).
-  std::vector<float> params = m.gather_whole(Impl::Buffer::kParams);
-  std::vector<float> ea = m.gather_whole(Impl::Buffer::kExpAvg), eas = m.gather_whole(Impl::Buffer::kExpAvgSq);
-  const CheckpointState st =
-      load_model_checkpoint(dir, m.recipe, ModelBuffers{&m.whole_reg, params.data(), ea.data(), eas.data()});
-  m.scatter_whole(params, ea, eas);
+  // Every rank reads the slices it holds from whatever layout saved them, then keeps its
+  // shards; the current values stay where the checkpoint has none (checkpoint.load_optim
+  // off).
+  std::vector<Impl::LocalCopy> copies = m.local_copies(true, false);
+  const CheckpointState st = load_local_checkpoint(dir, m.recipe, Impl::buffers(copies));
+  m.store_local_copies(copies);
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;
     m.consumed_samples = st.consumed_samples;
