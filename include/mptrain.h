@@ -355,7 +355,10 @@ MPT_API MPT_NODISCARD mpt_status mpt_train_step(mpt_model* model, const mpt_batc
 
 /* Runs the recipe's training loop from the current iteration to train.train_iters, with
  * its logging, metrics and periodic checkpoints. last (may be NULL) receives the last
- * step's result.
+ * step's result. With checkpoint.exit_signal_handler (the default) it installs SIGTERM and
+ * SIGINT handlers while it runs (the previous ones are restored on return): a signal ends
+ * the loop after the current step, with a checkpoint when checkpoint.save is set, and
+ * MPT_OK; set it to false when the host handles those signals itself.
  * Returns what mpt_train_step returns, plus MPT_ERR_IO for a failed periodic save. */
 MPT_API MPT_NODISCARD mpt_status mpt_train(mpt_model* model,
                                            mpt_step_result* last) MPT_NOEXCEPT;

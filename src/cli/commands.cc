@@ -48,7 +48,9 @@ int run_train(const Invocation& inv) {
   train::Engine engine(recipe, logger, place);
 
   const train::StepResult last = engine.train();
-  if (place.rank == 0) logger.info(str("mptrain: finished at iteration ", last.iteration, ", lm loss ", last.lm_loss));
+  if (place.rank == 0)
+    logger.info(str(engine.stopped_by_signal() ? "mptrain: stopped by a signal at iteration " : "mptrain: finished at iteration ",
+                    last.iteration, ", lm loss ", last.lm_loss));
   return 0;
 }
 

@@ -418,7 +418,9 @@ class Launch {
   void handle_signals() {
     for (int s : signals_.take()) {
       if (s != SIGINT && s != SIGTERM) continue;
-      if (!outcome_) outcome_ = 128 + s;
+      // Ranks that train stop after their current step with a checkpoint and exit 0 (the
+      // recipe's checkpoint.exit_signal_handler); the launcher then exits 0 too.
+      if (!signalled_) signalled_ = 128 + s;
       if (!any_running()) continue;
       say(str("received ", signal_name(s), "; forwarding it to the ranks (SIGKILL after ",
               options_.kill_grace_s, " s)"));
@@ -470,7 +472,7 @@ class Launch {
   // Reports the first failure and stops the other ranks; later ones are consequences.
   void rank_failed(const std::string& message) {
     if (outcome_) return;
-    outcome_ = 1;
+    outcome_ = signalled_ ? *signalled_ : 1;  // after a forwarded signal: stopped by it
     say(message);
     if (!any_running()) return;
     say(str("stopping the other ranks (SIGTERM, then SIGKILL after ", options_.kill_grace_s, " s)"));
@@ -503,6 +505,7 @@ class Launch {
   std::vector<Rank> ranks_;
   std::optional<Clock::time_point> kill_at_;  // when ranks told to stop get SIGKILL
   std::optional<int> outcome_;                // the status to return, set by the first failure
+  std::optional<int> signalled_;              // 128 + the first SIGINT / SIGTERM forwarded
 };
 
 }  // namespace

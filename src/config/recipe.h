@@ -157,6 +157,9 @@ struct CheckpointConfig {
   bool exit_on_missing_checkpoint = false;
   bool async_save = false;
   int64_t most_recent_k = -1;
+  // SIGTERM / SIGINT end training after the current step with a checkpoint (when save is
+  // set) and exit status 0.
+  bool exit_signal_handler = true;
 };
 
 struct LoggerConfig {

@@ -227,6 +227,7 @@ std::vector<KeySpec> build_table() {
       MPT_KEY(checkpoint, exit_on_missing_checkpoint),
       MPT_KEY(checkpoint, async_save),
       MPT_KEY(checkpoint, most_recent_k).at_least(-1),
+      MPT_KEY(checkpoint, exit_signal_handler),
 
       MPT_KEY(logger, log_interval).at_least(1),
       MPT_KEY(logger, metrics_file),

@@ -1,12 +1,16 @@
 #include "train/engine.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <exception>
 #include <cstring>
+#include <csignal>
 #include <filesystem>
+#include <future>
+#include <optional>
 #include <cmath>
 #include <vector>
 
@@ -118,6 +122,7 @@ struct Engine::Impl {
   int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
   int64_t dp_rank = 0, dp_size = 1;
   int64_t saves = 0;             // checkpoint saves so far (keys their rendezvous)
+  bool stopped_by_signal = false;  // the last train() ended on SIGTERM / SIGINT
 
   Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p) : recipe(r), log(std::move(l)), place(p) {
     MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
@@ -499,6 +504,121 @@ struct Engine::Impl {
       }
     }
   }
+  // A checkpoint to write: every rank's slices, taken at a step boundary.
+  struct SaveJob {
+    std::vector<LocalCopy> copies;
+    CheckpointState state;
+    std::string save_dir, key;
+  };
+  std::future<std::string> pending_save;  // checkpoint.async_save: the save in flight
+  int64_t pending_iteration = -1;
+
+  // The snapshot (a collective: sharded slices are gathered over data-parallel ranks).
+  SaveJob snapshot(const std::string& save_dir) {
+    SaveJob job;
+    job.copies = local_copies(recipe.checkpoint.save_optim, true);
+    job.state.iteration = iteration;
+    job.state.consumed_samples = consumed_samples;
+    job.state.consumed_valid_samples = consumed_valid_samples;
+    job.state.optimizer_steps = chunks[0].dense.optimizer->step_count();
+    job.save_dir = save_dir;
+    job.key = str("engine/checkpoint/", saves++, "/");
+    return job;
+  }
+
+  // Writes a snapshot: file I/O and the rendezvous store only, no communicator, so it may
+  // run beside training. Every rank writes its own shard file into one staging directory
+  // that rank 0 made; rank 0 commits once every shard is written (and prunes to
+  // checkpoint.most_recent_k) and tells every rank the outcome. Returns the directory on
+  // rank 0 (empty elsewhere); throws Error(kIoError) on every rank when any rank failed,
+  // the previous checkpoint then being kept.
+  std::string write_checkpoint(SaveJob& job) {
+    const std::string& key = job.key;
+    std::string staging, dir, failure;
+    if (rank0) {
+      try {
+        staging = ckpt::begin_checkpoint(job.save_dir, job.state.iteration);
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+      if (store) store->set(key + "staging", staging);
+    } else {
+      staging = store->get(key + "staging");
+    }
+    std::string part;
+    if (!staging.empty()) {
+      try {
+        part = write_rank_shard(staging, place.rank, recipe, buffers(job.copies)).dump();
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+    }
+    std::string outcome;  // rank 0's verdict: "ok" or what failed
+    if (!rank0) {
+      store->set(str(key, "part/", place.rank), part);
+      outcome = store->get(key + "outcome");
+    } else {
+      if (!staging.empty()) {
+        std::vector<nlohmann::json> parts;
+        bool all = !part.empty();
+        if (all) parts.push_back(nlohmann::json::parse(part));
+        for (int64_t r = 1; r < place.world_size; ++r) {
+          const std::string text = store->get(str(key, "part/", r));
+          if (text.empty()) all = false;
+          else parts.push_back(nlohmann::json::parse(text));
+        }
+        try {
+          MPT_CHECK(all, Status::kIoError, "a rank failed to write its shard into '", staging, "' (see its error)");
+          dir = commit_model_checkpoint(job.save_dir, recipe, staging, parts, job.state);
+        } catch (const Error& e) {
+          if (failure.empty()) failure = e.what();
+          ckpt::discard_checkpoint(staging);
+        }
+      }
+      outcome = failure.empty() ? "ok" : failure;
+      if (store) store->set(key + "outcome", outcome);
+    }
+    MPT_CHECK(failure.empty(), Status::kIoError, "rank ", place.rank, ": saving the checkpoint of iteration ",
+              job.state.iteration, " in '", job.save_dir, "' failed: ", failure);
+    MPT_CHECK(outcome == "ok", Status::kIoError, "rank ", place.rank, ": saving the checkpoint of iteration ",
+              job.state.iteration, " in '", job.save_dir, "' failed on another rank (", outcome,
+              "); the previous checkpoint is kept");
+    return dir;
+  }
+
+  // Waits for an asynchronous save in flight; rethrows its failure.
+  void finish_pending_save() {
+    if (!pending_save.valid()) return;
+    const auto t0 = Clock::now();
+    const std::string dir = pending_save.get();
+    log.info(str("mptrain: saved checkpoint ", rank0 ? dir : str("of iteration ", pending_iteration),
+                 " (in the background; waited ", seconds_since(t0), " s for it)"));
+  }
+
+  // Saves at this step boundary: after the previous save has finished, a snapshot, written
+  // now or (async) by a background thread while training goes on.
+  std::string save(const std::string& save_dir, bool async) {
+    finish_pending_save();
+    SaveJob job = snapshot(save_dir);
+    if (async) {
+      pending_iteration = job.state.iteration;
+      pending_save = std::async(std::launch::async, [this, j = std::move(job)]() mutable { return write_checkpoint(j); });
+      return std::string();
+    }
+    const std::string dir = write_checkpoint(job);
+    log.info(str("mptrain: saved checkpoint ", rank0 ? dir : save_dir));
+    return dir;
+  }
+
+  ~Impl() {
+    if (!pending_save.valid()) return;
+    try {
+      finish_pending_save();
+    } catch (const Error& e) {
+      log.error(e.what());
+    }
+  }
+
   // True on every rank when `failed` is true on any.
   bool any_rank(bool failed) {
     int64_t f = failed ? 1 : 0;
@@ -826,6 +946,41 @@ struct Engine::Impl {
 };
 
 namespace {
+// The stop signal received during train(), if any: the handler's only state.
+volatile std::sig_atomic_t g_exit_signal = 0;
+// A second signal while the first is being honoured stops the process the default way.
+extern "C" void on_exit_signal(int s) {
+  if (g_exit_signal != 0) {
+    ::signal(s, SIG_DFL);
+    ::raise(s);
+    return;
+  }
+  g_exit_signal = s;
+}
+int exit_signal() { return g_exit_signal; }
+
+// Installs the SIGTERM / SIGINT handlers for its lifetime, then restores the previous ones.
+class ExitSignalHandlers {
+ public:
+  ExitSignalHandlers() {
+    g_exit_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_exit_signal;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGTERM, &action, &old_term_);
+    ::sigaction(SIGINT, &action, &old_int_);
+  }
+  ~ExitSignalHandlers() {
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGINT, &old_int_, nullptr);
+  }
+  ExitSignalHandlers(const ExitSignalHandlers&) = delete;
+  ExitSignalHandlers& operator=(const ExitSignalHandlers&) = delete;
+
+ private:
+  struct sigaction old_term_ {}, old_int_ {};
+};
+
 // Fails at start, not after hours of training, when checkpoints could not be written.
 void check_save_dir(const std::string& dir) {
   std::error_code ec;
@@ -866,6 +1021,13 @@ StepResult Engine::train() {
   if (r.logger.metrics_file && m.rank0) metrics.open(*r.logger.metrics_file, m.iteration == 0);
   std::unique_ptr<TensorBoardWriter> tb;
   if (r.logger.tensorboard_dir && m.rank0) tb = std::make_unique<TensorBoardWriter>(*r.logger.tensorboard_dir);
+
+  // SIGTERM / SIGINT (what a scheduler sends before pre-emption) end training after the
+  // current step; the previous handlers come back when train() returns.
+  const bool signals = r.checkpoint.exit_signal_handler;
+  std::optional<ExitSignalHandlers> handlers;
+  if (signals) handlers.emplace();
+  m.stopped_by_signal = false;
 
   StepResult last;
   last.iteration = m.iteration;
@@ -927,77 +1089,31 @@ StepResult Engine::train() {
         tb->flush();
       }
     }
-    if (r.checkpoint.save && r.checkpoint.save_interval && last.iteration % *r.checkpoint.save_interval == 0)
-      save_checkpoint(*r.checkpoint.save);
+    const bool saved = r.checkpoint.save && r.checkpoint.save_interval &&
+                       last.iteration % *r.checkpoint.save_interval == 0;
+    if (saved) m.save(*r.checkpoint.save, r.checkpoint.async_save);
+    // A signal: every rank stops after this same step (they agree on it), with a checkpoint.
+    if (signals && m.any_rank(exit_signal() != 0)) {
+      m.stopped_by_signal = true;
+      m.log.info(str("mptrain: received ", exit_signal() == SIGINT ? "SIGINT" : "a stop signal",
+                     "; stopping after iteration ", m.iteration,
+                     r.checkpoint.save ? " with a checkpoint" : " (no checkpoint.save: nothing is saved)"));
+      if (r.checkpoint.save && !saved) m.save(*r.checkpoint.save, false);
+      break;
+    }
   }
-  if (r.checkpoint.save && m.iteration > first_iteration &&
+  if (r.checkpoint.save && m.iteration > first_iteration && !m.stopped_by_signal &&
       !(r.checkpoint.save_interval && m.iteration % *r.checkpoint.save_interval == 0))
-    save_checkpoint(*r.checkpoint.save);
+    m.save(*r.checkpoint.save, false);
+  m.finish_pending_save();
   return last;
 }
 
-std::string Engine::save_checkpoint(const std::string& save_dir) {
-  Impl& m = *impl_;
-  CheckpointState st;
-  st.iteration = m.iteration;
-  st.consumed_samples = m.consumed_samples;
-  st.consumed_valid_samples = m.consumed_valid_samples;
-  st.optimizer_steps = m.chunks[0].dense.optimizer->step_count();
-  // Every rank writes its own shard file of the slices it owns into one staging directory
-  // that rank 0 created; rank 0 commits once every shard is written, and all ranks learn
-  // whether the save succeeded.
-  std::vector<Impl::LocalCopy> copies = m.local_copies(m.recipe.checkpoint.save_optim, true);
-  const std::string key = str("engine/checkpoint/", m.saves++, "/");
-  std::string staging, dir, failure;
-  if (m.rank0) {
-    try {
-      staging = ckpt::begin_checkpoint(save_dir, st.iteration);
-    } catch (const Error& e) {
-      failure = e.what();
-    }
-    if (m.store) m.store->set(key + "staging", staging);
-  } else {
-    staging = m.store->get(key + "staging");
-  }
-  nlohmann::json part;
-  bool wrote = false;
-  if (!staging.empty()) {
-    try {
-      part = write_rank_shard(staging, m.place.rank, m.recipe, Impl::buffers(copies));
-      wrote = true;
-    } catch (const Error& e) {
-      failure = e.what();
-    }
-  }
-  if (m.store) m.store->set(str(key, "part/", m.place.rank), wrote ? part.dump() : std::string());
-  if (m.rank0 && !staging.empty()) {
-    std::vector<nlohmann::json> parts;
-    bool all = true;
-    for (int64_t r = 0; r < m.place.world_size; ++r) {
-      const std::string text = r == 0 ? (wrote ? part.dump() : std::string()) : m.store->get(str(key, "part/", r));
-      if (text.empty()) all = false;
-      else parts.push_back(nlohmann::json::parse(text));
-    }
-    try {
-      MPT_CHECK(all, Status::kIoError, "checkpoint.save: a rank failed to write its shard into '", staging,
-                "' (see its error)");
-      dir = commit_model_checkpoint(save_dir, m.recipe, staging, parts, st);
-    } catch (const Error& e) {
-      if (failure.empty()) failure = e.what();
-      ckpt::discard_checkpoint(staging);
-    }
-  }
-  const bool failed = m.any_rank(!failure.empty());
-  MPT_CHECK(failure.empty(), Status::kIoError, "rank ", m.place.rank, ": saving the checkpoint in '", save_dir,
-            "' failed: ", failure);
-  MPT_CHECK(!failed, Status::kIoError, "rank ", m.place.rank, ": saving the checkpoint in '", save_dir,
-            "' failed on another rank (see its error); the previous checkpoint is kept");
-  m.log.info(str("mptrain: saved checkpoint ", m.rank0 ? dir : save_dir));
-  return m.rank0 ? dir : std::string();
-}
+std::string Engine::save_checkpoint(const std::string& save_dir) { return impl_->save(save_dir, false); }
 
 void Engine::load_checkpoint(const std::string& dir) {
   Impl& m = *impl_;
+  m.finish_pending_save();
   // Every rank reads the slices it holds from whatever layout saved them, then keeps its
   // shards; the current values stay where the checkpoint has none (checkpoint.load_optim
   // off).
@@ -1016,6 +1132,7 @@ void Engine::load_checkpoint(const std::string& dir) {
 }
 
 const config::Recipe& Engine::recipe() const { return impl_->recipe; }
+bool Engine::stopped_by_signal() const { return impl_->stopped_by_signal; }
 int64_t Engine::iteration() const { return impl_->iteration; }
 int64_t Engine::num_parameters() const { return impl_->whole_reg.num_parameters(); }
 MemoryReport Engine::memory() const { return impl_->memory(); }

@@ -67,11 +67,17 @@ class Engine {
   StepResult train_step(const HostBatch* batch = nullptr);
 
   // Runs train_iters steps from the current iteration with logging, metrics and periodic
-  // checkpoints as the recipe says. Returns the last step's result.
+  // checkpoints as the recipe says (checkpoint.async_save: written by a background thread
+  // while training goes on; the next save, and the end of train(), wait for it). With
+  // checkpoint.exit_signal_handler, a SIGTERM or SIGINT ends training after the current
+  // step, with a checkpoint when checkpoint.save is set; stopped_by_signal() then says so.
+  // Returns the last step's result.
   StepResult train();
+  bool stopped_by_signal() const;
 
-  // Saves SAVE_DIR/iter_XXXXXXX/ and updates latest_checkpointed_iteration.txt.
-  // Returns the directory written.
+  // Saves SAVE_DIR/iter_XXXXXXX/ now (after any save in flight) and updates
+  // latest_checkpointed_iteration.txt: every rank writes its own slices; a collective.
+  // Returns the directory written on rank 0 (empty on the others).
   std::string save_checkpoint(const std::string& save_dir);
   // Loads a checkpoint: an iter_XXXXXXX directory, or a save directory (its latest).
   void load_checkpoint(const std::string& dir);
