@@ -87,7 +87,7 @@ CheckpointReader::CheckpointReader(const std::string& dir) : dir_(resolve_direct
               index_.iteration, " does not match the directory name ", base_name(dir_));
   }
 
-  // Each file once: size and CRC against the index, then its header.
+  // Each file once: size against the index, then its header (the CRC when first read).
   std::map<std::string, std::map<std::string, const SafetensorsEntry*>> keys;
   std::map<std::string, SafetensorsHeader> headers;
   for (const auto& [file, rec] : index_.files) {
@@ -98,9 +98,6 @@ CheckpointReader::CheckpointReader(const std::string& dir) : dir_(resolve_direct
     MappedFile mapped(path);
     MPT_CHECK(mapped.size() == rec.bytes, Status::kCorruptData, path, ": size ", mapped.size(),
               " bytes, but index.json records ", rec.bytes);
-    uint32_t crc = crc32c(mapped.data(), mapped.size());
-    MPT_CHECK(crc == rec.crc32c, Status::kCorruptData, path, ": crc32c ", format_crc32c(crc),
-              " does not match ", format_crc32c(rec.crc32c), " recorded in index.json");
     SafetensorsHeader& header = headers[file] = parse_safetensors(mapped.data(), mapped.size(), path);
     for (const SafetensorsEntry& e : header.entries) keys[file][e.key] = &e;
     files_.emplace(file, std::move(mapped));
@@ -120,6 +117,26 @@ CheckpointReader::CheckpointReader(const std::string& dir) : dir_(resolve_direct
       starts.push_back(files_.at(s.file).data() + headers.at(s.file).data_start + e.begin);
     }
   }
+}
+
+void CheckpointReader::verify_file(const std::string& file) const {
+  std::lock_guard<std::mutex> lock(verified_mu_);
+  auto it = verified_.find(file);
+  if (it == verified_.end()) {
+    const MappedFile& mapped = files_.at(file);
+    const uint32_t want = index_.files.at(file).crc32c;
+    const uint32_t crc = crc32c(mapped.data(), mapped.size());
+    it = verified_
+             .emplace(file, crc == want ? std::string()
+                                        : str(join_path(dir_, file), ": crc32c ", format_crc32c(crc),
+                                              " does not match ", format_crc32c(want), " recorded in index.json"))
+             .first;
+  }
+  MPT_CHECK(it->second.empty(), Status::kCorruptData, it->second);
+}
+
+void CheckpointReader::verify() const {
+  for (const auto& [file, rec] : index_.files) verify_file(file);
 }
 
 std::vector<std::string> CheckpointReader::tensor_names() const {
@@ -175,6 +192,7 @@ void CheckpointReader::read(const std::string& name, DType dtype, const std::vec
       empty = empty || ext[d] <= 0;
     }
     if (empty) continue;
+    verify_file(s.file);
     const std::vector<int64_t> src_strides = strides_of(s.shape);
     // Trailing axes that are whole in the shard, the region and their intersection form
     // one contiguous run in both; the axes before it are walked.

@@ -1,6 +1,9 @@
 // Loading a checkpoint: opens SAVE_DIR/iter_XXXXXXX (or a save directory, following
-// latest_checkpointed_iteration.txt), verifies every shard file against index.json once,
-// then serves any region of any global tensor, assembled from the slices that cover it.
+// latest_checkpointed_iteration.txt), checks every shard file's size and header against
+// index.json, then serves any region of any global tensor, assembled from the slices that
+// cover it. A shard file's CRC-32C is verified the first time a read touches it, so a rank
+// that needs a few slices of a large checkpoint reads only their files; verify() checks
+// every file.
 // Nothing read from disk is trusted: every inconsistency is an mpt::Error naming the
 // file, the field and the value. kIoError means "no checkpoint here" (the directory does
 // not exist, holds neither index.json nor the latest file) or an unreadable file;
@@ -10,6 +13,7 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +50,9 @@ class CheckpointReader {
   // a bad request (unknown name, other dtype, region outside the tensor) and kCorruptData
   // when the checkpoint's slices do not cover the region. Safe to call from several
   // threads at once.
+  // Verifies every shard file's CRC-32C (kCorruptData naming the file on a mismatch).
+  void verify() const;
+
   void read(const std::string& name, DType dtype, const std::vector<int64_t>& offset,
             const std::vector<int64_t>& shape, void* dst) const;
 
@@ -54,7 +61,12 @@ class CheckpointReader {
 
   std::string dir_;
   CheckpointIndex index_;
+  void verify_file(const std::string& file) const;
+
   std::map<std::string, MappedFile> files_;
+  // Files whose CRC-32C has been checked: "" when it matched, else the error.
+  mutable std::mutex verified_mu_;
+  mutable std::map<std::string, std::string> verified_;
   // Start of each shard's bytes, parallel to index_.tensors[name].shards.
   std::map<std::string, std::vector<const uint8_t*>> shard_data_;
 };

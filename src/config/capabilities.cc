@@ -65,7 +65,6 @@ void check_capabilities(Checker& c) {
           str("the lr_decay_style ", toml_quote(style)));
 
   // Data, checkpoints, logging.
-  unbuilt(r.checkpoint.most_recent_k != -1, "checkpoint.most_recent_k", "keeping only the most recent checkpoints");
   unbuilt(r.logger.timing_log_level != 0, "logger.timing_log_level", "per-phase timing");
 }
 

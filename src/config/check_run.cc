@@ -145,12 +145,19 @@ void check_precision(Checker& c) {
   if (mp.bf16 && mp.fp16) c.fail("mixed_precision.fp16", "cannot be combined with mixed_precision.bf16");
 }
 
+void check_checkpoint(Checker& c) {
+  const CheckpointConfig& ck = c.r.checkpoint;
+  if (ck.most_recent_k == 0)
+    c.fail("checkpoint.most_recent_k", "-1 keeps every checkpoint; otherwise it must be at least 1, got 0");
+}
+
 }  // namespace
 
 void check_run(Checker& c) {
   check_schedule(c);
   check_dataset(c);
   check_precision(c);
+  check_checkpoint(c);
 }
 
 }  // namespace mpt::config

@@ -574,6 +574,15 @@ struct Engine::Impl {
           if (failure.empty()) failure = e.what();
           ckpt::discard_checkpoint(staging);
         }
+        // checkpoint.most_recent_k: older ones go only once this one is complete. A failed
+        // removal loses nothing; training goes on.
+        if (failure.empty() && recipe.checkpoint.most_recent_k > 0) {
+          try {
+            ckpt::prune_checkpoints(job.save_dir, recipe.checkpoint.most_recent_k);
+          } catch (const Error& e) {
+            log.warn(str("mptrain: checkpoint ", dir, " was saved, but removing older checkpoints failed: ", e.what()));
+          }
+        }
       }
       outcome = failure.empty() ? "ok" : failure;
       if (store) store->set(key + "outcome", outcome);
@@ -1118,7 +1127,18 @@ void Engine::load_checkpoint(const std::string& dir) {
   // shards; the current values stay where the checkpoint has none (checkpoint.load_optim
   // off).
   std::vector<Impl::LocalCopy> copies = m.local_copies(true, false);
-  const CheckpointState st = load_local_checkpoint(dir, m.recipe, Impl::buffers(copies));
+  // Each rank verifies the files it reads, so all agree before any keeps what it read.
+  CheckpointState st;
+  std::exception_ptr error;
+  try {
+    st = load_local_checkpoint(dir, m.recipe, Impl::buffers(copies));
+  } catch (const Error&) {
+    error = std::current_exception();
+  }
+  const bool failed = m.any_rank(error != nullptr);
+  if (error) std::rethrow_exception(error);
+  MPT_CHECK(!failed, Status::kCorruptData, "rank ", m.place.rank, ": loading the checkpoint in '", dir,
+            "' failed on another rank (see its error); nothing was loaded");
   m.store_local_copies(copies);
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;

@@ -306,7 +306,7 @@ TEST(ConfigFinalize, NotSupportedYetIsReportedWithTheRest) {
       problems_with({"model.qk_layernorm=true", "mixed_precision=bf16_mixed", "ddp.overlap_param_gather=true",
                      "ddp.check_for_nan_in_grad=true", "optimizer.optimizer=sgd", "model.num_moe_experts=4",
                      "model.add_bias_linear=false", "model.moe_router_load_balancing_type=sinkhorn",
-                     "checkpoint.most_recent_k=2", "logger.timing_log_level=1", "model.hidden_dropout=2"});
+                     "checkpoint.most_recent_k=0", "logger.timing_log_level=1", "model.hidden_dropout=2"});
   EXPECT_TRUE(has(msg, "override 'model.qk_layernorm=true': model.qk_layernorm: query/key layernorm is not supported "
                        "yet"))
       << msg;
@@ -316,7 +316,7 @@ TEST(ConfigFinalize, NotSupportedYetIsReportedWithTheRest) {
   EXPECT_TRUE(has(msg, "optimizer.optimizer: the optimizer \"sgd\" is not supported yet")) << msg;
   EXPECT_TRUE(has(msg, "model.moe_router_load_balancing_type: the load-balancing type \"sinkhorn\" is not supported "
                        "yet")) << msg;
-  EXPECT_TRUE(has(msg, "checkpoint.most_recent_k: keeping only the most recent checkpoints is not supported yet"));
+  EXPECT_TRUE(has(msg, "checkpoint.most_recent_k: -1 keeps every checkpoint; otherwise it must be at least 1, got 0"));
   EXPECT_TRUE(has(msg, "logger.timing_log_level: per-phase timing is not supported yet")) << msg;
   EXPECT_TRUE(has(msg, "model.hidden_dropout: must be in [0, 1), got 2.0")) << msg;
   EXPECT_EQ(count_lines(msg), 8u) << msg;
