@@ -109,6 +109,8 @@ TEST(CheckpointEngine, ReshardingLoadsAtAnyLayout) {
       {2, {"ddp.data_parallel_sharding_strategy=optim_grads_params"}},
       {4, {"model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
            "ddp.use_distributed_optimizer=true"}},
+      {2, {"model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2"}},
+      {2, {"model.context_parallel_size=2"}},
   };
   for (const Layout& l : layouts) {
     const double got = train(l.world, plus(l.overrides, {"checkpoint.load=" + dir}), 1).losses.at(0);
