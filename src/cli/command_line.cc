@@ -42,7 +42,7 @@ Invocation parse_command_line(int argc, const char* const* argv) {
   std::vector<std::string> positionals;
   bool help = false, version = false, options_done = false;
   // Options of one data command, by name, to reject them under any other command.
-  std::vector<std::string> preprocess_options, dataset_info_options;
+  std::vector<std::string> preprocess_options, dataset_info_options, ckpt_info_options;
   bool docs_given = false;
 
   std::vector<std::string> launch_options;  // given, by name, for the checks below
@@ -106,6 +106,9 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     } else if (arg == "--scan") {
       inv.scan = true;
       dataset_info_options.push_back(arg);
+    } else if (arg == "--tensors") {
+      inv.list_tensors = true;
+      ckpt_info_options.push_back(arg);
     } else {
       throw UsageError("unknown option '" + arg + "'");
     }
@@ -130,10 +133,12 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     if (!given.empty())
       throw UsageError(given.front() + " is an option of '" + owner + "', not of '" + command + "'");
   };
-  if ((first == "preprocess" || first == "dataset-info") && inv.nproc_per_node > 1)
+  const bool single_process_command = first == "preprocess" || first == "dataset-info" || first == "ckpt-info";
+  if (single_process_command && inv.nproc_per_node > 1)
     throw UsageError("--nproc-per-node starts ranks for 'train' and 'config', not for '" + first + "'");
   if (first == "preprocess") {
     reject_options(dataset_info_options, "dataset-info", first);
+    reject_options(ckpt_info_options, "ckpt-info", first);
     if (positionals.size() > 1)
       throw UsageError("preprocess takes no arguments besides its options, got '" + positionals[1] +
                        "' (name each input with --input FILE)");
@@ -146,6 +151,7 @@ Invocation parse_command_line(int argc, const char* const* argv) {
   }
   if (first == "dataset-info") {
     reject_options(preprocess_options, "preprocess", first);
+    reject_options(ckpt_info_options, "ckpt-info", first);
     if (positionals.size() < 2) throw UsageError("dataset-info needs the dataset PREFIX (of PREFIX.bin and PREFIX.idx)");
     if (positionals.size() > 2)
       throw UsageError("dataset-info takes one PREFIX, got also '" + positionals[2] + "'");
@@ -153,9 +159,20 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     inv.dataset_prefix = positionals[1];
     return inv;
   }
+  if (first == "ckpt-info") {
+    reject_options(preprocess_options, "preprocess", first);
+    reject_options(dataset_info_options, "dataset-info", first);
+    if (positionals.size() < 2)
+      throw UsageError("ckpt-info needs the checkpoint DIR (a save directory or an iter_XXXXXXX directory)");
+    if (positionals.size() > 2) throw UsageError("ckpt-info takes one DIR, got also '" + positionals[2] + "'");
+    inv.command = Command::kCkptInfo;
+    inv.checkpoint_dir = non_empty("ckpt-info DIR", positionals[1]);
+    return inv;
+  }
   const std::string command = first == "config" ? "config" : "train";
   reject_options(preprocess_options, "preprocess", command);
   reject_options(dataset_info_options, "dataset-info", command);
+  reject_options(ckpt_info_options, "ckpt-info", command);
 
   size_t next = 0;
   if (!positionals.empty()) {
@@ -192,6 +209,7 @@ std::string usage_text() {
   mptrain preprocess --input FILE [--input FILE ...] --output-prefix PREFIX
                      [--json-key KEY] [--docs file|line|paragraph] [--append-eod] [--overwrite]
   mptrain dataset-info PREFIX [--scan]
+  mptrain ckpt-info DIR [--tensors]
   mptrain help | --help | -h
   mptrain --version
 
@@ -211,6 +229,12 @@ Commands:
             Check PREFIX.bin and PREFIX.idx (from mptrain or Megatron-LM) and print the
             dtype, the sequence, document and token counts, the file sizes and the
             shortest, mean and longest sequence.
+  ckpt-info Check the checkpoint in DIR (an iter_XXXXXXX directory, or a save directory:
+            the iteration its latest_checkpointed_iteration.txt names) as loading would:
+            every shard file present with the size and CRC-32C index.json records. Print
+            the iteration, consumed samples, optimizer steps, whether optimizer state is
+            there, the parallel layout it was saved at, the tensor count and every file's
+            bytes and CRC-32C. A damaged checkpoint is an error naming the file.
   help      Print this text.
 
 Overrides:
@@ -258,10 +282,14 @@ Preprocess options:
 Dataset-info options:
   --scan                Also read every token and print the largest token id.
 
+Ckpt-info options:
+  --tensors             Also print one line per tensor: name, dtype, global shape and
+                        the number of slices it was saved in.
+
 Exit status:
   0  success
-  1  the recipe, an override, the data or a checkpoint was rejected, training failed, or
-     an input or dataset could not be read or written
+  1  the recipe, an override, the data or a checkpoint was rejected (missing, damaged),
+     training failed, or an input or dataset could not be read or written
      (the message names the file, line and key where it can); with --nproc-per-node:
      a rank failed (the message names it)
   2  the command line itself is wrong

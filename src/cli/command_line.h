@@ -9,7 +9,7 @@
 
 namespace mpt::cli {
 
-enum class Command { kTrain, kConfig, kHelp, kVersion, kPreprocess, kDatasetInfo };
+enum class Command { kTrain, kConfig, kHelp, kVersion, kPreprocess, kDatasetInfo, kCkptInfo };
 
 // What one document of a plain-text input is (`preprocess --docs`).
 enum class DocumentUnit { kFile, kLine, kParagraph };
@@ -39,6 +39,8 @@ struct Invocation {
   PreprocessOptions preprocess;        // kPreprocess
   std::string dataset_prefix;          // kDatasetInfo: the dataset's PREFIX
   bool scan = false;                   // kDatasetInfo --scan: read every token
+  std::string checkpoint_dir;          // kCkptInfo: a save directory or an iter_XXXXXXX directory
+  bool list_tensors = false;           // kCkptInfo --tensors: one line per tensor
 };
 
 // A command line that cannot be understood; the program exits with status 2.

@@ -13,6 +13,8 @@ int run_config(const Invocation& inv);
 // src/cli/data_commands.cc: `mptrain preprocess` and `mptrain dataset-info`.
 int run_preprocess(const Invocation& inv);
 int run_dataset_info(const Invocation& inv);
+// src/cli/ckpt_info.cc: `mptrain ckpt-info`.
+int run_ckpt_info(const Invocation& inv);
 // src/cli/plan_command.cc: `mptrain plan --pipeline`; it parses inv.rank_arguments itself.
 int run_plan(const Invocation& inv);
 std::string plan_usage_text();

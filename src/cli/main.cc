@@ -1,5 +1,5 @@
 // mptrain: train a transformer from a TOML recipe, print the resolved recipe, plan its
-// pipeline schedule, or prepare and inspect indexed datasets.
+// pipeline schedule, prepare and inspect indexed datasets, or inspect a checkpoint.
 // With --nproc-per-node N it launches N ranks of itself (src/cli/launcher.h).
 // Exit status: 0 success, 1 rejected input or failed training (or a failed rank), 2 bad
 // command line, 128 + the signal when a launch was stopped by SIGINT or SIGTERM.
@@ -85,6 +85,8 @@ int run(int argc, char** argv) {
       return mpt::cli::run_preprocess(inv);
     case Command::kDatasetInfo:
       return mpt::cli::run_dataset_info(inv);
+    case Command::kCkptInfo:
+      return mpt::cli::run_ckpt_info(inv);
     case Command::kConfig:
     case Command::kTrain:
       break;

@@ -23,6 +23,7 @@ bool is_vocab_tensor(const std::string& name) {
 
 nlohmann::json checkpoint_meta(const config::Recipe& recipe, const CheckpointState& st) {
   return {{"iteration", st.iteration},
+          {"world_size", recipe.derived.world_size},
           {"consumed_samples", st.consumed_samples},
           {"consumed_valid_samples", st.consumed_valid_samples},
           {"optimizer_steps", st.optimizer_steps},

@@ -57,7 +57,7 @@ class Engine {
   // data stream; loads checkpoint.load if set. Throws mpt::Error. With world_size > 1 every
   // rank constructs its Engine with its own place: rank 0 hosts the rendezvous store at
   // master_addr:master_port, all ranks meet there and form their process groups. Only
-  // rank 0 logs progress, writes metrics and writes checkpoints.
+  // rank 0 logs progress and writes metrics; every rank writes its part of a checkpoint.
   Engine(const config::Recipe& recipe, Logger logger, const dist::LaunchPlace& place = dist::LaunchPlace());
   ~Engine();
   Engine(const Engine&) = delete;

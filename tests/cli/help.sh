@@ -9,7 +9,7 @@ source "$src/tests/cli/lib/common.bash"
 for form in --help -h help; do
   run 0 "$form"
   for word in "mptrain [OPTIONS] RECIPE.toml" config train section.key=value --threads --quiet \
-              --nproc-per-node --version "Exit status"; do
+              --nproc-per-node --version "Exit status" "ckpt-info DIR" --tensors; do
     grep -qF -- "$word" "$tmp/out" || fail "mptrain $form does not mention '$word'"
   done
 done
