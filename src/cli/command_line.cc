@@ -293,7 +293,8 @@ Exit status:
      (the message names the file, line and key where it can); with --nproc-per-node:
      a rank failed (the message names it)
   2  the command line itself is wrong
-  128+S  with --nproc-per-node: stopped by signal S (130 for SIGINT, 143 for SIGTERM)
+  128+S  with --nproc-per-node: signal S (130 for SIGINT, 143 for SIGTERM) was forwarded and
+         a rank did not stop cleanly on it (training stops after its step, saves and exits 0)
 )";
 }
 

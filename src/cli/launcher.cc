@@ -419,12 +419,20 @@ class Launch {
     for (int s : signals_.take()) {
       if (s != SIGINT && s != SIGTERM) continue;
       // Ranks that train stop after their current step with a checkpoint and exit 0 (the
-      // recipe's checkpoint.exit_signal_handler); the launcher then exits 0 too.
-      if (!signalled_) signalled_ = 128 + s;
+      // recipe's checkpoint.exit_signal_handler); the launcher then exits 0 too. That may
+      // take a while, so the first signal sets no SIGKILL deadline; a second one is passed
+      // on too (it stops a rank at once) and sets it.
+      const bool first = !signalled_;
+      if (first) signalled_ = 128 + s;
       if (!any_running()) continue;
-      say(str("received ", signal_name(s), "; forwarding it to the ranks (SIGKILL after ",
-              options_.kill_grace_s, " s)"));
-      stop_ranks(s);
+      if (first) {
+        say(str("received ", signal_name(s), "; forwarding it to the ranks (they stop after their current step; "
+                "send it again to stop them at once)"));
+      } else {
+        say(str("received ", signal_name(s), " again; forwarding it to the ranks (SIGKILL after ",
+                options_.kill_grace_s, " s)"));
+      }
+      stop_ranks(s, !first);
     }
   }
 
@@ -479,10 +487,11 @@ class Launch {
     stop_ranks(SIGTERM);
   }
 
-  void stop_ranks(int signal_number) {
+  // Sends the signal to every running rank; with `deadline`, SIGKILL follows after the grace.
+  void stop_ranks(int signal_number, bool deadline = true) {
     for (const Rank& r : ranks_)
       if (r.running) ::kill(r.pid, signal_number);
-    if (!kill_at_)
+    if (deadline && !kill_at_)
       kill_at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(options_.kill_grace_s));
   }
