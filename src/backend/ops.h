@@ -70,6 +70,18 @@ class Ops {
   // largest call seen, e.g. the CPU attention's score blocks).
   virtual int64_t workspace_bytes() const { return 0; }
 
+  // --- where tensors live -------------------------------------------------------------
+  // The memory this backend computes on: host memory for the CPU, device memory for a GPU.
+  // allocate() returns zero-filled memory aligned to 256 bytes and throws
+  // Error(kOutOfMemory) naming the size; release(nullptr) does nothing.
+  virtual bool host_memory() const { return true; }
+  virtual void* allocate(size_t bytes);
+  virtual void release(void* p);
+  // Copies between host memory and this backend's memory (ordered with the backend's work;
+  // to_host waits for it).
+  virtual void to_device(void* dst, const void* src, size_t bytes);
+  virtual void to_host(void* dst, const void* src, size_t bytes);
+
   // --- memory and elementwise --------------------------------------------------------
   virtual void fill(Tensor x, float value) = 0;
   virtual void copy(Tensor dst, Tensor src) = 0;                 // same numel
@@ -211,5 +223,8 @@ class Ops {
 
 // The fp32 reference backend. num_threads <= 0 uses all cores.
 std::unique_ptr<Ops> make_cpu_ops(int num_threads);
+// The CUDA backend on GPU `device` (src/cuda). Throws Error(kNotSupported) in a build without
+// CUDA and Error(kDevice) naming the device when it cannot be used.
+std::unique_ptr<Ops> make_cuda_ops(int device);
 
 }  // namespace mpt::backend

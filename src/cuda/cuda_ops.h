@@ -1,0 +1,140 @@
+// The CUDA backend: backend::Ops on one NVIDIA GPU. Every op is queued on the backend's own
+// stream and returns without waiting; synchronize(), to_host() and the ops that return a
+// host value (sum_squares, dot, all_finite) wait. Tensors are device memory from
+// allocate() (or any device pointer), except where the interface passes a host array
+// (grouped_matmul's counts).
+//
+// The ops live in several files, one family each:
+//   cuda_ops.cu            construction, memory, elementwise, reductions, AdamW
+//   cuda_gemm.cu           matmul (cuBLASLt), bias, grouped GEMM
+//   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
+//                          attention_merge
+//   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout, embedding,
+//                          cross-entropy pieces
+//   cuda_moe.cu            router top-k and losses, token permutes
+// Numerics: fp32 storage, fp32 arithmetic (TF32 tensor cores are not used, so results
+// match the CPU oracle within 1e-5 relative); reductions in a fixed order, so a call gives
+// the same bits every time. Dropout draws the CPU backend's masks exactly (the same Philox
+// stream, core/rng_device.h).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "backend/ops.h"
+#include "cuda/allocator.h"
+
+namespace mpt::cuda {
+
+class CudaOps final : public backend::Ops {
+ public:
+  explicit CudaOps(int device);
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  const char* name() const override { return name_; }
+  void synchronize() override;
+  int64_t workspace_bytes() const override;
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Memory (cuda_ops.cu): device memory from the caching allocator.
+  bool host_memory() const override { return false; }
+  void* allocate(size_t bytes) override;
+  void release(void* p) override;
+  void to_device(void* dst, const void* src, size_t bytes) override;
+  void to_host(void* dst, const void* src, size_t bytes) override;
+
+  // Elementwise and reductions (cuda_ops.cu).
+  void fill(Tensor x, float value) override;
+  void copy(Tensor dst, Tensor src) override;
+  void add(Tensor out, Tensor a, Tensor b) override;
+  void add_inplace(Tensor y, Tensor x) override;
+  void scale(Tensor x, float s) override;
+  double sum_squares(Tensor x) override;
+  double dot(Tensor a, Tensor b) override;
+  bool all_finite(Tensor x) override;
+  void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const backend::AdamWArgs& a) override;
+
+  // GEMM (cuda_gemm.cu).
+  void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) override;
+  void add_bias(Tensor y, Tensor bias) override;
+  void bias_grad(Tensor dbias, Tensor dy) override;
+  void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, backend::GroupedForm form,
+                      float beta) override;
+
+  // Attention (cuda_attention.cu).
+  void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const backend::AttentionDims& d) override;
+  void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                     Tensor lse, const backend::AttentionDims& d) override;
+  void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads,
+                       int64_t head_dim) override;
+
+  // Layers (cuda_layers.cu).
+  void layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) override;
+  void layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout, Tensor x, Tensor weight, Tensor mean,
+                     Tensor rstd) override;
+  void rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) override;
+  void rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) override;
+  void qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                 int64_t head_dim) override;
+  void qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                 int64_t head_dim) override;
+  void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
+            bool inverse) override;
+  void activation_fwd(Tensor out, Tensor x, backend::Activation act, bool gated) override;
+  void activation_bwd(Tensor dx, Tensor dout, Tensor x, backend::Activation act, bool gated) override;
+  void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) override;
+  void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) override;
+  void embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_start, bool accumulate) override;
+  void embedding_bwd(Tensor dtable, Tensor ids, Tensor dout, int64_t vocab_start) override;
+  void ce_row_max(Tensor row_max, Tensor logits, int64_t vocab_start, int64_t vocab_valid) override;
+  void ce_sumexp_target(Tensor sumexp, Tensor target_logit, Tensor logits, Tensor row_max, Tensor targets,
+                        int64_t vocab_start, int64_t vocab_valid) override;
+  void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) override;
+  void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
+              int64_t vocab_start, int64_t vocab_valid) override;
+
+  // Mixture of experts (cuda_moe.cu).
+  void router_topk(Tensor indices, Tensor probs, Tensor scores, Tensor logits, int64_t k, backend::RouterScore fn,
+                   bool pre_softmax) override;
+  void router_topk_bwd(Tensor dlogits, Tensor dprobs, Tensor dscores, Tensor logits, Tensor indices, int64_t k,
+                       backend::RouterScore fn, bool pre_softmax) override;
+  void router_lse(Tensor lse, Tensor logits) override;
+  void router_z_loss_bwd(Tensor dlogits, Tensor logits, Tensor lse, float scale) override;
+  void moe_permute(Tensor x_perm, Tensor x, Tensor rows) override;
+  void moe_permute_bwd(Tensor dx, Tensor dx_perm, Tensor rows) override;
+  void moe_unpermute(Tensor out, Tensor y, Tensor rows, Tensor probs) override;
+  void moe_unpermute_bwd(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rows, Tensor probs) override;
+
+  // Shared by the op files: a scratch area of at least `bytes` on the device (valid until the
+  // next call asking for scratch; grows, never shrinks), a small pinned host buffer for
+  // results the host reads, and the cuBLASLt handle and its workspace.
+  void* scratch(size_t bytes);
+  void* pinned(size_t bytes);
+  cublasLtHandle_t lt() const { return lt_; }
+  void* lt_workspace() const { return lt_workspace_; }
+  size_t lt_workspace_bytes() const { return lt_workspace_bytes_; }
+
+ private:
+  int device_ = 0;
+  char name_[32] = "cuda";
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<CachingAllocator> alloc_;
+  cublasLtHandle_t lt_ = nullptr;
+  void* lt_workspace_ = nullptr;
+  size_t lt_workspace_bytes_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  void* pinned_ = nullptr;
+  size_t pinned_bytes_ = 0;
+};
+
+// Checks a kernel launch (cudaGetLastError) naming the kernel.
+#define MPT_CUDA_LAUNCH(name) MPT_CUDA_CHECK(cudaGetLastError())
+
+}  // namespace mpt::cuda

@@ -1,0 +1,120 @@
+// Shared by the GPU op tests: a CUDA backend and the CPU oracle side by side, tensors that
+// live in both (random host values uploaded to the device), and comparisons of a device
+// result with the CPU op's. Every test skips itself when no GPU is visible.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/ops.h"
+#include "core/rng.h"
+#include "cuda/device.h"
+
+namespace mpt::device_testing {
+
+#define MPT_SKIP_WITHOUT_GPU()                                              \
+  do {                                                                      \
+    if (::mpt::cuda::visible_devices().empty()) GTEST_SKIP() << "no CUDA GPU visible"; \
+  } while (0)
+
+// A tensor held twice: host values (the CPU op's input/output) and a device copy.
+struct Pair {
+  std::vector<uint8_t> host;  // the CPU tensor's storage
+  void* dev = nullptr;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  backend::Ops* gpu = nullptr;
+
+  Pair() = default;
+  Pair(const Pair&) = delete;
+  Pair& operator=(const Pair&) = delete;
+  ~Pair() {
+    if (gpu) gpu->release(dev);
+  }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  Tensor make(void* p) const {
+    Tensor t;
+    t.data = p;
+    t.dtype = dtype;
+    t.ndim = static_cast<int>(shape.size());
+    for (size_t i = 0; i < shape.size(); ++i) t.shape[i] = shape[i];
+    return t;
+  }
+  Tensor cpu() { return make(host.data()); }
+  Tensor gpu_t() const { return make(dev); }
+  float* f() { return reinterpret_cast<float*>(host.data()); }
+  int32_t* i() { return reinterpret_cast<int32_t*>(host.data()); }
+  void upload() { gpu->to_device(dev, host.data(), host.size()); }
+  // The device values, read back.
+  std::vector<float> download_f32() const {
+    std::vector<float> out(static_cast<size_t>(numel()));
+    gpu->to_host(out.data(), dev, out.size() * sizeof(float));
+    return out;
+  }
+  std::vector<int32_t> download_i32() const {
+    std::vector<int32_t> out(static_cast<size_t>(numel()));
+    gpu->to_host(out.data(), dev, out.size() * sizeof(int32_t));
+    return out;
+  }
+};
+
+// The backends under test: the CUDA one on GPU 0 and the CPU oracle.
+struct Backends {
+  std::unique_ptr<backend::Ops> gpu = backend::make_cuda_ops(0);
+  std::unique_ptr<backend::Ops> cpu = backend::make_cpu_ops(0);
+
+  // A tensor of `shape` filled with normal(0, std) values from `seed` (f32), or zeros.
+  std::unique_ptr<Pair> f32(std::vector<int64_t> shape, uint64_t seed = 0, float std = 1.0f) {
+    auto p = std::make_unique<Pair>();
+    p->gpu = gpu.get();
+    p->dtype = DType::kF32;
+    p->shape = std::move(shape);
+    p->host.assign(static_cast<size_t>(p->numel()) * 4, 0);
+    if (seed) fill_normal(p->f(), p->numel(), seed, 0, 0.0f, std);
+    p->dev = gpu->allocate(p->host.size());
+    p->upload();
+    return p;
+  }
+  // An int32 tensor with the given values.
+  std::unique_ptr<Pair> i32(std::vector<int64_t> shape, const std::vector<int32_t>& values) {
+    auto p = std::make_unique<Pair>();
+    p->gpu = gpu.get();
+    p->dtype = DType::kI32;
+    p->shape = std::move(shape);
+    EXPECT_EQ(static_cast<int64_t>(values.size()), p->numel());
+    p->host.assign(values.size() * 4, 0);
+    std::copy(values.begin(), values.end(), p->i());
+    p->dev = gpu->allocate(p->host.size());
+    p->upload();
+    return p;
+  }
+};
+
+// max |got - want| / max(max |want|, floor): the error relative to the tensor's scale.
+inline double scaled_error(const std::vector<float>& got, const float* want, size_t n, double floor = 1e-6) {
+  double err = 0, scale = floor;
+  for (size_t i = 0; i < n; ++i) {
+    scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+    err = std::max(err, std::fabs(static_cast<double>(got[i]) - static_cast<double>(want[i])));
+  }
+  return err / scale;
+}
+
+// The device tensor equals the CPU result in `p.host` within `tol` (scaled error).
+inline void expect_close(const Pair& p, double tol, const std::string& what) {
+  const std::vector<float> got = p.download_f32();
+  const double e = scaled_error(got, reinterpret_cast<const float*>(p.host.data()), got.size());
+  EXPECT_LE(e, tol) << what << ": the GPU result differs from the CPU's by " << e << " (scaled)";
+}
+
+}  // namespace mpt::device_testing
