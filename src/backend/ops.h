@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "core/arena.h"
 #include "core/tensor.h"
 
 namespace mpt::backend {
@@ -61,9 +62,9 @@ struct AdamWArgs {
   float grad_scale = 1;     // multiplies the gradient first (clipping coefficient)
 };
 
-class Ops {
+class Ops : public MemoryResource {
  public:
-  virtual ~Ops() = default;
+  ~Ops() override = default;
   virtual const char* name() const = 0;
   virtual void synchronize() {}
   // Bytes of work buffers the backend keeps between calls, as of now (they grow to the
@@ -75,12 +76,20 @@ class Ops {
   // allocate() returns zero-filled memory aligned to 256 bytes and throws
   // Error(kOutOfMemory) naming the size; release(nullptr) does nothing.
   virtual bool host_memory() const { return true; }
-  virtual void* allocate(size_t bytes);
-  virtual void release(void* p);
+  void* allocate(size_t bytes) override;
+  void release(void* p) override;
   // Copies between host memory and this backend's memory (ordered with the backend's work;
   // to_host waits for it).
   virtual void to_device(void* dst, const void* src, size_t bytes);
   virtual void to_host(void* dst, const void* src, size_t bytes);
+  // Between two areas of this backend's memory (they may overlap).
+  virtual void device_copy(void* dst, const void* src, size_t bytes);
+  // Whether p points into this backend's memory rather than host memory (always false for
+  // a host-memory backend).
+  virtual bool is_device_pointer(const void* p) const {
+    (void)p;
+    return false;
+  }
 
   // --- memory and elementwise --------------------------------------------------------
   virtual void fill(Tensor x, float value) = 0;
@@ -223,6 +232,10 @@ class Ops {
 
 // The fp32 reference backend. num_threads <= 0 uses all cores.
 std::unique_ptr<Ops> make_cpu_ops(int num_threads);
+// The CPU ops behind device-memory discipline (backend/cpu/device_emulation.cc): memory
+// from allocate() cannot be touched from the host, so device code paths are tested
+// without a GPU.
+std::unique_ptr<Ops> make_emulated_device_ops(int num_threads);
 // The CUDA backend on GPU `device` (src/cuda). Throws Error(kNotSupported) in a build without
 // CUDA and Error(kDevice) naming the device when it cannot be used.
 std::unique_ptr<Ops> make_cuda_ops(int device);

@@ -26,6 +26,10 @@ void Ops::to_host(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
 
+void Ops::device_copy(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+
 #ifndef MPT_HAVE_CUDA
 std::unique_ptr<Ops> make_cuda_ops(int device) {
   fail(Status::kNotSupported, "the CUDA backend (GPU ", device, "): this build has no CUDA sources");

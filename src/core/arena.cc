@@ -8,13 +8,22 @@
 
 namespace mpt {
 
-Arena::~Arena() { std::free(base_); }
+namespace {
+void release(MemoryResource* memory, uint8_t* base) {
+  if (memory) memory->release(base);
+  else std::free(base);
+}
+}  // namespace
 
-Arena::Arena(Arena&& o) noexcept : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+Arena::~Arena() { release(memory_, base_); }
+
+Arena::Arena(Arena&& o) noexcept
+    : memory_(o.memory_), base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
 
 Arena& Arena::operator=(Arena&& o) noexcept {
   if (this != &o) {
-    std::free(base_);
+    release(memory_, base_);
+    memory_ = o.memory_;
     base_ = std::exchange(o.base_, nullptr);
     size_ = std::exchange(o.size_, 0);
   }
@@ -31,6 +40,10 @@ size_t Arena::reserve(size_t bytes) {
 void Arena::allocate() {
   MPT_ASSERT(base_ == nullptr);
   size_t n = size_ == 0 ? kAlign : size_;
+  if (memory_) {
+    base_ = static_cast<uint8_t*>(memory_->allocate(n));
+    return;
+  }
   base_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, n));
   MPT_CHECK(base_ != nullptr, Status::kOutOfMemory, "out of host memory allocating ", n, " bytes");
   std::memset(base_, 0, n);

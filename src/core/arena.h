@@ -10,10 +10,21 @@
 
 namespace mpt {
 
+// Where memory comes from: host memory, or a backend's (device memory for a GPU; see
+// backend::Ops, which is one). allocate() returns zero-filled memory aligned to at least
+// 64 bytes and throws Error(kOutOfMemory).
+class MemoryResource {
+ public:
+  virtual ~MemoryResource() = default;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+};
+
 class Arena {
  public:
   static constexpr size_t kAlign = 64;
-  Arena() = default;
+  // memory: where allocate() takes the arena from; null: host memory.
+  explicit Arena(MemoryResource* memory = nullptr) : memory_(memory) {}
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -32,6 +43,7 @@ class Arena {
   bool allocated() const { return base_ != nullptr; }
 
  private:
+  MemoryResource* memory_ = nullptr;
   uint8_t* base_ = nullptr;
   size_t size_ = 0;
 };

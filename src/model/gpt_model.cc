@@ -143,7 +143,7 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
   if (o.storage) {
     storage_ = o.storage(reg_, units_);
   } else {
-    auto full = std::make_unique<FullStorage>(reg_.total_numel());
+    auto full = std::make_unique<FullStorage>(reg_.total_numel(), ops_);
     full->set_units(&units_);
     storage_ = std::move(full);
   }
@@ -151,12 +151,13 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
     if (o.expert_storage) {
       expert_storage_ = o.expert_storage(expert_reg_, expert_units_);
     } else {
-      auto full = std::make_unique<FullStorage>(expert_reg_.total_numel());
+      auto full = std::make_unique<FullStorage>(expert_reg_.total_numel(), ops_);
       full->set_units(&expert_units_);
       expert_storage_ = std::move(full);
     }
   }
   slots_.resize(static_cast<size_t>(o.slots));
+  acts_ = Arena(&ops_);  // activations live in the backend's memory
   plan_activations();
 }
 
@@ -248,25 +249,43 @@ void GPTModel::plan_activations() {
   local_positions_ = Tensor(positions_.i() + tp_.row_offset(T), DType::kI32, {R});
   runs_ = residual_row_runs(d, cp_, tp_);
 
-  int32_t* pos = positions_.i();
+  std::vector<int32_t> pos(static_cast<size_t>(T));
   for (int64_t q = 0; q < d.local_seq(); ++q)
     for (int64_t b = 0; b < d.micro_batch; ++b)
-      pos[q * d.micro_batch + b] = static_cast<int32_t>(cp_.position(q, d.local_seq()));
+      pos[static_cast<size_t>(q * d.micro_batch + b)] = static_cast<int32_t>(cp_.position(q, d.local_seq()));
+  ops_.to_device(positions_.data, pos.data(), pos.size() * sizeof(int32_t));
+  host_mask_.assign(static_cast<size_t>(T), 0.0f);
 }
 
 MicroBatchInput GPTModel::input(int64_t slot) {
+  MPT_CHECK(ops_.host_memory(), Status::kInvalidArgument, "GPTModel::input: the ", ops_.name(),
+            " backend's memory is not host memory; use load_input");
   SlotActs& a = slot_at(slot);
   return {a.ids.i(), a.labels.i(), a.loss_mask.f()};
+}
+
+void GPTModel::load_input(int64_t slot, const MicroBatchInput& host) {
+  SlotActs& a = slot_at(slot);
+  const int64_t T = dims_.tokens();
+  if (host.ids) ops_.to_device(a.ids.data, host.ids, static_cast<size_t>(T) * sizeof(int32_t));
+  if (host.labels) ops_.to_device(a.labels.data, host.labels, static_cast<size_t>(T) * sizeof(int32_t));
+  if (host.loss_mask) ops_.to_device(a.loss_mask.data, host.loss_mask, static_cast<size_t>(T) * sizeof(float));
 }
 
 void GPTModel::init_parameters(uint64_t seed) {
   MPT_CHECK(params() != nullptr, Status::kInvalidArgument,
             "init_parameters needs resident parameters; a sharding storage initialises its shards");
-  reg_.initialize(params(), seed);
+  // Drawn on the host, then copied into the backend's memory.
+  auto init = [&](const ParamRegistry& reg, float* dst) {
+    std::vector<float> host(static_cast<size_t>(reg.total_numel()));
+    reg.initialize(host.data(), seed);
+    ops_.to_device(dst, host.data(), host.size() * sizeof(float));
+  };
+  init(reg_, params());
   if (expert_storage_) {
     MPT_CHECK(expert_storage_->full_params() != nullptr, Status::kInvalidArgument,
               "init_parameters needs resident expert parameters");
-    expert_reg_.initialize(expert_storage_->full_params(), seed);
+    init(expert_reg_, expert_storage_->full_params());
   }
 }
 
@@ -362,22 +381,20 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   tp_.all_reduce(a.sumexp_target, dist::ReduceOp::kSum);
   ops_.ce_loss(a.token_loss, a.row_max, a.sumexp, a.target_logit);
   sums.weighted_loss = ops_.dot(a.token_loss, a.loss_mask);
-  const float* m = a.loss_mask.f();
-  for (int64_t t = 0; t < T; ++t) sums.mask_sum += m[t];
+  ops_.to_host(host_mask_.data(), a.loss_mask.data, static_cast<size_t>(T) * sizeof(float));
+  for (int64_t t = 0; t < T; ++t) sums.mask_sum += host_mask_[static_cast<size_t>(t)];
   return sums;
 }
 
 void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor output_grad, float aux_scale) {
   const GPTDims& d = dims_;
-  const int64_t T = d.tokens();
   SlotActs& a = slot_at(slot);
   ParamStorage& st = *storage_;
   st.begin_pass(Pass::kBackward);
   if (expert_storage_) expert_storage_->begin_pass(Pass::kBackward);
   if (chunk_.post_process) {
-    float* gs = a.grad_scale.f();
-    const float* m = a.loss_mask.f();
-    for (int64_t t = 0; t < T; ++t) gs[t] = m[t] * loss_scale;
+    ops_.copy(a.grad_scale, a.loss_mask);
+    ops_.scale(a.grad_scale, loss_scale);
     Tensor dlogits = a.logits;
     ops_.ce_bwd(dlogits, a.logits, a.row_max, a.sumexp, a.labels, a.grad_scale, d.vocab_start(), d.vocab);
     // logits = final_out @ W^T: dW += dlogits^T final_out; d(final_out) = dlogits @ W, reduced

@@ -108,8 +108,10 @@ class GPTModel {
   void zero_grads();
 
   // Buffers the caller fills before forward() of a slot: token ids (pre-process chunk) and
-  // labels and loss mask (post-process chunk).
+  // labels and loss mask (post-process chunk). Host-memory backends only; load_input copies
+  // host arrays of tokens() elements into a slot on any backend (null pointers are skipped).
   MicroBatchInput input(int64_t slot = 0);
+  void load_input(int64_t slot, const MicroBatchInput& host);
   // [R, H]: where a chunk without the embedding takes its input (the previous pipeline
   // stage's output), and the chunk's output (valid until the slot's backward).
   Tensor chunk_input(int64_t slot) { return slot_at(slot).residual.front(); }
@@ -192,6 +194,7 @@ class GPTModel {
   Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
   LayerScratch scratch_;
   Tensor dres_;                   // [R,H]
+  std::vector<float> host_mask_;  // [T]: a slot's loss mask read back, for its sum
 };
 
 }  // namespace mpt::model

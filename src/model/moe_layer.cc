@@ -165,9 +165,15 @@ void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeS
   const std::vector<int64_t>& off = ex.offsets;
   std::vector<int64_t>& start = ex.starts;
   start.resize(static_cast<size_t>(E));
-  const int32_t* rows = s.rows_g.i();
-  const int32_t* idx = s.indices_g.i();
-  int32_t* map = a.map.i();
+  const size_t n_choices = static_cast<size_t>(g * R * k);
+  ex.rows_g.resize(n_choices);
+  ex.indices_g.resize(n_choices);
+  ex.map.resize(n_choices);
+  c.ops.to_host(ex.rows_g.data(), s.rows_g.data, n_choices * sizeof(int32_t));
+  c.ops.to_host(ex.indices_g.data(), s.indices_g.data, n_choices * sizeof(int32_t));
+  const int32_t* rows = ex.rows_g.data();
+  const int32_t* idx = ex.indices_g.data();
+  int32_t* map = ex.map.data();
   for (int64_t q = 0; q < g; ++q) {
     int64_t at = 0;
     for (int64_t e = 0; e < E; ++e) {
@@ -182,6 +188,7 @@ void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeS
                                           start[static_cast<size_t>(idx[i])]);
     }
   }
+  ops.to_device(a.map.data, map, n_choices * sizeof(int32_t));
   const int64_t n = ex.rows;
   const Tensor xp = a.x_perm.rows(0, n), y = s.y_perm.rows(0, n);
   ops.moe_permute(xp, s.gathered, a.map);
@@ -234,7 +241,8 @@ void alltoall_plan(const MoeContext& c, MoeActs& a) {
   ex.recv.resize(static_cast<size_t>(g));
   expert_offsets(c, ex);
   const std::vector<int64_t>& off = ex.offsets;
-  int32_t* map = a.map.i();
+  ex.map.resize(static_cast<size_t>(ex.rows));
+  int32_t* map = ex.map.data();
   ex.received = 0;
   for (int64_t q = 0; q < g; ++q) {
     ex.send[static_cast<size_t>(q)] = ex.block_rows[static_cast<size_t>(c.ep.peer_ep(q))] * H;
@@ -247,6 +255,7 @@ void alltoall_plan(const MoeContext& c, MoeActs& a) {
     ex.recv[static_cast<size_t>(q)] = from_q * H;
     ex.received += from_q;
   }
+  c.ops.to_device(a.map.data, map, static_cast<size_t>(ex.received) * sizeof(int32_t));
 }
 
 // Sends this rank's permuted rows `local` to the members holding their experts; rows land in
@@ -259,8 +268,9 @@ void alltoall_dispatch(const MoeContext& c, const MoeActs& a, MoeScratch& s, Ten
     float* stage = s.stage.f();
     for (int64_t q = 0; q < c.ep.size(); ++q) {
       const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
-      const float* src = local.f() + ex.block_start[r] * H;
-      stage = std::copy(src, src + ex.block_rows[r] * H, stage);
+      const int64_t n = ex.block_rows[r] * H;
+      c.ops.device_copy(stage, local.f() + ex.block_start[r] * H, static_cast<size_t>(n) * sizeof(float));
+      stage += n;
     }
     send = s.stage.f();
   }
@@ -368,8 +378,13 @@ void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch
   }
   ops.synchronize();
   const int64_t capacity = d.capacity_factor > 0 ? d.expert_capacity(R) : -1;
-  route_tokens(a.indices.i(), a.probs.f(), R, k, E, capacity, d.drop_by_position, d.pad_to_capacity, a.routing);
-  std::copy(a.routing.rows.begin(), a.routing.rows.end(), a.rows.i());
+  a.host_indices.resize(static_cast<size_t>(R * k));
+  a.host_probs.resize(static_cast<size_t>(R * k));
+  ops.to_host(a.host_indices.data(), a.indices.data, a.host_indices.size() * sizeof(int32_t));
+  ops.to_host(a.host_probs.data(), a.probs.data, a.host_probs.size() * sizeof(float));
+  route_tokens(a.host_indices.data(), a.host_probs.data(), R, k, E, capacity, d.drop_by_position, d.pad_to_capacity,
+               a.routing);
+  ops.to_device(a.rows.data, a.routing.rows.data(), a.routing.rows.size() * sizeof(int32_t));
   // The losses are the micro-batch's: counts over the ranks holding parts of it, each rank's
   // share from its own rows (the shares add up to the whole).
   a.routed_total = a.routing.routed;
@@ -380,7 +395,9 @@ void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch
   a.aux_loss = 0;
   if (training && d.aux_loss_coeff > 0) {
     // E * coeff / (k * T^2) * sum_e routed_e * sum_t scores[t, e].
-    const float* sc = a.scores.f();
+    a.host_scores.resize(static_cast<size_t>(R * E));
+    ops.to_host(a.host_scores.data(), a.scores.data, a.host_scores.size() * sizeof(float));
+    const float* sc = a.host_scores.data();
     double sum = 0;
     for (int64_t e = 0; e < E; ++e) {
       double col = 0;
@@ -426,12 +443,13 @@ void moe_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratc
   const double Tt = static_cast<double>(a.tokens_total);
   Tensor dscores;
   if (d.aux_loss_coeff > 0) {
-    ops.synchronize();
-    float* ds = s.dscores.f();
+    s.host_dscores.resize(static_cast<size_t>(R * E));
+    float* ds = s.host_dscores.data();
     const double w = aux_scale * static_cast<double>(E) * d.aux_loss_coeff / (static_cast<double>(k) * Tt * Tt);
     for (int64_t t = 0; t < R; ++t)
       for (int64_t e = 0; e < E; ++e)
         ds[t * E + e] = static_cast<float>(w * static_cast<double>(a.routed_total[static_cast<size_t>(e)]));
+    ops.to_device(s.dscores.data, ds, s.host_dscores.size() * sizeof(float));
     dscores = s.dscores;
   }
   ops.router_topk_bwd(s.dlogits, s.dprobs, dscores, a.logits, a.indices, k, d.router_score, d.router_pre_softmax);

@@ -68,8 +68,10 @@ struct Exchange {
   std::vector<int64_t> send, recv, block_start, block_rows;
   int64_t received = 0;             // rows received
   // Work space: where member q's rows of local expert e start in x_perm ([group, local
-  // experts]), and where a member's rows of each expert start among its own ([E]).
+  // experts]), and where a member's rows of each expert start among its own ([E]); host
+  // copies of the gathered routing and the row map built from them.
   std::vector<int64_t> offsets, starts;
+  std::vector<int32_t> rows_g, indices_g, map;
 };
 
 // What an MoE MLP keeps from forward to backward. R = the rows this rank holds (its tokens).
@@ -86,6 +88,9 @@ struct MoeActs {
   Tensor y_local;  // alltoall [max local rows, H]: the outputs of this rank's choices
   Routing routing;
   Exchange exchange;
+  // Host copies of the router's choices (and its scores, for the load-balancing loss).
+  std::vector<int32_t> host_indices;
+  std::vector<float> host_probs, host_scores;
   std::vector<int64_t> routed_total;  // [E]: routed choices over the micro-batch (tensor x context group)
   int64_t tokens_total = 0;           // tokens of the micro-batch the counts cover
   double aux_loss = 0, z_loss = 0;    // this rank's share of the micro-batch's values (0 when off)
@@ -106,6 +111,7 @@ struct MoeScratch {
   Tensor local;               // alltoall [max local rows, H]: this rank's permuted rows
   Tensor received;            // alltoall [max received, H]
   Tensor stage;               // alltoall with ETP > 1: [ETP * max local rows, H]
+  std::vector<float> host_dscores;  // the load-balancing gradient, built on the host
 };
 
 // Reserves a layer's MoE activations and the shared scratch through `f32`/`i32`, which plan

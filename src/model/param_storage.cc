@@ -6,7 +6,7 @@
 
 namespace mpt::model {
 
-FullStorage::FullStorage(int64_t total_numel) : total_(total_numel) {
+FullStorage::FullStorage(int64_t total_numel, backend::Ops& ops) : total_(total_numel), ops_(ops), arena_(&ops) {
   const size_t bytes = static_cast<size_t>(total_numel) * sizeof(float);
   const size_t p = arena_.reserve(bytes), g = arena_.reserve(bytes);
   arena_.allocate();
@@ -24,6 +24,6 @@ float* FullStorage::unit_grads(int u) {
   return grads_ + (*units_)[static_cast<size_t>(u)].begin;
 }
 
-void FullStorage::zero_grads() { std::memset(grads_, 0, static_cast<size_t>(total_) * sizeof(float)); }
+void FullStorage::zero_grads() { ops_.fill(Tensor::f32(grads_, {total_}), 0.0f); }
 
 }  // namespace mpt::model

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/ops.h"
 #include "core/arena.h"
 #include "model/param_registry.h"
 
@@ -47,10 +48,11 @@ class ParamStorage {
   virtual int64_t grads_bytes() const = 0;
 };
 
-// Everything resident: one arena with the parameters, then the gradients.
+// Everything resident: one arena with the parameters, then the gradients, in the backend's
+// memory.
 class FullStorage final : public ParamStorage {
  public:
-  explicit FullStorage(int64_t total_numel);
+  FullStorage(int64_t total_numel, backend::Ops& ops);
   float* unit_params(int u) override;
   float* unit_grads(int u) override;
   void zero_grads() override;
@@ -63,6 +65,7 @@ class FullStorage final : public ParamStorage {
 
  private:
   int64_t total_ = 0;
+  backend::Ops& ops_;
   Arena arena_;
   float* params_ = nullptr;
   float* grads_ = nullptr;

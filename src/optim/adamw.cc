@@ -8,7 +8,7 @@
 namespace mpt::optim {
 
 AdamW::AdamW(const model::ParamRegistry& reg, backend::Ops& ops, AdamWConfig cfg, std::vector<FlatRange> owned)
-    : reg_(reg), ops_(ops), cfg_(cfg), owned_(std::move(owned)) {
+    : reg_(reg), ops_(ops), cfg_(cfg), owned_(std::move(owned)), state_(&ops) {
   if (owned_.empty()) owned_.push_back(FlatRange{0, reg.total_numel()});
   for (const FlatRange& r : owned_) {
     MPT_ASSERT(0 <= r.begin && r.begin <= r.end && r.end <= reg.total_numel());

@@ -76,7 +76,7 @@ struct DataParallel::Impl {
 
   Impl(const model::ParamRegistry& r, const std::vector<model::ParamUnit>& u, backend::Ops& o, dist::Communicator& c,
        const DataParallelConfig& config)
-      : reg(r), units(u), ops(o), comm(c), cfg(config) {}
+      : reg(r), units(u), ops(o), comm(c), cfg(config), arena(&o) {}
 
   bool shards_grads() const { return cfg.sharding == Sharding::kOptimGrads || cfg.sharding == Sharding::kOptimGradsParams; }
   bool shards_params() const { return cfg.sharding == Sharding::kOptimGradsParams; }
@@ -160,7 +160,7 @@ struct DataParallel::Impl {
     grad_slot_unit[static_cast<size_t>(slot)] = u;
     unit_grad_slot[static_cast<size_t>(u)] = slot;
     float* area = grad_slot[static_cast<size_t>(slot)];
-    std::memset(area, 0, static_cast<size_t>(units[static_cast<size_t>(u)].numel()) * sizeof(float));
+    ops.fill(Tensor::f32(area, {units[static_cast<size_t>(u)].numel()}), 0.0f);
     return area;
   }
 
@@ -354,8 +354,8 @@ void DataParallel::finish_grad_sync() {
 
 void DataParallel::zero_grads() {
   Impl& m = *impl_;
-  if (m.grads_full) std::memset(m.grads_full, 0, static_cast<size_t>(m.total) * sizeof(float));
-  if (m.grad_shard) std::memset(m.grad_shard, 0, static_cast<size_t>(m.owned_numel) * sizeof(float));
+  if (m.grads_full) m.ops.fill(Tensor::f32(m.grads_full, {m.total}), 0.0f);
+  if (m.grad_shard) m.ops.fill(Tensor::f32(m.grad_shard, {m.owned_numel}), 0.0f);
 }
 
 float* DataParallel::full_params() { return impl_->params_full; }
@@ -380,11 +380,18 @@ int64_t DataParallel::num_buckets() const { return static_cast<int64_t>(impl_->b
 
 void DataParallel::init_parameters(uint64_t seed) {
   Impl& m = *impl_;
+  // Drawn on the host, then copied into the backend's memory.
   if (!m.shards_params()) {
-    m.reg.initialize(m.params_full, seed);
+    std::vector<float> host(static_cast<size_t>(m.total));
+    m.reg.initialize(host.data(), seed);
+    m.ops.to_device(m.params_full, host.data(), host.size() * sizeof(float));
     return;
   }
-  for (size_t k = 0; k < owned_.size(); ++k) m.reg.initialize_range(owned_params_[k], owned_[k].begin, owned_[k].end, seed);
+  for (size_t k = 0; k < owned_.size(); ++k) {
+    std::vector<float> host(static_cast<size_t>(owned_[k].end - owned_[k].begin));
+    m.reg.initialize_range(host.data(), owned_[k].begin, owned_[k].end, seed);
+    m.ops.to_device(owned_params_[k], host.data(), host.size() * sizeof(float));
+  }
 }
 
 double DataParallel::grad_sum_squares(const AdamW& optimizer) {
@@ -408,7 +415,7 @@ void DataParallel::finish_step() {
 void DataParallel::gather_owned(const float* owned_compact, float* whole) {
   Impl& m = *impl_;
   if (cfg_.sharding == Sharding::kNoShard) {
-    std::memcpy(whole, owned_compact, static_cast<size_t>(m.total) * sizeof(float));
+    m.ops.to_host(whole, owned_compact, static_cast<size_t>(m.total) * sizeof(float));
     return;
   }
   for (const Bucket& b : m.buckets)
@@ -418,11 +425,12 @@ void DataParallel::gather_owned(const float* owned_compact, float* whole) {
 void DataParallel::scatter_owned(const float* whole, float* owned_compact) const {
   const Impl& m = *impl_;
   if (cfg_.sharding == Sharding::kNoShard) {
-    std::memcpy(owned_compact, whole, static_cast<size_t>(m.total) * sizeof(float));
+    m.ops.to_device(owned_compact, whole, static_cast<size_t>(m.total) * sizeof(float));
     return;
   }
   for (const Bucket& b : m.buckets)
-    std::memcpy(owned_compact + b.shard_offset, whole + m.shard_begin(b), static_cast<size_t>(b.numel() / m.dp) * sizeof(float));
+    m.ops.to_device(owned_compact + b.shard_offset, whole + m.shard_begin(b),
+                    static_cast<size_t>(b.numel() / m.dp) * sizeof(float));
 }
 
 void DataParallel::load_params(const float* whole) {
@@ -430,7 +438,7 @@ void DataParallel::load_params(const float* whole) {
   if (m.shards_params())
     scatter_owned(whole, m.param_shard);
   else
-    std::memcpy(m.params_full, whole, static_cast<size_t>(m.total) * sizeof(float));
+    m.ops.to_device(m.params_full, whole, static_cast<size_t>(m.total) * sizeof(float));
 }
 
 void DataParallel::gather_params(float* whole) {
@@ -438,13 +446,13 @@ void DataParallel::gather_params(float* whole) {
   if (m.shards_params())
     gather_owned(m.param_shard, whole);
   else
-    std::memcpy(whole, m.params_full, static_cast<size_t>(m.total) * sizeof(float));
+    m.ops.to_host(whole, m.params_full, static_cast<size_t>(m.total) * sizeof(float));
 }
 
 void DataParallel::gather_grads(float* whole) {
   Impl& m = *impl_;
   if (cfg_.sharding == Sharding::kNoShard)
-    std::memcpy(whole, m.grads_full, static_cast<size_t>(m.total) * sizeof(float));
+    m.ops.to_host(whole, m.grads_full, static_cast<size_t>(m.total) * sizeof(float));
   else
     gather_owned(m.grad_shard, whole);
 }
@@ -452,7 +460,11 @@ void DataParallel::gather_grads(float* whole) {
 std::vector<float> DataParallel::gather_grad_range(int64_t begin, int64_t end) {
   Impl& m = *impl_;
   MPT_ASSERT(0 <= begin && begin <= end && end <= m.total);
-  if (cfg_.sharding == Sharding::kNoShard) return std::vector<float>(m.grads_full + begin, m.grads_full + end);
+  if (cfg_.sharding == Sharding::kNoShard) {
+    std::vector<float> out(static_cast<size_t>(end - begin));
+    m.ops.to_host(out.data(), m.grads_full + begin, out.size() * sizeof(float));
+    return out;
+  }
   for (const Bucket& b : m.buckets) {
     if (begin < b.begin || end > b.end) continue;
     std::vector<float> whole(static_cast<size_t>(b.numel()));
@@ -465,15 +477,15 @@ std::vector<float> DataParallel::gather_grad_range(int64_t begin, int64_t end) {
 void DataParallel::store_grad_range(int64_t begin, int64_t end, const float* values) {
   Impl& m = *impl_;
   if (cfg_.sharding == Sharding::kNoShard) {
-    std::memcpy(m.grads_full + begin, values, static_cast<size_t>(end - begin) * sizeof(float));
+    m.ops.to_device(m.grads_full + begin, values, static_cast<size_t>(end - begin) * sizeof(float));
     return;
   }
   for (const Bucket& b : m.buckets) {
     const int64_t s = m.shard_begin(b), e = s + b.numel() / m.dp;
     const int64_t lo = std::max(begin, s), hi = std::min(end, e);
     if (lo < hi)
-      std::memcpy(m.grad_shard + b.shard_offset + (lo - s), values + (lo - begin),
-                  static_cast<size_t>(hi - lo) * sizeof(float));
+      m.ops.to_device(m.grad_shard + b.shard_offset + (lo - s), values + (lo - begin),
+                      static_cast<size_t>(hi - lo) * sizeof(float));
   }
 }
 

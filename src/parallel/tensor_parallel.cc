@@ -73,17 +73,17 @@ SequenceParallelGrads::SequenceParallelGrads(const model::ParamRegistry& registr
   staging_.resize(static_cast<size_t>(numel_));
 }
 
-void SequenceParallelGrads::all_reduce(dist::Communicator& tp, const std::vector<float*>& grads) {
+void SequenceParallelGrads::all_reduce(dist::Communicator& tp, const std::vector<float*>& grads, backend::Ops& ops) {
   if (numel_ == 0 || tp.size() == 1) return;
   float* s = staging_.data();
   for (const Piece& p : pieces_) {
-    std::memcpy(s, grads[p.range] + p.at, static_cast<size_t>(p.count) * sizeof(float));
+    ops.to_host(s, grads[p.range] + p.at, static_cast<size_t>(p.count) * sizeof(float));
     s += p.count;
   }
   tp.all_reduce(staging_.data(), numel_, DType::kF32, dist::ReduceOp::kSum);
   s = staging_.data();
   for (const Piece& p : pieces_) {
-    std::memcpy(grads[p.range] + p.at, s, static_cast<size_t>(p.count) * sizeof(float));
+    ops.to_device(grads[p.range] + p.at, s, static_cast<size_t>(p.count) * sizeof(float));
     s += p.count;
   }
 }

@@ -25,6 +25,7 @@
 #include <memory>
 #include <vector>
 
+#include "backend/ops.h"
 #include "core/tensor.h"
 #include "dist/communicator.h"
 #include "model/param_registry.h"
@@ -92,7 +93,8 @@ class SequenceParallelGrads {
  public:
   SequenceParallelGrads(const model::ParamRegistry& registry, const std::vector<std::pair<int64_t, int64_t>>& owned);
   int64_t numel() const { return numel_; }
-  void all_reduce(dist::Communicator& tp, const std::vector<float*>& grads);
+  // grads live in `ops`' memory; the pieces travel through a host staging buffer.
+  void all_reduce(dist::Communicator& tp, const std::vector<float*>& grads, backend::Ops& ops);
 
  private:
   struct Piece {

@@ -22,6 +22,7 @@
 #include "data/sample_source.h"
 #include "dist/communicator.h"
 #include "dist/parallel_state.h"
+#include "dist/staged_communicator.h"
 #include "dist/store.h"
 #include "optim/data_parallel.h"
 #include "model/gpt_dims.h"
@@ -50,6 +51,26 @@ double seconds_since(Clock::time_point t0) {
 
 }  // namespace
 
+namespace {
+// The backend this process trains on: MPT_BACKEND (cpu, cuda, cpu-device) when set, else
+// the GPU LOCAL_RANK selects when there is one and this build has the CUDA backend, else
+// the CPU.
+std::unique_ptr<backend::Ops> make_backend(const dist::LaunchPlace& place) {
+  const char* env = std::getenv("MPT_BACKEND");
+  const std::string want = env ? env : "";
+  const int gpus = backend::cuda_device_count();
+  if (want == "cpu") return backend::make_cpu_ops(0);
+  if (want == "cpu-device") return backend::make_emulated_device_ops(0);
+  if (want == "cuda" || (want.empty() && gpus > 0 && backend::built_with_cuda())) {
+    MPT_CHECK(gpus > 0, Status::kDevice, "MPT_BACKEND=cuda: no CUDA GPU is visible");
+    return backend::make_cuda_ops(static_cast<int>(place.local_rank % gpus));
+  }
+  MPT_CHECK(want.empty(), Status::kInvalidArgument, "MPT_BACKEND='", want,
+            "': expected cpu, cuda or cpu-device");
+  return backend::make_cpu_ops(0);
+}
+}  // namespace
+
 struct Engine::Impl {
   // Parameters of a chunk that share a storage and an optimizer: the experts of MoE layers
   // apart from the rest, as their gradients reduce over another group.
@@ -71,7 +92,7 @@ struct Engine::Impl {
     std::vector<int64_t> free_slots;    // activation slots not holding a micro-batch
     std::vector<int64_t> slot_of;       // micro-batch -> slot while in flight
     std::vector<std::shared_ptr<dist::Work>> out_send;  // per slot: its output's send
-    std::vector<std::vector<float>> grad_buf;           // per slot: d(input) being sent
+    std::vector<float*> grad_buf;                       // per slot: d(input) being sent (backend memory)
     std::vector<std::shared_ptr<dist::Work>> grad_send;
   };
 
@@ -104,7 +125,11 @@ struct Engine::Impl {
     std::shared_ptr<dist::Work> work;
   };
   PostedRecv posted[2];
-  std::vector<float> recv_stage[2];
+  float* recv_stage[2] = {nullptr, nullptr};  // backend memory, [R,H] each
+  std::unique_ptr<Arena> pipe_buffers;        // recv_stage and every chunk's grad_buf
+  // Host staging of a micro-batch's inputs, copied into a model slot.
+  std::vector<int32_t> in_ids, in_labels;
+  std::vector<float> in_mask;
   std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
   // The MoE router's figures of the step so far, summed over this rank's layers and
   // micro-batches.
@@ -130,10 +155,10 @@ struct Engine::Impl {
               recipe.derived.world_size, " ranks but this process is rank ", place.rank, " of ", place.world_size);
     rank0 = place.rank == 0;
     if (!rank0) log.set_level(LogLevel::kWarn);
-    ops = backend::make_cpu_ops(0);
-    if (backend::cuda_device_count() > 0)
-      log.warn(str("mptrain: GPU found (", backend::cuda_device_summary(),
-                   ") but this build has no CUDA training backend yet; training on the CPU"));
+    ops = make_backend(place);
+    const bool on_gpu = std::string(ops->name()).rfind("cuda", 0) == 0;
+    log.info(str("mptrain: backend ", ops->name(), on_gpu ? str(" (", backend::cuda_device_summary(), ")") : std::string(),
+                 ops->host_memory() ? "" : ", device memory"));
     dims = model::make_dims(recipe);
     whole_reg = model::whole_model_registry(dims);
     num_microbatches = recipe.derived.num_microbatches;
@@ -142,7 +167,7 @@ struct Engine::Impl {
     if (place.world_size > 1) start_distributed();
     build_chunks();
     schedule = optim::LRSchedule::from_recipe(recipe);
-    log.info(str("mptrain: backend ", ops->name(), ", ", whole_reg.num_parameters(), " parameters, ",
+    log.info(str("mptrain: ", whole_reg.num_parameters(), " parameters, ",
                  num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
     DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
     for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
@@ -194,7 +219,10 @@ struct Engine::Impl {
       const std::vector<int64_t> ranks = layout->group_of(kind, place.rank);
       std::string name = str(dist::group_kind_name(kind), ":");
       for (size_t i = 0; i < ranks.size(); ++i) name += str(i ? "," : "", ranks[i]);
-      return dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
+      std::unique_ptr<dist::Communicator> c = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
+      // gloo reaches host memory only: device buffers are staged through it.
+      if (!ops->host_memory()) c = dist::make_staged_communicator(std::move(c), *ops);
+      return c;
     };
     tp_comm = group(dist::GroupKind::kTp);
     dp_comm = group(dist::GroupKind::kDpCp);
@@ -307,11 +335,24 @@ struct Engine::Impl {
       const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
       ch.out_send.resize(n);
       ch.grad_send.resize(n);
-      ch.grad_buf.assign(n, std::vector<float>(cols));
+      ch.grad_buf.assign(n, nullptr);
+      (void)cols;
     }
     for (size_t i = 0; i < actions.size(); ++i)
       if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);
-    for (auto& b : recv_stage) b.resize(static_cast<size_t>(dims.rows() * dims.hidden));
+    // Pipeline messages in the backend's memory: two receive buffers, one send buffer per
+    // chunk and slot.
+    pipe_buffers = std::make_unique<Arena>(ops.get());
+    const size_t msg = static_cast<size_t>(dims.rows() * dims.hidden) * sizeof(float);
+    size_t at[2] = {pipe_buffers->reserve(msg), pipe_buffers->reserve(msg)};
+    std::vector<size_t> grad_at;
+    for (Chunk& ch : chunks)
+      for (size_t s = 0; s < ch.grad_buf.size(); ++s) grad_at.push_back(pipe_buffers->reserve(msg));
+    pipe_buffers->allocate();
+    for (int b = 0; b < 2; ++b) recv_stage[b] = pipe_buffers->at<float>(at[b]);
+    size_t g = 0;
+    for (Chunk& ch : chunks)
+      for (float*& buf : ch.grad_buf) buf = pipe_buffers->at<float>(grad_at[g++]);
     mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
   }
 
@@ -362,7 +403,7 @@ struct Engine::Impl {
   void finalize_grads() {
     for (Chunk& ch : chunks) {
       if (ch.dense.dp) ch.dense.dp->finish_grad_sync();
-      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dense.dp->owned_grads());
+      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dense.dp->owned_grads(), *ops);
       if (ch.tied >= 0) {
         const model::ParamInfo& p = ch.model->registry().at(ch.tied);
         std::vector<float> g = ch.dense.dp->gather_grad_range(p.offset, p.offset + p.numel);
@@ -387,7 +428,7 @@ struct Engine::Impl {
   // What a chunk holds, as whole-model buffers: parameters, gradients or Adam moments.
   enum class Buffer { kParams, kGrads, kExpAvg, kExpAvgSq };
   // A part's flat buffer of that kind, gathered over data-parallel shards.
-  static std::vector<float> local_flat(Part& p, Buffer which) {
+  std::vector<float> local_flat(Part& p, Buffer which) {
     const size_t n = static_cast<size_t>(p.reg->total_numel());
     std::vector<float> flat(n, 0.0f);
     if (!p.dp) {
@@ -395,7 +436,7 @@ struct Engine::Impl {
                          : which == Buffer::kGrads  ? p.storage->full_grads()
                          : which == Buffer::kExpAvg ? p.optimizer->exp_avg()
                                                     : p.optimizer->exp_avg_sq();
-      std::copy(src, src + n, flat.begin());
+      ops->to_host(flat.data(), src, n * sizeof(float));
     } else if (which == Buffer::kParams) {
       p.dp->gather_params(flat.data());
     } else if (which == Buffer::kGrads) {
@@ -498,9 +539,9 @@ struct Engine::Impl {
         p.dp->scatter_owned(c.exp_avg.data(), p.optimizer->exp_avg());
         p.dp->scatter_owned(c.exp_avg_sq.data(), p.optimizer->exp_avg_sq());
       } else {
-        std::copy(c.params.begin(), c.params.end(), p.storage->full_params());
-        std::copy(c.exp_avg.begin(), c.exp_avg.end(), p.optimizer->exp_avg());
-        std::copy(c.exp_avg_sq.begin(), c.exp_avg_sq.end(), p.optimizer->exp_avg_sq());
+        ops->to_device(p.storage->full_params(), c.params.data(), c.params.size() * sizeof(float));
+        ops->to_device(p.optimizer->exp_avg(), c.exp_avg.data(), c.exp_avg.size() * sizeof(float));
+        ops->to_device(p.optimizer->exp_avg_sq(), c.exp_avg_sq.data(), c.exp_avg_sq.size() * sizeof(float));
       }
     }
   }
@@ -652,19 +693,23 @@ struct Engine::Impl {
 
   // Copies micro-batch `mb` of a batch (this rank's columns) into a model slot's token-major
   // inputs.
-  void load_microbatch(model::MicroBatchInput in, int64_t mb, const data::RankBatch& batch) {
-    const int64_t B = dims.micro_batch, S = dims.local_seq();
+  void load_microbatch(model::GPTModel& m, int64_t slot, int64_t mb, const data::RankBatch& batch) {
+    const int64_t B = dims.micro_batch, S = dims.local_seq(), T = B * S;
     MPT_ASSERT(batch.cols == S);
+    in_ids.resize(static_cast<size_t>(T));
+    in_labels.resize(static_cast<size_t>(T));
+    in_mask.resize(static_cast<size_t>(T));
     for (int64_t b = 0; b < B; ++b) {
       const size_t row = static_cast<size_t>((mb * B + b) * S);
       for (int64_t s = 0; s < S; ++s) {
-        const int64_t t = s * B + b;
-        const float m = batch.loss_mask[row + static_cast<size_t>(s)];
-        in.ids[t] = batch.tokens[row + static_cast<size_t>(s)];
-        in.labels[t] = m == 0.0f ? 0 : batch.labels[row + static_cast<size_t>(s)];  // masked targets may hold any value
-        in.loss_mask[t] = m;
+        const size_t t = static_cast<size_t>(s * B + b);
+        const float mask = batch.loss_mask[row + static_cast<size_t>(s)];
+        in_ids[t] = batch.tokens[row + static_cast<size_t>(s)];
+        in_labels[t] = mask == 0.0f ? 0 : batch.labels[row + static_cast<size_t>(s)];  // masked targets may hold any value
+        in_mask[t] = mask;
       }
     }
+    m.load_input(slot, model::MicroBatchInput{in_ids.data(), in_labels.data(), in_mask.data()});
   }
 
   // Every rank of a tensor- or context-parallel group, and every stage of a pipeline,
@@ -733,8 +778,7 @@ struct Engine::Impl {
     PostedRecv& p = posted[index % 2];
     MPT_ASSERT(!p.work);
     p.index = index;
-    std::vector<float>& buf = recv_stage[index % 2];
-    p.work = pp_comm->recv_async(buf.data(), static_cast<int64_t>(buf.size()), DType::kF32,
+    p.work = pp_comm->recv_async(recv_stage[index % 2], dims.rows() * dims.hidden, DType::kF32,
                                  a.forward ? prev_stage() : next_stage(), tag(a.forward, a.chunk, a.microbatch));
   }
   // The message for action `index`, posting its receive now if it was not posted ahead.
@@ -744,7 +788,7 @@ struct Engine::Impl {
     p.work->wait();
     p.work.reset();
     p.index = -1;
-    return recv_stage[index % 2].data();
+    return recv_stage[index % 2];
   }
 
   // One pipeline action (number `index` of the step). Sends are posted asynchronously and
@@ -757,11 +801,11 @@ struct Engine::Impl {
     const int64_t slot = ch.free_slots.back();
     ch.free_slots.pop_back();
     ch.slot_of[static_cast<size_t>(a.microbatch)] = slot;
-    load_microbatch(m.input(slot), a.microbatch, batch);
+    load_microbatch(m, slot, a.microbatch, batch);
     if (!m.chunk().pre_process) {
       const Tensor in = m.chunk_input(slot);
       const float* msg = take_recv(index, a);
-      std::copy(msg, msg + in.numel(), in.f());
+      ops->device_copy(in.data, msg, in.bytes());
     }
     // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
     // at every data-parallel layout.
@@ -812,9 +856,9 @@ struct Engine::Impl {
     if (!m.chunk().pre_process) {
       if (ch.grad_send[s]) ch.grad_send[s]->wait();
       const Tensor din = m.input_grad();
-      std::copy(din.f(), din.f() + din.numel(), ch.grad_buf[s].begin());
+      ops->device_copy(ch.grad_buf[s], din.data, din.bytes());
       const int64_t to_chunk = pp_rank == 0 ? a.chunk - 1 : a.chunk;
-      ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s].data(), din.numel(), DType::kF32, prev_stage(),
+      ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s], din.numel(), DType::kF32, prev_stage(),
                                             tag(false, to_chunk, a.microbatch));
     }
     if (ch.out_send[s]) {
