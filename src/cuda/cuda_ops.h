@@ -48,6 +48,8 @@ class CudaOps final : public backend::Ops {
   void release(void* p) override;
   void to_device(void* dst, const void* src, size_t bytes) override;
   void to_host(void* dst, const void* src, size_t bytes) override;
+  void device_copy(void* dst, const void* src, size_t bytes) override;   // cuda_memory.cu
+  bool is_device_pointer(const void* p) const override;                  // cuda_memory.cu
 
   // Elementwise and reductions (cuda_ops.cu).
   void fill(Tensor x, float value) override;
@@ -135,6 +137,7 @@ class CudaOps final : public backend::Ops {
 };
 
 // Checks a kernel launch (cudaGetLastError) naming the kernel.
-#define MPT_CUDA_LAUNCH(name) MPT_CUDA_CHECK(cudaGetLastError())
+#define MPT_CUDA_LAUNCH(name) \
+  ::mpt::cuda::check(static_cast<int>(cudaGetLastError()), "launch of " #name, __FILE__, __LINE__)
 
 }  // namespace mpt::cuda

@@ -1,0 +1,777 @@
+// The layer ops of the CUDA backend: norms, qkv split/merge, RoPE, activations, dropout,
+// embedding and the vocab-parallel cross-entropy pieces. Each follows its CPU twin in
+// src/backend/cpu (same checks, same formulas, same accumulation precision); every reduction
+// has a fixed shape, so a call gives the same bits every time.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "core/error.h"
+#include "core/rng_device.h"
+#include "cuda/cuda_ops.h"
+#include "cuda/op_checks.h"
+#include "cuda/device.h"
+
+namespace mpt::cuda {
+
+using backend::Activation;
+
+namespace {
+
+// --- argument checks (the CPU backend's rules and messages) ------------------------------
+
+
+
+
+
+void check_i32(const char* op, const char* arg, const Tensor& t) {
+  MPT_CHECK(t.dtype == DType::kI32, Status::kInvalidArgument, op, ": ", arg, " must be I32, got ", describe(t));
+  check_view(op, arg, t);
+}
+
+
+
+float* fp(const Tensor& t) { return static_cast<float*>(t.data); }
+const int32_t* ip(const Tensor& t) { return static_cast<const int32_t*>(t.data); }
+
+// --- launch shapes -------------------------------------------------------------------------
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // kernels stride over whatever is left
+constexpr int kWarp = 32;
+constexpr int kRowWarps = 8;                      // rows per block in the one-warp-per-row kernels
+
+unsigned blocks_for(int64_t work, int64_t per_block) {
+  return static_cast<unsigned>(std::min((work + per_block - 1) / per_block, kMaxBlocks));
+}
+
+__device__ __forceinline__ int64_t global_thread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_threads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+// Butterfly sums: every lane ends with the same bits (addition is commutative).
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Sum (or max) over a block of kThreads threads in a fixed tree; every thread gets the result.
+template <typename T, typename Combine>
+__device__ T block_reduce(T v, Combine combine) {
+  __shared__ T partial[kThreads / kWarp];
+  for (int off = kWarp / 2; off > 0; off /= 2) v = combine(v, __shfl_xor_sync(0xffffffffu, v, off));
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __syncthreads();  // partial may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  T r = partial[0];
+  for (int w = 1; w < kThreads / kWarp; ++w) r = combine(r, partial[w]);
+  return r;
+}
+
+// --- normalisation ---------------------------------------------------------------------------
+
+// One warp per row: statistics in double as on the CPU, output formed from the rounded ones.
+__global__ void layernorm_fwd_kernel(float* out, float* mean, float* rstd, const float* x, const float* w,
+                                     const float* b, int64_t rows, int64_t h, float eps) {
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
+       t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    const float* xr = x + t * h;
+    double sum = 0;
+    for (int64_t j = lane; j < h; j += kWarp) sum += xr[j];
+    const double mu = warp_sum(sum) / static_cast<double>(h);
+    double var = 0;
+    for (int64_t j = lane; j < h; j += kWarp) {
+      const double d = xr[j] - mu;
+      var += d * d;
+    }
+    var = warp_sum(var) / static_cast<double>(h);
+    const float m = static_cast<float>(mu), r = static_cast<float>(1.0 / sqrt(var + eps));
+    if (lane == 0) mean[t] = m, rstd[t] = r;
+    float* orow = out + t * h;
+    for (int64_t j = lane; j < h; j += kWarp) orow[j] = (xr[j] - m) * r * w[j] + (b ? b[j] : 0.0f);
+  }
+}
+
+__global__ void rmsnorm_fwd_kernel(float* out, float* rstd, const float* x, const float* w, int64_t rows, int64_t h,
+                                   float eps) {
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
+       t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    const float* xr = x + t * h;
+    double sq = 0;
+    for (int64_t j = lane; j < h; j += kWarp) sq += static_cast<double>(xr[j]) * xr[j];
+    const float r = static_cast<float>(1.0 / sqrt(warp_sum(sq) / static_cast<double>(h) + eps));
+    if (lane == 0) rstd[t] = r;
+    float* orow = out + t * h;
+    for (int64_t j = lane; j < h; j += kWarp) orow[j] = xr[j] * r * w[j];
+  }
+}
+
+// dx += the input gradient of one row per warp; mean == nullptr means RMSNorm.
+__global__ void norm_bwd_dx_kernel(float* dx, const float* dout, const float* x, const float* w, const float* mean,
+                                   const float* rstd, int64_t rows, int64_t h) {
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
+       t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    const float *xr = x + t * h, *gr = dout + t * h;
+    const float m = mean ? mean[t] : 0.0f, r = rstd[t];
+    double sum_g = 0, sum_gx = 0;
+    for (int64_t j = lane; j < h; j += kWarp) {
+      const double g = static_cast<double>(gr[j]) * w[j];
+      sum_g += g;
+      sum_gx += g * ((xr[j] - m) * r);
+    }
+    const float mean_g = static_cast<float>(warp_sum(sum_g) / static_cast<double>(h));
+    const float mean_gx = static_cast<float>(warp_sum(sum_gx) / static_cast<double>(h));
+    float* dr = dx + t * h;
+    if (mean) {
+      for (int64_t j = lane; j < h; j += kWarp) {
+        const float xhat = (xr[j] - m) * r;
+        dr[j] += r * (gr[j] * w[j] - mean_g - xhat * mean_gx);
+      }
+    } else {
+      for (int64_t j = lane; j < h; j += kWarp) dr[j] += r * (gr[j] * w[j] - xr[j] * r * mean_gx);
+    }
+  }
+}
+
+// Parameter gradients in two fixed-order steps: each block sums a chunk of rows for 32
+// columns (8 row lanes, then the lanes in order) into partial[chunk][col]; the finish
+// kernel adds the chunks in order into dweight/dbias. No atomics, so the bits never vary.
+constexpr int kParamCols = 32, kParamLanes = 8;
+constexpr int64_t kMaxParamChunks = 64;
+
+__global__ void norm_param_partial_kernel(double* part_w, double* part_b, const float* dout, const float* x,
+                                          const float* mean, const float* rstd, int64_t rows, int64_t h,
+                                          int64_t rows_per_chunk) {
+  __shared__ double sw[kParamLanes][kParamCols], sb[kParamLanes][kParamCols];
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * kParamCols + threadIdx.x;
+  const int64_t chunk = blockIdx.y, lo = chunk * rows_per_chunk, hi = min(rows, lo + rows_per_chunk);
+  double acc_w = 0, acc_b = 0;
+  if (col < h) {
+    for (int64_t t = lo + threadIdx.y; t < hi; t += kParamLanes) {
+      const float g = dout[t * h + col];
+      const float xhat = (x[t * h + col] - (mean ? mean[t] : 0.0f)) * rstd[t];
+      acc_w += static_cast<double>(g) * xhat;
+      acc_b += g;
+    }
+  }
+  sw[threadIdx.y][threadIdx.x] = acc_w;
+  sb[threadIdx.y][threadIdx.x] = acc_b;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < h) {
+    for (int l = 1; l < kParamLanes; ++l) acc_w += sw[l][threadIdx.x], acc_b += sb[l][threadIdx.x];
+    part_w[chunk * h + col] = acc_w;
+    if (part_b) part_b[chunk * h + col] = acc_b;
+  }
+}
+
+__global__ void norm_param_finish_kernel(float* dweight, float* dbias, const double* part_w, const double* part_b,
+                                         int64_t chunks, int64_t h) {
+  for (int64_t j = global_thread(); j < h; j += grid_threads()) {
+    double w = 0, b = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      w += part_w[c * h + j];
+      if (dbias) b += part_b[c * h + j];
+    }
+    dweight[j] += static_cast<float>(w);
+    if (dbias) dbias[j] += static_cast<float>(b);
+  }
+}
+
+// Rows T of x [T, H] where H = weight.numel(), after checking both.
+int64_t norm_rows(const char* op, const Tensor& x, const Tensor& weight) {
+  check_f32(op, "x", x);
+  check_f32(op, "weight", weight);
+  const int64_t h = weight.numel();
+  MPT_CHECK(h > 0 && last_dim(x) == h, Status::kInvalidArgument, op, ": x ", describe(x),
+            " last axis must match weight ", describe(weight));
+  return x.numel() / h;
+}
+
+void norm_param_grads(CudaOps& ops, float* dweight, float* dbias, const float* dout, const float* x,
+                      const float* mean, const float* rstd, int64_t rows, int64_t h) {
+  const int64_t chunks = std::min(kMaxParamChunks, (rows + 127) / 128);
+  const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
+  const size_t part = static_cast<size_t>(chunks * h) * sizeof(double);
+  double* part_w = static_cast<double*>(ops.scratch(dbias ? 2 * part : part));
+  double* part_b = dbias ? part_w + chunks * h : nullptr;
+  MPT_CHECK((h + kParamCols - 1) / kParamCols <= INT32_MAX, Status::kInvalidArgument, "norm backward: hidden size ",
+            h, " is too large");
+  const dim3 grid(static_cast<unsigned>((h + kParamCols - 1) / kParamCols), static_cast<unsigned>(chunks));
+  norm_param_partial_kernel<<<grid, dim3(kParamCols, kParamLanes), 0, ops.stream()>>>(
+      part_w, part_b, dout, x, mean, rstd, rows, h, rows_per_chunk);
+  MPT_CUDA_LAUNCH("norm_param_partial_kernel");
+  norm_param_finish_kernel<<<blocks_for(h, kThreads), kThreads, 0, ops.stream()>>>(dweight, dbias, part_w, part_b,
+                                                                                   chunks, h);
+  MPT_CUDA_LAUNCH("norm_param_finish_kernel");
+}
+
+// --- qkv split / merge -----------------------------------------------------------------------
+
+// One thread per value of the fused rows; to_fused picks the direction.
+__global__ void qkv_shuffle_kernel(float* qkv, float* q, float* k, float* v, int64_t tokens, int64_t groups,
+                                   int64_t hpg, int64_t d, bool to_fused) {
+  const int64_t group_width = (hpg + 2) * d, width = groups * group_width;
+  const int64_t q_width = groups * hpg * d, kv_width = groups * d, n = tokens * width;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t t = i / width, col = i % width;
+    const int64_t g = col / group_width, slot = (col % group_width) / d, e = col % d;
+    float* part = slot < hpg    ? q + t * q_width + (g * hpg + slot) * d + e
+                  : slot == hpg ? k + t * kv_width + g * d + e
+                                : v + t * kv_width + g * d + e;
+    if (to_fused)
+      qkv[i] = *part;
+    else
+      *part = qkv[i];
+  }
+}
+
+int64_t qkv_tokens(const char* op, const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v,
+                   int64_t groups, int64_t hpg, int64_t d) {
+  MPT_CHECK(groups > 0 && hpg > 0 && d > 0, Status::kInvalidArgument, op, ": groups ", groups, ", heads_per_group ",
+            hpg, ", head_dim ", d, " must be positive");
+  check_f32(op, "qkv", qkv);
+  check_f32(op, "q", q);
+  check_f32(op, "k", k);
+  check_f32(op, "v", v);
+  const int64_t width = groups * (hpg + 2) * d;
+  MPT_CHECK(qkv.numel() % width == 0, Status::kInvalidArgument, op, ": qkv ", describe(qkv), " rows must hold ",
+            width, " values");
+  const int64_t tokens = qkv.numel() / width;
+  check_numel(op, "q", q, tokens * groups * hpg * d);
+  check_numel(op, "k", k, tokens * groups * d);
+  check_numel(op, "v", v, tokens * groups * d);
+  return tokens;
+}
+
+// --- RoPE ------------------------------------------------------------------------------------
+
+// One thread per (token, frequency): the angle and its cosine/sine in double (positions
+// times frequencies reach 1e5 radians at long context), shared by the token's heads.
+__global__ void rope_kernel(float* x, const int32_t* pos, int64_t tokens, int64_t heads, int64_t head_dim,
+                            int64_t rotary_dim, double base, double sign) {
+  const int64_t half = rotary_dim / 2, n = tokens * half, width = heads * head_dim;
+  for (int64_t idx = global_thread(); idx < n; idx += grid_threads()) {
+    const int64_t t = idx / half, i = idx % half;
+    const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
+    const double angle = sign * pos[t] * freq;
+    double sd, cd;
+    sincos(angle, &sd, &cd);
+    const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* row = x + t * width + h * head_dim;
+      const float a = row[i], b = row[i + half];
+      row[i] = a * c - b * s;
+      row[i + half] = b * c + a * s;
+    }
+  }
+}
+
+// --- activations -----------------------------------------------------------------------------
+
+constexpr float kInvSqrt2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;  // 1/sqrt(2 pi)
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kGeluCubic = 0.044715f;
+
+struct ValueGrad {
+  float value, grad;
+};
+
+// Value and derivative of the activation at x: the CPU backend's formulas.
+__device__ __forceinline__ ValueGrad evaluate(Activation act, float x) {
+  switch (act) {
+    case Activation::kGelu: {
+      const float cdf = 0.5f * (1.0f + erff(x * kInvSqrt2));
+      return {x * cdf, cdf + x * kInvSqrt2Pi * expf(-0.5f * x * x)};
+    }
+    case Activation::kGeluTanh: {
+      const float t = tanhf(kSqrt2OverPi * (x + kGeluCubic * x * x * x));
+      const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x * x);
+      return {0.5f * x * (1.0f + t), 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du};
+    }
+    case Activation::kSilu: {
+      const float s = 1.0f / (1.0f + expf(-x));
+      return {x * s, s * (1.0f + x * (1.0f - s))};
+    }
+    case Activation::kRelu:
+      return {x > 0 ? x : 0.0f, x > 0 ? 1.0f : 0.0f};
+    case Activation::kSquaredRelu:
+      return {x > 0 ? x * x : 0.0f, x > 0 ? 2.0f * x : 0.0f};
+  }
+  return {0, 0};
+}
+
+// One thread per output feature (t, j); gated rows are [gate | up].
+__global__ void activation_fwd_kernel(float* out, const float* x, int64_t rows, int64_t f, Activation act,
+                                      bool gated) {
+  const int64_t width = gated ? 2 * f : f, n = rows * f;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t t = i / f, j = i % f;
+    const float* xr = x + t * width;
+    out[i] = evaluate(act, xr[j]).value * (gated ? xr[f + j] : 1.0f);
+  }
+}
+
+__global__ void activation_bwd_kernel(float* dx, const float* dout, const float* x, int64_t rows, int64_t f,
+                                      Activation act, bool gated) {
+  const int64_t width = gated ? 2 * f : f, n = rows * f;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t t = i / f, j = i % f;
+    const float* xr = x + t * width;
+    float* dr = dx + t * width;
+    const ValueGrad a = evaluate(act, xr[j]);
+    if (gated) {
+      const float up = xr[f + j];
+      dr[j] = dout[i] * up * a.grad;
+      dr[f + j] = dout[i] * a.value;
+    } else {
+      dr[j] = dout[i] * a.grad;
+    }
+  }
+}
+
+void activation_shapes(const char* op, const Tensor& x, const Tensor& y, Activation act, bool gated, int64_t* rows,
+                       int64_t* features) {
+  MPT_CHECK(static_cast<int>(act) >= 0 && static_cast<int>(act) <= static_cast<int>(Activation::kSquaredRelu),
+            Status::kInvalidArgument, op, ": unknown activation ", static_cast<int>(act));
+  check_f32(op, "x", x);
+  check_f32(op, "out/dout", y);
+  const int64_t width = last_dim(x);
+  MPT_CHECK(!gated || width % 2 == 0, Status::kInvalidArgument, op, ": gated x ", describe(x),
+            " must have an even last axis");
+  *features = gated ? width / 2 : width;
+  *rows = width == 0 ? 0 : x.numel() / width;
+  check_numel(op, "out/dout", y, *rows * *features);
+}
+
+// --- dropout ---------------------------------------------------------------------------------
+
+// Flat element i of [R, C] is mask index (row_offset + r) * C + c = first + i.
+__global__ void dropout_kernel(float* dst, const float* src, int64_t n, uint64_t first, float p, float keep_scale,
+                               uint64_t key) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads())
+    dst[i] = dropout_keep_device(key, first + static_cast<uint64_t>(i), p) ? src[i] * keep_scale : 0.0f;
+}
+
+void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p, uint64_t key, int64_t row_offset) {
+  check_f32(op, "output", dst);
+  check_f32(op, "input", src);
+  check_numel(op, "input", src, dst.numel());
+  MPT_CHECK(p >= 0 && p < 1, Status::kInvalidArgument, op, ": p ", p, " must be in [0, 1)");
+  MPT_CHECK(row_offset >= 0, Status::kInvalidArgument, op, ": row_offset ", row_offset, " must be non-negative");
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  if (p == 0) {
+    if (dst.data != src.data)
+      MPT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, static_cast<size_t>(n) * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, ops.stream()));
+    return;
+  }
+  const uint64_t first = static_cast<uint64_t>(row_offset) * static_cast<uint64_t>(last_dim(dst));
+  dropout_kernel<<<blocks_for(n, kThreads), kThreads, 0, ops.stream()>>>(fp(dst), fp(src), n, first, p,
+                                                                         1.0f / (1.0f - p), key);
+  MPT_CUDA_LAUNCH("dropout_kernel");
+}
+
+// --- embedding -------------------------------------------------------------------------------
+
+__global__ void embedding_fwd_kernel(float* out, const int32_t* ids, const float* table, int64_t tokens, int64_t h,
+                                     int64_t vocab_start, int64_t vocab, bool accumulate) {
+  const int64_t n = tokens * h;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t t = i / h, j = i % h, row = static_cast<int64_t>(ids[t]) - vocab_start;
+    const bool inside = row >= 0 && row < vocab;
+    if (accumulate) {
+      if (inside) out[i] += table[row * h + j];
+    } else {
+      out[i] = inside ? table[row * h + j] : 0.0f;
+    }
+  }
+}
+
+// Sort keys: the table row of each token, or `vocab` (sorted last, skipped) outside the range.
+__global__ void embedding_keys_kernel(uint32_t* keys, int32_t* order, const int32_t* ids, int64_t tokens,
+                                      int64_t vocab_start, int64_t vocab) {
+  for (int64_t t = global_thread(); t < tokens; t += grid_threads()) {
+    const int64_t row = static_cast<int64_t>(ids[t]) - vocab_start;
+    keys[t] = static_cast<uint32_t>(row >= 0 && row < vocab ? row : vocab);
+    order[t] = static_cast<int32_t>(t);
+  }
+}
+
+// Tokens sorted stably by row: the block at the first position of a row's run adds that run's
+// gradients in token order, exactly as the CPU loop does, for its tile of columns.
+__global__ void embedding_bwd_kernel(float* dtable, const uint32_t* keys, const int32_t* order, const float* dout,
+                                     int64_t tokens, int64_t h, int64_t vocab) {
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  for (int64_t i = blockIdx.x; i < tokens; i += gridDim.x) {
+    const uint32_t row = keys[i];
+    if (row >= vocab || (i > 0 && keys[i - 1] == row) || j >= h) continue;
+    float acc = dtable[row * h + j];
+    for (int64_t s = i; s < tokens && keys[s] == row; ++s) acc += dout[static_cast<int64_t>(order[s]) * h + j];
+    dtable[row * h + j] = acc;
+  }
+}
+
+int64_t embedding_hidden(const char* op, const Tensor& rows, const Tensor& ids, const Tensor& table) {
+  check_f32(op, "table", table);
+  check_i32(op, "ids", ids);
+  check_f32(op, "out/dout", rows);
+  const int64_t h = last_dim(table);
+  MPT_CHECK(h > 0 && table.ndim >= 2, Status::kInvalidArgument, op, ": table ", describe(table),
+            " must be [V_local, H]");
+  check_numel(op, "out/dout", rows, ids.numel() * h);
+  return h;
+}
+
+size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// --- cross-entropy ---------------------------------------------------------------------------
+
+struct CeLayout {
+  int64_t tokens, cols, valid;  // valid: leading columns whose ids are < vocab_valid
+};
+
+CeLayout ce_layout(const char* op, const Tensor& logits, int64_t vocab_start, int64_t vocab_valid) {
+  check_f32(op, "logits", logits);
+  MPT_CHECK(vocab_start >= 0 && vocab_valid >= 0, Status::kInvalidArgument, op, ": vocab_start ", vocab_start,
+            " and vocab_valid ", vocab_valid, " must be non-negative");
+  const int64_t cols = last_dim(logits);
+  MPT_CHECK(cols > 0, Status::kInvalidArgument, op, ": logits ", describe(logits), " has no columns");
+  return {logits.numel() / cols, cols, std::clamp<int64_t>(vocab_valid - vocab_start, 0, cols)};
+}
+
+void check_per_token(const char* op, const char* arg, const Tensor& t, int64_t tokens, bool is_int = false) {
+  if (is_int)
+    check_i32(op, arg, t);
+  else
+    check_f32(op, arg, t);
+  check_numel(op, arg, t, tokens);
+}
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct SumOp {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+
+// One block per row. fmaxf skips NaN as the CPU's std::max(mx, x) does.
+__global__ void ce_row_max_kernel(float* row_max, const float* logits, int64_t tokens, int64_t cols, int64_t valid) {
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    const float* row = logits + t * cols;
+    float mx = -INFINITY;
+    for (int64_t c = threadIdx.x; c < valid; c += kThreads) mx = fmaxf(mx, row[c]);
+    mx = block_reduce(mx, MaxOp());
+    if (threadIdx.x == 0) row_max[t] = mx;
+  }
+}
+
+__global__ void ce_sumexp_target_kernel(float* sumexp, float* target_logit, const float* logits,
+                                        const float* row_max, const int32_t* targets, int64_t tokens, int64_t cols,
+                                        int64_t valid, int64_t vocab_start) {
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    const float* row = logits + t * cols;
+    const float mx = row_max[t];
+    double sum = 0;
+    for (int64_t c = threadIdx.x; c < valid; c += kThreads) sum += expf(row[c] - mx);
+    sum = block_reduce(sum, SumOp());
+    if (threadIdx.x == 0) {
+      sumexp[t] = static_cast<float>(sum);
+      const int64_t col = static_cast<int64_t>(targets[t]) - vocab_start;
+      target_logit[t] = col >= 0 && col < cols ? row[col] : 0.0f;
+    }
+  }
+}
+
+__global__ void ce_loss_kernel(float* loss, const float* row_max, const float* sumexp, const float* target_logit,
+                               int64_t tokens) {
+  for (int64_t t = global_thread(); t < tokens; t += grid_threads())
+    loss[t] = static_cast<float>(log(static_cast<double>(sumexp[t]))) + row_max[t] - target_logit[t];
+}
+
+// One thread per logit; each reads its element before writing it, so dlogits may be logits.
+__global__ void ce_bwd_kernel(float* dlogits, const float* logits, const float* row_max, const float* sumexp,
+                              const int32_t* targets, const float* grad_scale, int64_t tokens, int64_t cols,
+                              int64_t valid, int64_t vocab_start) {
+  const int64_t n = tokens * cols;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t t = i / cols, c = i % cols;
+    if (c >= valid) {
+      dlogits[i] = 0.0f;
+      continue;
+    }
+    const int64_t target = static_cast<int64_t>(targets[t]) - vocab_start;
+    const float inv_sum = 1.0f / sumexp[t];
+    dlogits[i] = (expf(logits[i] - row_max[t]) * inv_sum - (c == target ? 1.0f : 0.0f)) * grad_scale[t];
+  }
+}
+
+}  // namespace
+
+// --- the ops -------------------------------------------------------------------------------
+
+void CudaOps::layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
+  const char* op = "layernorm_fwd";
+  const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
+  check_f32(op, "out", out);
+  check_numel(op, "out", out, x.numel());
+  check_f32(op, "mean", mean);
+  check_numel(op, "mean", mean, rows);
+  check_f32(op, "rstd", rstd);
+  check_numel(op, "rstd", rstd, rows);
+  const bool has_bias = bias.data != nullptr;
+  if (has_bias) {
+    check_f32(op, "bias", bias);
+    check_numel(op, "bias", bias, h);
+  }
+  if (rows == 0) return;
+  layernorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+      fp(out), fp(mean), fp(rstd), fp(x), fp(weight), has_bias ? fp(bias) : nullptr, rows, h, eps);
+  MPT_CUDA_LAUNCH("layernorm_fwd_kernel");
+}
+
+void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout, Tensor x, Tensor weight, Tensor mean,
+                            Tensor rstd) {
+  const char* op = "layernorm_bwd";
+  const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
+  check_f32(op, "dx", dx);
+  check_numel(op, "dx", dx, x.numel());
+  check_f32(op, "dout", dout);
+  check_numel(op, "dout", dout, x.numel());
+  check_f32(op, "dweight", dweight);
+  check_numel(op, "dweight", dweight, h);
+  check_f32(op, "mean", mean);
+  check_numel(op, "mean", mean, rows);
+  check_f32(op, "rstd", rstd);
+  check_numel(op, "rstd", rstd, rows);
+  const bool has_bias = dbias.data != nullptr;
+  if (has_bias) {
+    check_f32(op, "dbias", dbias);
+    check_numel(op, "dbias", dbias, h);
+  }
+  if (rows == 0) return;
+  norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+      fp(dx), fp(dout), fp(x), fp(weight), fp(mean), fp(rstd), rows, h);
+  MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
+  norm_param_grads(*this, fp(dweight), has_bias ? fp(dbias) : nullptr, fp(dout), fp(x), fp(mean), fp(rstd), rows, h);
+}
+
+void CudaOps::rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
+  const char* op = "rmsnorm_fwd";
+  const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
+  check_f32(op, "out", out);
+  check_numel(op, "out", out, x.numel());
+  check_f32(op, "rstd", rstd);
+  check_numel(op, "rstd", rstd, rows);
+  if (rows == 0) return;
+  rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(fp(out), fp(rstd), fp(x),
+                                                                                      fp(weight), rows, h, eps);
+  MPT_CUDA_LAUNCH("rmsnorm_fwd_kernel");
+}
+
+void CudaOps::rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) {
+  const char* op = "rmsnorm_bwd";
+  const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
+  check_f32(op, "dx", dx);
+  check_numel(op, "dx", dx, x.numel());
+  check_f32(op, "dout", dout);
+  check_numel(op, "dout", dout, x.numel());
+  check_f32(op, "dweight", dweight);
+  check_numel(op, "dweight", dweight, h);
+  check_f32(op, "rstd", rstd);
+  check_numel(op, "rstd", rstd, rows);
+  if (rows == 0) return;
+  norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+      fp(dx), fp(dout), fp(x), fp(weight), nullptr, fp(rstd), rows, h);
+  MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
+  norm_param_grads(*this, fp(dweight), nullptr, fp(dout), fp(x), nullptr, fp(rstd), rows, h);
+}
+
+void CudaOps::qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                        int64_t head_dim) {
+  const int64_t tokens = qkv_tokens("qkv_split", qkv, q, k, v, groups, heads_per_group, head_dim);
+  const int64_t n = qkv.numel();
+  if (n == 0) return;
+  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(qkv), fp(q), fp(k), fp(v), tokens,
+                                                                         groups, heads_per_group, head_dim, false);
+  MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
+}
+
+void CudaOps::qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                        int64_t head_dim) {
+  const int64_t tokens = qkv_tokens("qkv_merge", dqkv, dq, dk, dv, groups, heads_per_group, head_dim);
+  const int64_t n = dqkv.numel();
+  if (n == 0) return;
+  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(dqkv), fp(dq), fp(dk), fp(dv), tokens,
+                                                                         groups, heads_per_group, head_dim, true);
+  MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
+}
+
+void CudaOps::rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
+                   bool inverse) {
+  const char* op = "rope";
+  check_f32(op, "x", x);
+  check_i32(op, "positions", positions);
+  MPT_CHECK(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0,
+            Status::kInvalidArgument, op, ": heads ", heads, ", head_dim ", head_dim, ", rotary_dim ", rotary_dim,
+            ": need rotary_dim even and in (0, head_dim]");
+  MPT_CHECK(base > 0 && std::isfinite(base), Status::kInvalidArgument, op, ": base ", base, " must be positive");
+  const int64_t width = heads * head_dim;
+  MPT_CHECK(x.numel() % width == 0, Status::kInvalidArgument, op, ": x ", describe(x),
+            " rows must hold heads*head_dim = ", width);
+  const int64_t tokens = x.numel() / width;
+  check_numel(op, "positions", positions, tokens);
+  // The CPU backend's limit, kept so that both backends accept the same calls.
+  constexpr int64_t kMaxRotaryDim = 1024;
+  MPT_CHECK(rotary_dim <= kMaxRotaryDim, Status::kInvalidArgument, op, ": rotary_dim ", rotary_dim, " exceeds ",
+            kMaxRotaryDim);
+  const int64_t n = tokens * (rotary_dim / 2);
+  if (n == 0) return;
+  rope_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(x), ip(positions), tokens, heads, head_dim,
+                                                                  rotary_dim, static_cast<double>(base),
+                                                                  inverse ? -1.0 : 1.0);
+  MPT_CUDA_LAUNCH("rope_kernel");
+}
+
+void CudaOps::activation_fwd(Tensor out, Tensor x, Activation act, bool gated) {
+  int64_t rows = 0, f = 0;
+  activation_shapes("activation_fwd", x, out, act, gated, &rows, &f);
+  if (rows * f == 0) return;
+  activation_fwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(fp(out), fp(x), rows, f, act,
+                                                                                   gated);
+  MPT_CUDA_LAUNCH("activation_fwd_kernel");
+}
+
+void CudaOps::activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, bool gated) {
+  int64_t rows = 0, f = 0;
+  activation_shapes("activation_bwd", x, dout, act, gated, &rows, &f);
+  check_f32("activation_bwd", "dx", dx);
+  check_numel("activation_bwd", "dx", dx, x.numel());
+  if (rows * f == 0) return;
+  activation_bwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(fp(dx), fp(dout), fp(x), rows, f,
+                                                                                   act, gated);
+  MPT_CUDA_LAUNCH("activation_bwd_kernel");
+}
+
+void CudaOps::dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) {
+  apply_dropout(*this, "dropout_fwd", out, x, p, key, row_offset);
+}
+
+void CudaOps::dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) {
+  apply_dropout(*this, "dropout_bwd", dx, dout, p, key, row_offset);
+}
+
+void CudaOps::embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_start, bool accumulate) {
+  const int64_t h = embedding_hidden("embedding_fwd", out, ids, table);
+  const int64_t vocab = table.numel() / h, tokens = ids.numel();
+  if (tokens == 0) return;
+  embedding_fwd_kernel<<<blocks_for(tokens * h, kThreads), kThreads, 0, stream()>>>(
+      fp(out), ip(ids), fp(table), tokens, h, vocab_start, vocab, accumulate);
+  MPT_CUDA_LAUNCH("embedding_fwd_kernel");
+}
+
+void CudaOps::embedding_bwd(Tensor dtable, Tensor ids, Tensor dout, int64_t vocab_start) {
+  const char* op = "embedding_bwd";
+  const int64_t h = embedding_hidden(op, dout, ids, dtable);
+  const int64_t vocab = dtable.numel() / h, tokens = ids.numel();
+  if (tokens == 0 || vocab == 0) return;
+  // Sort keys are 32-bit rows plus one "outside" value; token indices are 32-bit as well.
+  MPT_CHECK(vocab < UINT32_MAX && tokens <= INT32_MAX, Status::kInvalidArgument, op, ": dtable ", describe(dtable),
+            " or ids ", describe(ids), " exceeds 32-bit indexing");
+  constexpr int kColumnThreads = 128;
+  const int64_t column_tiles = (h + kColumnThreads - 1) / kColumnThreads;
+  MPT_CHECK(column_tiles <= 65535, Status::kInvalidArgument, op, ": hidden size ", h, " is too large");
+  int end_bit = 1;
+  while (end_bit < 32 && (uint64_t{1} << end_bit) <= static_cast<uint64_t>(vocab)) ++end_bit;
+
+  // Scratch: keys and token order, sorted copies, then the sort's own temporary storage.
+  const int num = static_cast<int>(tokens);
+  size_t sort_bytes = 0;
+  MPT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr),
+                                                 static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                                 static_cast<int32_t*>(nullptr), num, 0, end_bit, stream()));
+  const size_t array = align256(static_cast<size_t>(tokens) * 4);
+  char* base = static_cast<char*>(scratch(4 * array + sort_bytes));
+  auto* keys = reinterpret_cast<uint32_t*>(base);
+  auto* sorted_keys = reinterpret_cast<uint32_t*>(base + array);
+  auto* order = reinterpret_cast<int32_t*>(base + 2 * array);
+  auto* sorted_order = reinterpret_cast<int32_t*>(base + 3 * array);
+  void* sort_tmp = base + 4 * array;
+
+  embedding_keys_kernel<<<blocks_for(tokens, kThreads), kThreads, 0, stream()>>>(keys, order, ip(ids), tokens,
+                                                                                 vocab_start, vocab);
+  MPT_CUDA_LAUNCH("embedding_keys_kernel");
+  // Radix sort is stable: each row's tokens stay in token order.
+  MPT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, keys, sorted_keys, order, sorted_order, num, 0,
+                                                 end_bit, stream()));
+  const dim3 grid(static_cast<unsigned>(std::min(tokens, kMaxBlocks)), static_cast<unsigned>(column_tiles));
+  embedding_bwd_kernel<<<grid, kColumnThreads, 0, stream()>>>(fp(dtable), sorted_keys, sorted_order, fp(dout), tokens,
+                                                              h, vocab);
+  MPT_CUDA_LAUNCH("embedding_bwd_kernel");
+}
+
+void CudaOps::ce_row_max(Tensor row_max, Tensor logits, int64_t vocab_start, int64_t vocab_valid) {
+  const char* op = "ce_row_max";
+  const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
+  check_per_token(op, "row_max", row_max, l.tokens);
+  if (l.tokens == 0) return;
+  ce_row_max_kernel<<<blocks_for(l.tokens, 1), kThreads, 0, stream()>>>(fp(row_max), fp(logits), l.tokens, l.cols,
+                                                                        l.valid);
+  MPT_CUDA_LAUNCH("ce_row_max_kernel");
+}
+
+void CudaOps::ce_sumexp_target(Tensor sumexp, Tensor target_logit, Tensor logits, Tensor row_max, Tensor targets,
+                               int64_t vocab_start, int64_t vocab_valid) {
+  const char* op = "ce_sumexp_target";
+  const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
+  check_per_token(op, "sumexp", sumexp, l.tokens);
+  check_per_token(op, "target_logit", target_logit, l.tokens);
+  check_per_token(op, "row_max", row_max, l.tokens);
+  check_per_token(op, "targets", targets, l.tokens, true);
+  if (l.tokens == 0) return;
+  ce_sumexp_target_kernel<<<blocks_for(l.tokens, 1), kThreads, 0, stream()>>>(
+      fp(sumexp), fp(target_logit), fp(logits), fp(row_max), ip(targets), l.tokens, l.cols, l.valid, vocab_start);
+  MPT_CUDA_LAUNCH("ce_sumexp_target_kernel");
+}
+
+void CudaOps::ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) {
+  const char* op = "ce_loss";
+  check_f32(op, "loss", loss);
+  const int64_t tokens = loss.numel();
+  check_per_token(op, "row_max", row_max, tokens);
+  check_per_token(op, "sumexp", sumexp, tokens);
+  check_per_token(op, "target_logit", target_logit, tokens);
+  if (tokens == 0) return;
+  ce_loss_kernel<<<blocks_for(tokens, kThreads), kThreads, 0, stream()>>>(fp(loss), fp(row_max), fp(sumexp),
+                                                                          fp(target_logit), tokens);
+  MPT_CUDA_LAUNCH("ce_loss_kernel");
+}
+
+void CudaOps::ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
+                     int64_t vocab_start, int64_t vocab_valid) {
+  const char* op = "ce_bwd";
+  const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
+  check_f32(op, "dlogits", dlogits);
+  check_numel(op, "dlogits", dlogits, logits.numel());
+  check_per_token(op, "row_max", row_max, l.tokens);
+  check_per_token(op, "sumexp", sumexp, l.tokens);
+  check_per_token(op, "targets", targets, l.tokens, true);
+  check_per_token(op, "grad_scale", grad_scale, l.tokens);
+  const int64_t n = l.tokens * l.cols;
+  if (n == 0) return;
+  ce_bwd_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(dlogits), fp(logits), fp(row_max), fp(sumexp),
+                                                                    ip(targets), fp(grad_scale), l.tokens, l.cols,
+                                                                    l.valid, vocab_start);
+  MPT_CUDA_LAUNCH("ce_bwd_kernel");
+}
+
+}  // namespace mpt::cuda

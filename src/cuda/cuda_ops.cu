@@ -1,0 +1,394 @@
+// The CUDA backend's core: construction, memory, elementwise ops, the double-precision
+// reductions (gradient norm, loss sums) and AdamW. The other op families live beside it
+// (see cuda_ops.h).
+#include "cuda/cuda_ops.h"
+#include "cuda/op_checks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "core/error.h"
+#include "cuda/device.h"
+
+namespace mpt::cuda {
+
+namespace {
+
+constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t{1} << 16;  // elementwise grids stride beyond this
+// The reductions always use this many partial sums (fewer for small inputs), so their
+// order, and hence the result's bits, depends on the input size alone, not on the GPU.
+constexpr int64_t kReduceBlocks = 1024;
+
+int elementwise_blocks(int64_t n) { return static_cast<int>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks)); }
+
+
+// --- argument checks: the CPU backend's rules and messages ----------------------------
+
+
+
+
+
+
+// --- kernels ------------------------------------------------------------------------------
+
+__global__ void fill_kernel(float* x, int64_t n, float value) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) x[i] = value;
+}
+
+__global__ void add_kernel(float* out, const float* a, const float* b, int64_t n) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = a[i] + b[i];
+}
+
+__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) y[i] += x[i];
+}
+
+__global__ void scale_kernel(float* x, int64_t n, float s) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) x[i] *= s;
+}
+
+struct SquareTerm {
+  const float* x;
+  __device__ double operator()(int64_t i) const {
+    const double v = x[i];
+    return v * v;
+  }
+};
+
+struct DotTerm {
+  const float* a;
+  const float* b;
+  __device__ double operator()(int64_t i) const { return static_cast<double>(a[i]) * static_cast<double>(b[i]); }
+};
+
+// Sums the kThreads values of `shared` into shared[0] by a fixed tree.
+__device__ void tree_sum(double* shared) {
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (static_cast<int>(threadIdx.x) < width) shared[threadIdx.x] += shared[threadIdx.x + width];
+    __syncthreads();
+  }
+}
+
+// Pass 1: block b writes the sum of its grid-strided terms to partial[b].
+template <typename Term>
+__global__ void partial_sums_kernel(Term term, int64_t n, double* partial) {
+  __shared__ double shared[kThreads];
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  double s = 0;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) s += term(i);
+  shared[threadIdx.x] = s;
+  __syncthreads();
+  tree_sum(shared);
+  if (threadIdx.x == 0) partial[blockIdx.x] = shared[0];
+}
+
+// Pass 2 (one block): *total = the sum of partial[0, count).
+__global__ void final_sum_kernel(const double* partial, int64_t count, double* total) {
+  __shared__ double shared[kThreads];
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < count; i += kThreads) s += partial[i];
+  shared[threadIdx.x] = s;
+  __syncthreads();
+  tree_sum(shared);
+  if (threadIdx.x == 0) *total = shared[0];
+}
+
+// Sets *flag when an element's exponent is all ones (Inf or NaN). Every writer stores the
+// same value, so the result does not depend on which thread wins.
+__global__ void find_non_finite_kernel(const uint32_t* bits, int64_t n, int* flag) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
+    if ((bits[i] & 0x7f800000u) == 0x7f800000u) {
+      *flag = 1;
+      return;
+    }
+}
+
+struct AdamWScalars {
+  float lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, grad_scale;
+  float bias_correction1, bias_correction2;
+};
+
+// The CPU backend's arithmetic, operation for operation; the _rn intrinsics keep the
+// compiler from fusing multiply-adds, so the results round as the CPU's do.
+__global__ void adamw_kernel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
+                             AdamWScalars s) {
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float g = __fmul_rn(grad[i], s.grad_scale);
+    const float m = __fadd_rn(__fmul_rn(s.beta1, exp_avg[i]), __fmul_rn(s.one_minus_beta1, g));
+    const float v = __fadd_rn(__fmul_rn(s.beta2, exp_avg_sq[i]), __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    const float p = param[i];
+    const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, s.bias_correction2)), s.eps);
+    const float update = __fadd_rn(__fdiv_rn(__fdiv_rn(m, s.bias_correction1), denom), __fmul_rn(s.weight_decay, p));
+    param[i] = __fsub_rn(p, __fmul_rn(s.lr, update));
+  }
+}
+
+// The sum of term(i) over [0, n) in double, in a fixed order, read back to the host.
+template <typename Term>
+double device_sum(CudaOps& ops, Term term, int64_t n) {
+  if (n == 0) return 0.0;
+  const int64_t blocks = std::min((n + kThreads - 1) / kThreads, kReduceBlocks);
+  auto* host = static_cast<double*>(ops.pinned(sizeof(double)));
+  auto* partial = static_cast<double*>(ops.scratch(static_cast<size_t>(blocks + 1) * sizeof(double)));
+  double* total = partial + blocks;
+  partial_sums_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, ops.stream()>>>(term, n, partial);
+  MPT_CUDA_LAUNCH(partial_sums_kernel);
+  final_sum_kernel<<<1, kThreads, 0, ops.stream()>>>(partial, blocks, total);
+  MPT_CUDA_LAUNCH(final_sum_kernel);
+  MPT_CUDA_CHECK(cudaMemcpyAsync(host, total, sizeof(double), cudaMemcpyDeviceToHost, ops.stream()));
+  MPT_CUDA_CHECK(cudaStreamSynchronize(ops.stream()));
+  return *host;
+}
+
+// Frees what a CudaOps holds (any of it may be missing after a failed construction).
+// Never throws: it runs from the destructor.
+void release_resources(int device, cudaStream_t& stream, std::unique_ptr<CachingAllocator>& alloc,
+                       cublasLtHandle_t& lt, void*& pinned) noexcept {
+  if (cudaSetDevice(device) == cudaSuccess && stream) cudaStreamSynchronize(stream);
+  if (lt) cublasLtDestroy(lt);
+  lt = nullptr;
+  alloc.reset();  // every block: the cuBLASLt workspace, the scratch, tensors still out
+  if (pinned) cudaFreeHost(pinned);
+  pinned = nullptr;
+  if (stream) cudaStreamDestroy(stream);
+  stream = nullptr;
+  cudaGetLastError();
+}
+
+}  // namespace
+
+// --- construction -----------------------------------------------------------------------
+
+CudaOps::CudaOps(int device) : device_(device) {
+  std::snprintf(name_, sizeof(name_), "cuda:%d", device);
+  try {
+    MPT_CUDA_CHECK(cudaSetDevice(device));
+    // Fails early, naming the GPU, when this build holds no kernel image it can run.
+    cudaFuncAttributes attributes;
+    const cudaError_t loadable = cudaFuncGetAttributes(&attributes, fill_kernel);
+    if (loadable != cudaSuccess) {
+      cudaGetLastError();
+      cudaDeviceProp prop;
+      MPT_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+      fail(Status::kDevice, prop.name, " (sm_", prop.major, prop.minor, ") cannot run this build's kernels: ",
+           cudaGetErrorString(loadable));
+    }
+    MPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    alloc_ = std::make_unique<CachingAllocator>(device);
+    check_cublas(cublasLtCreate(&lt_), "cublasLtCreate");
+    lt_workspace_bytes_ = kLtWorkspaceBytes;
+    lt_workspace_ = alloc_->allocate(lt_workspace_bytes_);
+  } catch (const Error& e) {
+    release_resources(device_, stream_, alloc_, lt_, pinned_);
+    fail(e.status(), name_, ": ", e.what());
+  } catch (...) {
+    release_resources(device_, stream_, alloc_, lt_, pinned_);
+    throw;
+  }
+}
+
+CudaOps::~CudaOps() { release_resources(device_, stream_, alloc_, lt_, pinned_); }
+
+void CudaOps::synchronize() { MPT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+int64_t CudaOps::workspace_bytes() const {
+  return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + pinned_bytes_);
+}
+
+void* CudaOps::scratch(size_t bytes) {
+  if (bytes > scratch_bytes_) {
+    // Take the new area before giving the old one back: a failure leaves the old one valid.
+    void* grown = alloc_->allocate(bytes);
+    alloc_->release(scratch_);
+    scratch_ = grown;
+    scratch_bytes_ = bytes;
+  }
+  return scratch_;
+}
+
+void* CudaOps::pinned(size_t bytes) {
+  if (bytes > pinned_bytes_) {
+    const size_t size = std::max(bytes, size_t{4096});
+    void* grown = nullptr;
+    MPT_CUDA_CHECK(cudaMallocHost(&grown, size));
+    void* old = pinned_;
+    pinned_ = grown;
+    pinned_bytes_ = size;
+    if (old) {
+      // A queued copy may still target the old buffer.
+      MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      MPT_CUDA_CHECK(cudaFreeHost(old));
+    }
+  }
+  return pinned_;
+}
+
+// --- memory -------------------------------------------------------------------------------
+
+void* CudaOps::allocate(size_t bytes) {
+  void* p = alloc_->allocate(bytes);
+  if (p) {
+    const cudaError_t err = cudaMemsetAsync(p, 0, bytes, stream_);
+    if (err != cudaSuccess) {
+      alloc_->release(p);
+      MPT_CUDA_CHECK(err);
+    }
+  }
+  return p;
+}
+
+void CudaOps::release(void* p) { alloc_->release(p); }
+
+void CudaOps::to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  // From pageable memory the call returns once `src` is staged; from pinned memory the copy
+  // is truly asynchronous, so wait: a caller may reuse `src` at once, as on the CPU.
+  cudaPointerAttributes attributes;
+  MPT_CUDA_CHECK(cudaPointerGetAttributes(&attributes, src));
+  if (attributes.type == cudaMemoryTypeHost) MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaOps::to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+  MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// --- elementwise ----------------------------------------------------------------------------
+
+void CudaOps::fill(Tensor x, float value) {
+  check_f32("fill", "x", x);
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  fill_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(x.f(), n, value);
+  MPT_CUDA_LAUNCH(fill_kernel);
+}
+
+void CudaOps::copy(Tensor dst, Tensor src) {
+  MPT_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), Status::kInvalidArgument, "copy: dst ",
+            describe(dst), " and src ", describe(src), " must share dtype and numel");
+  MPT_CHECK((dst.data && src.data) || dst.numel() == 0, Status::kInvalidArgument, "copy: dst or src has no data");
+  if (dst.data == src.data || dst.numel() == 0) return;
+  MPT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream_));
+}
+
+void CudaOps::add(Tensor out, Tensor a, Tensor b) {
+  check_f32("add", "out", out);
+  check_f32("add", "a", a);
+  check_f32("add", "b", b);
+  check_numel("add", "a", a, out.numel());
+  check_numel("add", "b", b, out.numel());
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  add_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out.f(), a.f(), b.f(), n);
+  MPT_CUDA_LAUNCH(add_kernel);
+}
+
+void CudaOps::add_inplace(Tensor y, Tensor x) {
+  check_f32("add_inplace", "y", y);
+  check_f32("add_inplace", "x", x);
+  check_numel("add_inplace", "x", x, y.numel());
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  add_inplace_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(y.f(), x.f(), n);
+  MPT_CUDA_LAUNCH(add_inplace_kernel);
+}
+
+void CudaOps::scale(Tensor x, float s) {
+  check_f32("scale", "x", x);
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  scale_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(x.f(), n, s);
+  MPT_CUDA_LAUNCH(scale_kernel);
+}
+
+// --- reductions -----------------------------------------------------------------------------
+
+double CudaOps::sum_squares(Tensor x) {
+  check_f32("sum_squares", "x", x);
+  return device_sum(*this, SquareTerm{x.f()}, x.numel());
+}
+
+double CudaOps::dot(Tensor a, Tensor b) {
+  check_f32("dot", "a", a);
+  check_f32("dot", "b", b);
+  check_numel("dot", "b", b, a.numel());
+  return device_sum(*this, DotTerm{a.f(), b.f()}, a.numel());
+}
+
+bool CudaOps::all_finite(Tensor x) {
+  check_f32("all_finite", "x", x);
+  const int64_t n = x.numel();
+  if (n == 0) return true;
+  auto* host = static_cast<int*>(pinned(sizeof(int)));
+  auto* flag = static_cast<int*>(scratch(sizeof(int)));
+  MPT_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream_));
+  find_non_finite_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(static_cast<const uint32_t*>(x.data), n,
+                                                                           flag);
+  MPT_CUDA_LAUNCH(find_non_finite_kernel);
+  MPT_CUDA_CHECK(cudaMemcpyAsync(host, flag, sizeof(int), cudaMemcpyDeviceToHost, stream_));
+  MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return *host == 0;
+}
+
+// --- optimizer ------------------------------------------------------------------------------
+
+void CudaOps::adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const backend::AdamWArgs& a) {
+  const char* op = "adamw";
+  check_f32(op, "param", param);
+  check_f32(op, "grad", grad);
+  check_f32(op, "exp_avg", exp_avg);
+  check_f32(op, "exp_avg_sq", exp_avg_sq);
+  const int64_t n = param.numel();
+  check_numel(op, "grad", grad, n);
+  check_numel(op, "exp_avg", exp_avg, n);
+  check_numel(op, "exp_avg_sq", exp_avg_sq, n);
+  MPT_CHECK(a.step >= 1, Status::kInvalidArgument, op, ": step ", a.step, " must be >= 1");
+  MPT_CHECK(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, Status::kInvalidArgument, op, ": beta1 ",
+            a.beta1, " and beta2 ", a.beta2, " must be in [0, 1)");
+  if (n == 0) return;
+  AdamWScalars s;
+  s.lr = a.lr;
+  s.beta1 = a.beta1;
+  s.one_minus_beta1 = 1.0f - a.beta1;
+  s.beta2 = a.beta2;
+  s.one_minus_beta2 = 1.0f - a.beta2;
+  s.eps = a.eps;
+  s.weight_decay = a.weight_decay;
+  s.grad_scale = a.grad_scale;
+  // Bias corrections in double, then rounded to float, as the CPU backend does.
+  s.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.step)));
+  s.bias_correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.step)));
+  adamw_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(param.f(), grad.f(), exp_avg.f(), exp_avg_sq.f(), n,
+                                                                 s);
+  MPT_CUDA_LAUNCH(adamw_kernel);
+}
+
+}  // namespace mpt::cuda
+
+namespace mpt::backend {
+
+std::unique_ptr<Ops> make_cuda_ops(int device) {
+  const auto devices = cuda::visible_devices();
+  MPT_CHECK(!devices.empty(), Status::kDevice, "cuda:", device, ": no CUDA GPU is visible to this process");
+  const int count = static_cast<int>(devices.size());
+  MPT_CHECK(device >= 0 && device < count, Status::kDevice, "cuda:", device, ": no such GPU (", count,
+            count == 1 ? " is" : " are", " visible: cuda:0", count > 1 ? str("..cuda:", count - 1) : std::string(),
+            ")");
+  return std::make_unique<cuda::CudaOps>(device);
+}
+
+}  // namespace mpt::backend
