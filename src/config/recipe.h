@@ -180,7 +180,9 @@ struct ValidationConfig {
 };
 
 struct DistConfig {
-  std::string distributed_backend = "nccl";  // nccl | gloo
+  // Collectives on device buffers: auto (NCCL when every local rank has its own GPU, else
+  // gloo staging through host memory) | nccl | gloo. Host values always go over gloo.
+  std::string distributed_backend = "auto";
   double distributed_timeout_minutes = 10.0;
 };
 

@@ -240,7 +240,7 @@ std::vector<KeySpec> build_table() {
       MPT_KEY(validation, eval_iters).at_least(1),
       MPT_KEY(validation, eval_interval).at_least(1),
 
-      MPT_KEY(dist, distributed_backend).one_of({"nccl", "gloo"}),
+      MPT_KEY(dist, distributed_backend).one_of({"auto", "nccl", "gloo"}),
       MPT_KEY(dist, distributed_timeout_minutes).above(0),
 
       // `mixed_precision = "bf16_mixed"` at top level, or the [mixed_precision] table.

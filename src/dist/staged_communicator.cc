@@ -132,7 +132,70 @@ class StagedCommunicator final : public Communicator {
   backend::Ops& ops_;
 };
 
+class HybridCommunicator final : public Communicator {
+ public:
+  HybridCommunicator(std::unique_ptr<Communicator> host, std::unique_ptr<Communicator> device, backend::Ops& ops)
+      : host_(make_staged_communicator(std::move(host), ops)), device_(std::move(device)), ops_(ops) {}
+
+  int64_t rank() const override { return host_->rank(); }
+  int64_t size() const override { return host_->size(); }
+  const std::string& name() const override { return host_->name(); }
+  const std::vector<int64_t>& global_ranks() const override { return host_->global_ranks(); }
+  int64_t bytes_sent() const override { return host_->bytes_sent() + device_->bytes_sent(); }
+
+  std::shared_ptr<Work> all_reduce_async(void* data, int64_t count, DType dtype, ReduceOp op) override {
+    return pick({data})->all_reduce_async(data, count, dtype, op);
+  }
+  std::shared_ptr<Work> reduce_scatter_async(const void* in, void* out, int64_t count, DType dtype,
+                                             ReduceOp op) override {
+    return pick({in, out})->reduce_scatter_async(in, out, count, dtype, op);
+  }
+  std::shared_ptr<Work> all_gather_async(const void* in, void* out, int64_t count, DType dtype) override {
+    return pick({in, out})->all_gather_async(in, out, count, dtype);
+  }
+  std::shared_ptr<Work> all_to_all_async(const void* in, const int64_t* send_counts, void* out,
+                                         const int64_t* recv_counts, DType dtype) override {
+    return pick({in, out})->all_to_all_async(in, send_counts, out, recv_counts, dtype);
+  }
+  std::shared_ptr<Work> broadcast_async(void* data, int64_t count, DType dtype, int64_t root) override {
+    return pick({data})->broadcast_async(data, count, dtype, root);
+  }
+  std::shared_ptr<Work> send_async(const void* data, int64_t count, DType dtype, int64_t peer, int64_t tag) override {
+    return pick({data})->send_async(data, count, dtype, peer, tag);
+  }
+  std::shared_ptr<Work> recv_async(void* data, int64_t count, DType dtype, int64_t peer, int64_t tag) override {
+    return pick({data})->recv_async(data, count, dtype, peer, tag);
+  }
+  std::shared_ptr<Work> barrier_async() override { return host_->barrier_async(); }
+
+ private:
+  // Device transport only when every buffer is device memory (null: an unused argument).
+  Communicator* pick(std::initializer_list<const void*> buffers) {
+    for (const void* p : buffers)
+      if (p != nullptr && !ops_.is_device_pointer(p)) return host_.get();
+    return device_.get();
+  }
+
+  std::unique_ptr<Communicator> host_, device_;
+  backend::Ops& ops_;
+};
+
 }  // namespace
+
+std::unique_ptr<Communicator> make_hybrid_communicator(std::unique_ptr<Communicator> host,
+                                                       std::unique_ptr<Communicator> device, backend::Ops& ops) {
+  MPT_CHECK(host != nullptr && device != nullptr, Status::kInternal, "make_hybrid_communicator: missing transport");
+  MPT_CHECK(host->size() == device->size() && host->rank() == device->rank(), Status::kInternal,
+            "make_hybrid_communicator: the transports' groups differ");
+  return std::make_unique<HybridCommunicator>(std::move(host), std::move(device), ops);
+}
+
+#ifndef MPT_HAVE_NCCL
+std::unique_ptr<Communicator> make_device_communicator(Store&, const std::string&, const std::vector<int64_t>&,
+                                                       int64_t, const CommOptions&, backend::Ops&) {
+  return nullptr;
+}
+#endif
 
 std::unique_ptr<Communicator> make_staged_communicator(std::unique_ptr<Communicator> inner, backend::Ops& ops) {
   MPT_CHECK(inner != nullptr, Status::kInternal, "make_staged_communicator: no communicator");

@@ -212,6 +212,17 @@ struct Engine::Impl {
       sizes.etp = dims.etp;
     }
     layout = std::make_unique<dist::ParallelState>(sizes);
+    // Whether every rank has a GPU of its own: a rank whose local rank wraps around the
+    // node's GPUs shares one. All ranks learn it through the store, so all choose alike.
+    const std::string& wanted = recipe.dist.distributed_backend;
+    const int gpus = backend::cuda_device_count();
+    store->set(str("engine/shares_gpu/", place.rank), gpus > 0 && place.local_rank < gpus ? "0" : "1");
+    bool own_gpu = true;
+    for (int64_t r = 0; r < place.world_size; ++r) own_gpu = own_gpu && store->get(str("engine/shares_gpu/", r)) == "0";
+    const bool device_collectives = !ops->host_memory() && (wanted == "nccl" || (wanted == "auto" && own_gpu));
+    MPT_CHECK(wanted != "nccl" || ops->host_memory() || own_gpu, Status::kInvalidConfig,
+              "dist.distributed_backend = \"nccl\": ranks share a GPU (", gpus,
+              " visible on rank ", place.rank, ") and NCCL needs one per rank; use \"auto\" or \"gloo\"");
     store->wait_ranks("engine/start", place.rank, place.world_size);
     dist::CommOptions co;
     co.timeout_s = timeout;
@@ -220,9 +231,16 @@ struct Engine::Impl {
       std::string name = str(dist::group_kind_name(kind), ":");
       for (size_t i = 0; i < ranks.size(); ++i) name += str(i ? "," : "", ranks[i]);
       std::unique_ptr<dist::Communicator> c = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
-      // gloo reaches host memory only: device buffers are staged through it.
-      if (!ops->host_memory()) c = dist::make_staged_communicator(std::move(c), *ops);
-      return c;
+      if (ops->host_memory()) return c;
+      // Device buffers over NCCL when every rank has a GPU of its own; otherwise (ranks
+      // sharing a GPU, which NCCL refuses, or dist.distributed_backend = "gloo") staged
+      // through host memory over gloo, which carries host values in every case.
+      if (device_collectives) {
+        std::unique_ptr<dist::Communicator> d =
+            dist::make_device_communicator(*store, name + "/device", ranks, place.rank, co, *ops);
+        if (d) return dist::make_hybrid_communicator(std::move(c), std::move(d), *ops);
+      }
+      return dist::make_staged_communicator(std::move(c), *ops);
     };
     tp_comm = group(dist::GroupKind::kTp);
     dp_comm = group(dist::GroupKind::kDpCp);
