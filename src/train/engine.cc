@@ -1,57 +1,7 @@
-#include "train/engine.h"
-
-#include <signal.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <chrono>
-#include <exception>
-#include <cstring>
-#include <csignal>
-#include <filesystem>
-#include <future>
-#include <optional>
-#include <cmath>
-#include <vector>
-
-#include "backend/devices.h"
-#include "backend/ops.h"
-#include "ckpt/checkpoint.h"
-#include "core/rng.h"
-#include "data/loader.h"
-#include "data/sample_source.h"
-#include "dist/communicator.h"
-#include "dist/parallel_state.h"
-#include "dist/staged_communicator.h"
-#include "dist/store.h"
-#include "optim/data_parallel.h"
-#include "model/gpt_dims.h"
-#include "model/gpt_model.h"
-#include "optim/adamw.h"
-#include "optim/lr_schedule.h"
-#include "parallel/context_parallel.h"
-#include "parallel/expert_parallel.h"
-#include "parallel/pipeline_layout.h"
-#include "parallel/pipeline_schedule.h"
-#include "parallel/tensor_parallel.h"
-#include "train/checkpointing.h"
-#include "train/data_streams.h"
-#include "train/host_batch.h"
-#include "train/metrics.h"
-#include "train/tensorboard.h"
+#include "train/engine_impl.h"
 
 namespace mpt::train {
 
-namespace {
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-}  // namespace
-
-namespace {
 // The backend this process trains on: MPT_BACKEND (cpu, cuda, cpu-device) when set, else
 // the GPU LOCAL_RANK selects when there is one and this build has the CUDA backend, else
 // the CPU.
@@ -69,952 +19,380 @@ std::unique_ptr<backend::Ops> make_backend(const dist::LaunchPlace& place) {
             "': expected cpu, cuda or cpu-device");
   return backend::make_cpu_ops(0);
 }
-}  // namespace
 
-struct Engine::Impl {
-  // Parameters of a chunk that share a storage and an optimizer: the experts of MoE layers
-  // apart from the rest, as their gradients reduce over another group.
-  struct Part {
-    const model::ParamRegistry* reg = nullptr;  // null: the chunk has no such parameters
-    model::ParamStorage* storage = nullptr;
-    optim::DataParallel* dp = nullptr;          // the storage when distributed
-    std::unique_ptr<optim::AdamW> optimizer;
-    dist::Communicator* slices = nullptr;       // the group its split tensors are cut over
-  };
-  // One model chunk of this rank: its layers, storage, optimizer (a pipeline stage with
-  // virtual stages holds several).
-  struct Chunk {
-    std::unique_ptr<model::GPTModel> model;
-    Part dense, experts;
-    std::unique_ptr<parallel::SequenceParallelGrads> sp_grads;
-    int tied = -1;                      // the tied embedding (or its copy) when shared across stages
-    int64_t last_backward = -1;         // index of this chunk's last backward in the schedule
-    std::vector<int64_t> free_slots;    // activation slots not holding a micro-batch
-    std::vector<int64_t> slot_of;       // micro-batch -> slot while in flight
-    std::vector<std::shared_ptr<dist::Work>> out_send;  // per slot: its output's send
-    std::vector<float*> grad_buf;                       // per slot: d(input) being sent (backend memory)
-    std::vector<std::shared_ptr<dist::Work>> grad_send;
-  };
-
-  config::Recipe recipe;
-  Logger log;
-  dist::LaunchPlace place;
-  bool rank0 = true;
-  // The distributed runtime (world_size > 1).
-  std::unique_ptr<dist::StoreServer> store_server;
-  std::unique_ptr<dist::Store> store;
-  std::unique_ptr<dist::ParallelState> layout;
-  std::unique_ptr<dist::Communicator> dp_comm, tp_comm, pp_comm, cp_comm, emb_comm;
-  // Mixture of experts: token exchange (etp-ep), expert gradients (edp), expert slices
-  // (etp), expert owners (ep), router counts (tp-cp).
-  std::unique_ptr<dist::Communicator> etp_ep_comm, edp_comm, etp_comm, ep_comm, tpcp_comm;
-  parallel::ExpertParallel ep;        // one rank holding every expert unless expert-parallel
-  parallel::TensorParallel tp;        // one rank unless tensor-parallel
-  parallel::ContextParallel cp;       // one rank unless context-parallel
-  std::unique_ptr<backend::Ops> ops;
-  model::GPTDims dims;
-  model::ParamRegistry whole_reg;     // the whole model, as checkpoints hold it
-  std::vector<Chunk> chunks;
-  int64_t pp_rank = 0, pp_size = 1, vpp = 1;
-  parallel::ScheduleSpec pipe;
-  std::vector<parallel::PipelineAction> actions;
-  // Receives are posted one action ahead, so a transfer overlaps the compute before it: two
-  // [R,H] buffers, for the action running and the next one.
-  struct PostedRecv {
-    int64_t index = -1;  // the action it is for
-    std::shared_ptr<dist::Work> work;
-  };
-  PostedRecv posted[2];
-  float* recv_stage[2] = {nullptr, nullptr};  // backend memory, [R,H] each
-  std::unique_ptr<Arena> pipe_buffers;        // recv_stage and every chunk's grad_buf
-  // Host staging of a micro-batch's inputs, copied into a model slot.
-  std::vector<int32_t> in_ids, in_labels;
-  std::vector<float> in_mask;
-  std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
-  // The MoE router's figures of the step so far, summed over this rank's layers and
-  // micro-batches.
-  struct MoeSums {
-    double aux = 0, z = 0, spread = 0, layers = 0;
-  } moe_sums;
-  optim::LRSchedule schedule;
-  std::unique_ptr<data::BatchLoader> train_loader, valid_loader;
-  data::RankBatch host_staging;  // a host-supplied batch in the loader's layout
-  int64_t iteration = 0;
-  int64_t consumed_samples = 0;
-  int64_t consumed_valid_samples = 0;
-  int64_t rows = 0;              // samples per global batch on this rank
-  int64_t num_microbatches = 0;
-  int32_t eod_id = 0;            // end-of-document id, for dataset.eod_mask_loss
-  int64_t dp_rank = 0, dp_size = 1;
-  int64_t saves = 0;             // checkpoint saves so far (keys their rendezvous)
-  bool stopped_by_signal = false;  // the last train() ended on SIGTERM / SIGINT
-
-  Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p) : recipe(r), log(std::move(l)), place(p) {
-    MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
-    MPT_CHECK(place.world_size == recipe.derived.world_size, Status::kInvalidArgument, "the recipe was finalized for ",
-              recipe.derived.world_size, " ranks but this process is rank ", place.rank, " of ", place.world_size);
-    rank0 = place.rank == 0;
-    if (!rank0) log.set_level(LogLevel::kWarn);
-    ops = make_backend(place);
-    const bool on_gpu = std::string(ops->name()).rfind("cuda", 0) == 0;
-    log.info(str("mptrain: backend ", ops->name(), on_gpu ? str(" (", backend::cuda_device_summary(), ")") : std::string(),
-                 ops->host_memory() ? "" : ", device memory"));
-    dims = model::make_dims(recipe);
-    whole_reg = model::whole_model_registry(dims);
-    num_microbatches = recipe.derived.num_microbatches;
-    rows = dims.micro_batch * num_microbatches;
-    eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
-    if (place.world_size > 1) start_distributed();
-    build_chunks();
-    schedule = optim::LRSchedule::from_recipe(recipe);
-    log.info(str("mptrain: ", whole_reg.num_parameters(), " parameters, ",
-                 num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
-    DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
-    for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
-    data::LoaderLayout ll;
-    ll.micro_batch = dims.micro_batch;
-    ll.num_microbatches = num_microbatches;
-    if (layout) {
-      dp_rank = ll.dp_rank = layout->coords(place.rank).dp;
-      dp_size = ll.dp_size = layout->dp();
-      ll.cp_rank = cp.rank();
-      ll.cp_size = cp.size();
-    }
-    data::LoaderOptions lo;
-    lo.vocab_size = dims.vocab;
-    lo.eod_mask_loss = recipe.dataset.eod_mask_loss;
-    lo.eod_id = eod_id;
-    lo.prefetch = recipe.dataset.num_workers;
-    train_loader = std::make_unique<data::BatchLoader>(streams.train, ll, lo);
-    if (streams.valid) valid_loader = std::make_unique<data::BatchLoader>(streams.valid, ll, lo);
-    MemoryReport m = memory();
-    auto mib = [](int64_t b) { return str(static_cast<double>(b) / (1 << 20), " MiB"); };
-    log.info(str("mptrain: memory per rank, allocated once: parameters ", mib(m.params_bytes), ", gradients ",
-                 mib(m.grads_bytes), ", optimizer ", mib(m.optimizer_bytes), ", activations ",
-                 mib(m.activations_peak_bytes)));
+Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p)
+    : recipe(r), log(std::move(l)), place(p) {
+  MPT_CHECK(recipe.finalized, Status::kInvalidArgument, "Engine needs a finalized recipe (call config::finalize)");
+  MPT_CHECK(place.world_size == recipe.derived.world_size, Status::kInvalidArgument, "the recipe was finalized for ",
+            recipe.derived.world_size, " ranks but this process is rank ", place.rank, " of ", place.world_size);
+  rank0 = place.rank == 0;
+  if (!rank0) log.set_level(LogLevel::kWarn);
+  ops = make_backend(place);
+  const bool on_gpu = std::string(ops->name()).rfind("cuda", 0) == 0;
+  log.info(str("mptrain: backend ", ops->name(), on_gpu ? str(" (", backend::cuda_device_summary(), ")") : std::string(),
+               ops->host_memory() ? "" : ", device memory"));
+  dims = model::make_dims(recipe);
+  whole_reg = model::whole_model_registry(dims);
+  num_microbatches = recipe.derived.num_microbatches;
+  rows = dims.micro_batch * num_microbatches;
+  eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
+  if (place.world_size > 1) start_distributed();
+  build_chunks();
+  schedule = optim::LRSchedule::from_recipe(recipe);
+  log.info(str("mptrain: ", whole_reg.num_parameters(), " parameters, ",
+               num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
+  DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
+  for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
+  data::LoaderLayout ll;
+  ll.micro_batch = dims.micro_batch;
+  ll.num_microbatches = num_microbatches;
+  if (layout) {
+    dp_rank = ll.dp_rank = layout->coords(place.rank).dp;
+    dp_size = ll.dp_size = layout->dp();
+    ll.cp_rank = cp.rank();
+    ll.cp_size = cp.size();
   }
+  data::LoaderOptions lo;
+  lo.vocab_size = dims.vocab;
+  lo.eod_mask_loss = recipe.dataset.eod_mask_loss;
+  lo.eod_id = eod_id;
+  lo.prefetch = recipe.dataset.num_workers;
+  train_loader = std::make_unique<data::BatchLoader>(streams.train, ll, lo);
+  if (streams.valid) valid_loader = std::make_unique<data::BatchLoader>(streams.valid, ll, lo);
+  MemoryReport m = memory();
+  auto mib = [](int64_t b) { return str(static_cast<double>(b) / (1 << 20), " MiB"); };
+  log.info(str("mptrain: memory per rank, allocated once: parameters ", mib(m.params_bytes), ", gradients ",
+               mib(m.grads_bytes), ", optimizer ", mib(m.optimizer_bytes), ", activations ",
+               mib(m.activations_peak_bytes)));
+}
 
-  // Rendezvous and process groups: tensor-parallel (tp), data-parallel (dp-cp), pipeline (pp),
-  // context-parallel (cp) and, for an output layer tied to the embedding across stages, the
-  // embedding group.
-  // Every rank forms its groups in the same order.
-  void start_distributed() {
-    const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
-    if (rank0) store_server = std::make_unique<dist::StoreServer>(static_cast<int>(place.master_port));
-    store = std::make_unique<dist::Store>(place.master_addr, static_cast<int>(place.master_port), timeout, place.rank);
-    dist::ParallelSizes sizes;
-    sizes.world = place.world_size;
-    sizes.tp = recipe.model.tensor_model_parallel_size;
-    sizes.cp = recipe.model.context_parallel_size;
-    sizes.pp = recipe.model.pipeline_model_parallel_size;
-    if (dims.num_experts > 0) {
-      sizes.ep = dims.ep;
-      sizes.etp = dims.etp;
-    }
-    layout = std::make_unique<dist::ParallelState>(sizes);
-    // Whether every rank has a GPU of its own: a rank whose local rank wraps around the
-    // node's GPUs shares one. All ranks learn it through the store, so all choose alike.
-    const std::string& wanted = recipe.dist.distributed_backend;
-    const int gpus = backend::cuda_device_count();
-    store->set(str("engine/shares_gpu/", place.rank), gpus > 0 && place.local_rank < gpus ? "0" : "1");
-    bool own_gpu = true;
-    for (int64_t r = 0; r < place.world_size; ++r) own_gpu = own_gpu && store->get(str("engine/shares_gpu/", r)) == "0";
-    const bool device_collectives = !ops->host_memory() && (wanted == "nccl" || (wanted == "auto" && own_gpu));
-    MPT_CHECK(wanted != "nccl" || ops->host_memory() || own_gpu, Status::kInvalidConfig,
-              "dist.distributed_backend = \"nccl\": ranks share a GPU (", gpus,
-              " visible on rank ", place.rank, ") and NCCL needs one per rank; use \"auto\" or \"gloo\"");
-    store->wait_ranks("engine/start", place.rank, place.world_size);
-    dist::CommOptions co;
-    co.timeout_s = timeout;
-    auto group = [&](dist::GroupKind kind) {
-      const std::vector<int64_t> ranks = layout->group_of(kind, place.rank);
-      std::string name = str(dist::group_kind_name(kind), ":");
-      for (size_t i = 0; i < ranks.size(); ++i) name += str(i ? "," : "", ranks[i]);
-      std::unique_ptr<dist::Communicator> c = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
-      if (ops->host_memory()) return c;
-      // Device buffers over NCCL when every rank has a GPU of its own; otherwise (ranks
-      // sharing a GPU, which NCCL refuses, or dist.distributed_backend = "gloo") staged
-      // through host memory over gloo, which carries host values in every case.
-      if (device_collectives) {
-        std::unique_ptr<dist::Communicator> d =
-            dist::make_device_communicator(*store, name + "/device", ranks, place.rank, co, *ops);
-        if (d) return dist::make_hybrid_communicator(std::move(c), std::move(d), *ops);
-      }
-      return dist::make_staged_communicator(std::move(c), *ops);
-    };
-    tp_comm = group(dist::GroupKind::kTp);
-    dp_comm = group(dist::GroupKind::kDpCp);
-    pp_comm = group(dist::GroupKind::kPp);
-    cp_comm = group(dist::GroupKind::kCp);
-    pp_rank = layout->coords(place.rank).pp;
-    pp_size = sizes.pp;
-    if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
-      emb_comm = group(dist::GroupKind::kEmbedding);
-    if (dims.num_experts > 0) {
-      etp_ep_comm = group(dist::GroupKind::kEtpEp);
-      edp_comm = group(dist::GroupKind::kEdp);
-      etp_comm = group(dist::GroupKind::kEtp);
-      ep_comm = group(dist::GroupKind::kEp);
-      tpcp_comm = group(dist::GroupKind::kTpCp);
-      const dist::RankCoords rc = layout->coords(place.rank);
-      ep = parallel::ExpertParallel(etp_ep_comm.get(), dims.ep, rc.ep, dims.etp, rc.etp, tpcp_comm.get(),
-                                    parallel::parse_token_dispatcher(recipe.model.moe_token_dispatcher_type));
-    }
-    tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
-    cp = parallel::ContextParallel(cp_comm.get(), parallel::parse_cp_comm_type(recipe.model.cp_comm_type));
-    log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
-                 dims.sequence_parallel ? ", sequence parallel" : "",
-                 cp.size() > 1 ? str(", context parallel (", recipe.model.cp_comm_type, ")") : std::string(),
-                 "; sharding ",
-                 recipe.ddp.data_parallel_sharding_strategy));
+void Engine::Impl::start_distributed() {
+  const double timeout = recipe.dist.distributed_timeout_minutes * 60.0;
+  if (rank0) store_server = std::make_unique<dist::StoreServer>(static_cast<int>(place.master_port));
+  store = std::make_unique<dist::Store>(place.master_addr, static_cast<int>(place.master_port), timeout, place.rank);
+  dist::ParallelSizes sizes;
+  sizes.world = place.world_size;
+  sizes.tp = recipe.model.tensor_model_parallel_size;
+  sizes.cp = recipe.model.context_parallel_size;
+  sizes.pp = recipe.model.pipeline_model_parallel_size;
+  if (dims.num_experts > 0) {
+    sizes.ep = dims.ep;
+    sizes.etp = dims.etp;
   }
+  layout = std::make_unique<dist::ParallelState>(sizes);
+  // Whether every rank has a GPU of its own: a rank whose local rank wraps around the
+  // node's GPUs shares one. All ranks learn it through the store, so all choose alike.
+  const std::string& wanted = recipe.dist.distributed_backend;
+  const int gpus = backend::cuda_device_count();
+  store->set(str("engine/shares_gpu/", place.rank), gpus > 0 && place.local_rank < gpus ? "0" : "1");
+  bool own_gpu = true;
+  for (int64_t r = 0; r < place.world_size; ++r) own_gpu = own_gpu && store->get(str("engine/shares_gpu/", r)) == "0";
+  const bool device_collectives = !ops->host_memory() && (wanted == "nccl" || (wanted == "auto" && own_gpu));
+  MPT_CHECK(wanted != "nccl" || ops->host_memory() || own_gpu, Status::kInvalidConfig,
+            "dist.distributed_backend = \"nccl\": ranks share a GPU (", gpus,
+            " visible on rank ", place.rank, ") and NCCL needs one per rank; use \"auto\" or \"gloo\"");
+  store->wait_ranks("engine/start", place.rank, place.world_size);
+  dist::CommOptions co;
+  co.timeout_s = timeout;
+  auto group = [&](dist::GroupKind kind) {
+    const std::vector<int64_t> ranks = layout->group_of(kind, place.rank);
+    std::string name = str(dist::group_kind_name(kind), ":");
+    for (size_t i = 0; i < ranks.size(); ++i) name += str(i ? "," : "", ranks[i]);
+    std::unique_ptr<dist::Communicator> c = dist::make_gloo_communicator(*store, name, ranks, place.rank, co);
+    if (ops->host_memory()) return c;
+    // Device buffers over NCCL when every rank has a GPU of its own; otherwise (ranks
+    // sharing a GPU, which NCCL refuses, or dist.distributed_backend = "gloo") staged
+    // through host memory over gloo, which carries host values in every case.
+    if (device_collectives) {
+      std::unique_ptr<dist::Communicator> d =
+          dist::make_device_communicator(*store, name + "/device", ranks, place.rank, co, *ops);
+      if (d) return dist::make_hybrid_communicator(std::move(c), std::move(d), *ops);
+    }
+    return dist::make_staged_communicator(std::move(c), *ops);
+  };
+  tp_comm = group(dist::GroupKind::kTp);
+  dp_comm = group(dist::GroupKind::kDpCp);
+  pp_comm = group(dist::GroupKind::kPp);
+  cp_comm = group(dist::GroupKind::kCp);
+  pp_rank = layout->coords(place.rank).pp;
+  pp_size = sizes.pp;
+  if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
+    emb_comm = group(dist::GroupKind::kEmbedding);
+  if (dims.num_experts > 0) {
+    etp_ep_comm = group(dist::GroupKind::kEtpEp);
+    edp_comm = group(dist::GroupKind::kEdp);
+    etp_comm = group(dist::GroupKind::kEtp);
+    ep_comm = group(dist::GroupKind::kEp);
+    tpcp_comm = group(dist::GroupKind::kTpCp);
+    const dist::RankCoords rc = layout->coords(place.rank);
+    ep = parallel::ExpertParallel(etp_ep_comm.get(), dims.ep, rc.ep, dims.etp, rc.etp, tpcp_comm.get(),
+                                  parallel::parse_token_dispatcher(recipe.model.moe_token_dispatcher_type));
+  }
+  tp = parallel::TensorParallel(tp_comm.get(), dims.sequence_parallel);
+  cp = parallel::ContextParallel(cp_comm.get(), parallel::parse_cp_comm_type(recipe.model.cp_comm_type));
+  log.info(str("mptrain: rank ", place.rank, " of ", place.world_size, ": ", layout->describe(),
+               dims.sequence_parallel ? ", sequence parallel" : "",
+               cp.size() > 1 ? str(", context parallel (", recipe.model.cp_comm_type, ")") : std::string(),
+               "; sharding ",
+               recipe.ddp.data_parallel_sharding_strategy));
+}
 
-  // This rank's model chunks, the pipeline schedule it runs and the activation slots it needs.
-  void build_chunks() {
-    const config::ModelConfig& mc = recipe.model;
-    vpp = mc.virtual_pipeline_model_parallel_size.value_or(1);
-    pipe.stages = pp_size;
-    pipe.chunks = vpp;
-    pipe.microbatches = num_microbatches;
-    pipe.group = mc.microbatch_group_size_per_vp_stage.value_or(0);
-    pipe.kind = pp_size == 1 ? parallel::ScheduleKind::kNone
-                : vpp > 1    ? parallel::ScheduleKind::kInterleaved
-                             : parallel::ScheduleKind::k1F1B;
-    parallel::check_schedule(pipe);
-    actions = parallel::pipeline_schedule(pipe, pp_rank);
-    const int64_t slots = parallel::max_in_flight(actions, vpp);
-    parallel::PipelineSplit split;
-    split.num_layers = dims.num_layers;
-    split.stages = pp_size;
-    split.chunks = vpp;
-    split.first = mc.num_layers_in_first_pipeline_stage;
-    split.last = mc.num_layers_in_last_pipeline_stage;
-    const uint64_t seed = static_cast<uint64_t>(recipe.rng.seed);
-    chunks.resize(static_cast<size_t>(vpp));
-    for (int64_t c = 0; c < vpp; ++c) {
-      Chunk& ch = chunks[static_cast<size_t>(c)];
-      model::ModelOptions mo;
-      mo.tp = tp;
-      mo.cp = cp;
-      mo.chunk = parallel::chunk_layers(split, pp_rank, c);
-      mo.slots = slots;
-      mo.ep = ep;
-      if (dp_comm) {
-        const optim::DataParallelConfig dc = dp_config();
-        mo.storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
-          auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
-          ch.dense.dp = storage.get();
+void Engine::Impl::build_chunks() {
+  const config::ModelConfig& mc = recipe.model;
+  vpp = mc.virtual_pipeline_model_parallel_size.value_or(1);
+  pipe.stages = pp_size;
+  pipe.chunks = vpp;
+  pipe.microbatches = num_microbatches;
+  pipe.group = mc.microbatch_group_size_per_vp_stage.value_or(0);
+  pipe.kind = pp_size == 1 ? parallel::ScheduleKind::kNone
+              : vpp > 1    ? parallel::ScheduleKind::kInterleaved
+                           : parallel::ScheduleKind::k1F1B;
+  parallel::check_schedule(pipe);
+  actions = parallel::pipeline_schedule(pipe, pp_rank);
+  const int64_t slots = parallel::max_in_flight(actions, vpp);
+  parallel::PipelineSplit split;
+  split.num_layers = dims.num_layers;
+  split.stages = pp_size;
+  split.chunks = vpp;
+  split.first = mc.num_layers_in_first_pipeline_stage;
+  split.last = mc.num_layers_in_last_pipeline_stage;
+  const uint64_t seed = static_cast<uint64_t>(recipe.rng.seed);
+  chunks.resize(static_cast<size_t>(vpp));
+  for (int64_t c = 0; c < vpp; ++c) {
+    Chunk& ch = chunks[static_cast<size_t>(c)];
+    model::ModelOptions mo;
+    mo.tp = tp;
+    mo.cp = cp;
+    mo.chunk = parallel::chunk_layers(split, pp_rank, c);
+    mo.slots = slots;
+    mo.ep = ep;
+    if (dp_comm) {
+      const optim::DataParallelConfig dc = dp_config();
+      mo.storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
+        auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *dp_comm, dc);
+        ch.dense.dp = storage.get();
+        return std::unique_ptr<model::ParamStorage>(std::move(storage));
+      };
+      mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
+      if (edp_comm) {
+        mo.expert_storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
+          auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *edp_comm, dc);
+          ch.experts.dp = storage.get();
           return std::unique_ptr<model::ParamStorage>(std::move(storage));
         };
-        mo.unit_align = model::ParamRegistry::kAlign * dp_comm->size();
-        if (edp_comm) {
-          mo.expert_storage = [&](const model::ParamRegistry& reg, const std::vector<model::ParamUnit>& units) {
-            auto storage = std::make_unique<optim::DataParallel>(reg, units, *ops, *edp_comm, dc);
-            ch.experts.dp = storage.get();
-            return std::unique_ptr<model::ParamStorage>(std::move(storage));
-          };
-          mo.expert_unit_align = model::ParamRegistry::kAlign * edp_comm->size();
-        }
-      }
-      ch.model = std::make_unique<model::GPTModel>(dims, *ops, mo);
-      const model::ParamRegistry& reg = ch.model->registry();
-      ch.dense.reg = &reg;
-      ch.dense.storage = &ch.model->storage();
-      ch.dense.slices = tp.comm();
-      if (ch.model->expert_storage()) {
-        ch.experts.reg = &ch.model->expert_registry();
-        ch.experts.storage = ch.model->expert_storage();
-        ch.experts.slices = etp_comm && etp_comm->size() > 1 ? etp_comm.get() : nullptr;
-      }
-      if (ch.dense.dp) {
-        ch.dense.dp->init_parameters(seed);
-        if (ch.experts.dp) ch.experts.dp->init_parameters(seed);
-        if (dims.sequence_parallel) {
-          std::vector<std::pair<int64_t, int64_t>> owned;
-          for (const optim::FlatRange& r : ch.dense.dp->owned()) owned.emplace_back(r.begin, r.end);
-          ch.sp_grads = std::make_unique<parallel::SequenceParallelGrads>(reg, owned);
-        }
-      } else {
-        ch.model->init_parameters(seed);
-      }
-      if (emb_comm) {
-        const bool pre = mo.chunk->pre_process, post = mo.chunk->post_process;
-        if (pre || post) ch.tied = reg.find("embedding.word_embeddings.weight");
-      }
-      optim::AdamWConfig oc;
-      oc.beta1 = recipe.optimizer.adam_beta1;
-      oc.beta2 = recipe.optimizer.adam_beta2;
-      oc.eps = recipe.optimizer.adam_eps;
-      oc.clip_grad = recipe.optimizer.clip_grad;
-      for (Part* part : {&ch.dense, &ch.experts})
-        if (part->reg)
-          part->optimizer = std::make_unique<optim::AdamW>(
-              *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
-      const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
-      ch.out_send.resize(n);
-      ch.grad_send.resize(n);
-      ch.grad_buf.assign(n, nullptr);
-      (void)cols;
-    }
-    for (size_t i = 0; i < actions.size(); ++i)
-      if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);
-    // Pipeline messages in the backend's memory: two receive buffers, one send buffer per
-    // chunk and slot.
-    pipe_buffers = std::make_unique<Arena>(ops.get());
-    const size_t msg = static_cast<size_t>(dims.rows() * dims.hidden) * sizeof(float);
-    size_t at[2] = {pipe_buffers->reserve(msg), pipe_buffers->reserve(msg)};
-    std::vector<size_t> grad_at;
-    for (Chunk& ch : chunks)
-      for (size_t s = 0; s < ch.grad_buf.size(); ++s) grad_at.push_back(pipe_buffers->reserve(msg));
-    pipe_buffers->allocate();
-    for (int b = 0; b < 2; ++b) recv_stage[b] = pipe_buffers->at<float>(at[b]);
-    size_t g = 0;
-    for (Chunk& ch : chunks)
-      for (float*& buf : ch.grad_buf) buf = pipe_buffers->at<float>(grad_at[g++]);
-    mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
-  }
-
-  optim::DataParallelConfig dp_config() const {
-    optim::DataParallelConfig c;
-    const bool dist_opt = recipe.ddp.use_distributed_optimizer || recipe.optimizer.use_distributed_optimizer;
-    c.sharding = optim::parse_sharding(recipe.ddp.data_parallel_sharding_strategy);
-    if (dist_opt && c.sharding == optim::Sharding::kNoShard) c.sharding = optim::Sharding::kOptim;
-    c.overlap_grad_reduce = recipe.ddp.overlap_grad_reduce;
-    if (dims.tied_output) c.param_slots = c.grad_slots = 3;
-    if (recipe.ddp.bucket_size) c.bucket_numel = *recipe.ddp.bucket_size;
-    else c.bucket_numel = std::max<int64_t>(40000000, 1000000 * dp_comm->size());  // Megatron's default
-    return c;
-  }
-
-  double dp_average(double v) {
-    if (dp_comm) dp_comm->all_reduce(&v, 1, DType::kF64, dist::ReduceOp::kAvg);
-    return v;
-  }
-
-  // The sum of a value over the pipeline stages (each contributes its part).
-  double pp_sum(double v) {
-    if (pp_size > 1) pp_comm->all_reduce(&v, 1, DType::kF64, dist::ReduceOp::kSum);
-    return v;
-  }
-
-  static double part_sum_squares(Part& p) {
-    if (!p.reg) return 0;
-    return p.dp ? p.dp->grad_sum_squares(*p.optimizer) : p.optimizer->grad_sum_squares(p.storage->full_grads());
-  }
-  // The global gradient norm: each element counted once over data-, tensor- and pipeline-
-  // parallel ranks; experts once over expert-data-parallel ranks, summed over the experts'
-  // owners (the etp-ep group).
-  double grad_norm() {
-    double sq = 0, esq = 0;
-    for (Chunk& ch : chunks) {
-      sq += part_sum_squares(ch.dense);
-      esq += part_sum_squares(ch.experts);
-    }
-    if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
-    if (etp_ep_comm && etp_ep_comm->size() > 1) etp_ep_comm->all_reduce(&esq, 1, DType::kF64, dist::ReduceOp::kSum);
-    return std::sqrt(pp_sum(sq + esq));
-  }
-
-  // After the data-parallel reduction: gradients that other groups share. Sequence-parallel
-  // parameters sum over TP; the output layer tied to the embedding on another stage sums
-  // with it over the embedding group.
-  void finalize_grads() {
-    for (Chunk& ch : chunks) {
-      if (ch.dense.dp) ch.dense.dp->finish_grad_sync();
-      if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dense.dp->owned_grads(), *ops);
-      if (ch.tied >= 0) {
-        const model::ParamInfo& p = ch.model->registry().at(ch.tied);
-        std::vector<float> g = ch.dense.dp->gather_grad_range(p.offset, p.offset + p.numel);
-        emb_comm->all_reduce(g.data(), static_cast<int64_t>(g.size()), DType::kF32, dist::ReduceOp::kSum);
-        ch.dense.dp->store_grad_range(p.offset, p.offset + p.numel, g.data());
-      }
-      if (ch.experts.dp) {
-        // Averaged over the expert-data-parallel group, but each expert saw the tokens of
-        // several data-parallel replicas: the objective's mean over dp-cp ranks needs the sum
-        // over replicas divided by DP x CP (Megatron's expert_gradient_scaling_factor).
-        ch.experts.dp->finish_grad_sync();
-        const float f = static_cast<float>(static_cast<double>(edp_comm->size()) / static_cast<double>(dp_comm->size()));
-        if (f != 1.0f) {
-          const std::vector<optim::FlatRange>& owned = ch.experts.dp->owned();
-          for (size_t k = 0; k < owned.size(); ++k)
-            ops->scale(Tensor::f32(ch.experts.dp->owned_grads()[k], {owned[k].end - owned[k].begin}), f);
-        }
+        mo.expert_unit_align = model::ParamRegistry::kAlign * edp_comm->size();
       }
     }
-  }
-
-  // What a chunk holds, as whole-model buffers: parameters, gradients or Adam moments.
-  enum class Buffer { kParams, kGrads, kExpAvg, kExpAvgSq };
-  // A part's flat buffer of that kind, gathered over data-parallel shards.
-  std::vector<float> local_flat(Part& p, Buffer which) {
-    const size_t n = static_cast<size_t>(p.reg->total_numel());
-    std::vector<float> flat(n, 0.0f);
-    if (!p.dp) {
-      const float* src = which == Buffer::kParams   ? p.storage->full_params()
-                         : which == Buffer::kGrads  ? p.storage->full_grads()
-                         : which == Buffer::kExpAvg ? p.optimizer->exp_avg()
-                                                    : p.optimizer->exp_avg_sq();
-      ops->to_host(flat.data(), src, n * sizeof(float));
-    } else if (which == Buffer::kParams) {
-      p.dp->gather_params(flat.data());
-    } else if (which == Buffer::kGrads) {
-      p.dp->gather_grads(flat.data());
+    ch.model = std::make_unique<model::GPTModel>(dims, *ops, mo);
+    const model::ParamRegistry& reg = ch.model->registry();
+    ch.dense.reg = &reg;
+    ch.dense.storage = &ch.model->storage();
+    ch.dense.slices = tp.comm();
+    if (ch.model->expert_storage()) {
+      ch.experts.reg = &ch.model->expert_registry();
+      ch.experts.storage = ch.model->expert_storage();
+      ch.experts.slices = etp_comm && etp_comm->size() > 1 ? etp_comm.get() : nullptr;
+    }
+    if (ch.dense.dp) {
+      ch.dense.dp->init_parameters(seed);
+      if (ch.experts.dp) ch.experts.dp->init_parameters(seed);
+      if (dims.sequence_parallel) {
+        std::vector<std::pair<int64_t, int64_t>> owned;
+        for (const optim::FlatRange& r : ch.dense.dp->owned()) owned.emplace_back(r.begin, r.end);
+        ch.sp_grads = std::make_unique<parallel::SequenceParallelGrads>(reg, owned);
+      }
     } else {
-      p.dp->gather_owned(which == Buffer::kExpAvg ? p.optimizer->exp_avg() : p.optimizer->exp_avg_sq(), flat.data());
+      ch.model->init_parameters(seed);
     }
-    return flat;
-  }
-  // The whole model's expert tensors, in whole_reg order: each rank holds only its
-  // expert-parallel rank's experts, so the others are summed in over the ep group.
-  std::vector<int> whole_expert_params() const {
-    std::vector<int> out;
-    for (int i = 0; i < static_cast<int>(whole_reg.params().size()); ++i)
-      if (whole_reg.at(i).name.find(".mlp.experts.") != std::string::npos) out.push_back(i);
-    return out;
-  }
-  // The whole model's buffer of that kind laid out by whole_reg, on every rank: gathered over
-  // data-parallel shards, tensor-parallel slices, expert owners and pipeline stages (a
-  // collective).
-  std::vector<float> gather_whole(Buffer which) {
-    std::vector<float> whole(static_cast<size_t>(whole_reg.total_numel()), 0.0f);
-    for (Chunk& ch : chunks)
-      for (Part* part : {&ch.dense, &ch.experts}) {
-        if (!part->reg) continue;
-        const std::vector<float> flat = local_flat(*part, which);
-        const model::ParamRegistry& reg = *part->reg;
-        for (int i = 0; i < static_cast<int>(reg.params().size()); ++i) {
-          const std::vector<float> w = parallel::gather_whole_param(reg, i, flat.data(), part->slices);
-          if (reg.at(i).pipeline_copy) continue;  // the first stage's original is the one kept
-          std::copy(w.begin(), w.end(), whole.begin() + whole_reg.at(whole_reg.find(reg.at(i).name)).offset);
-        }
-      }
-    if (ep_comm && ep_comm->size() > 1) {
-      const std::vector<int> experts = whole_expert_params();
-      std::vector<float> packed;
-      for (int i : experts) {
-        const model::ParamInfo& p = whole_reg.at(i);
-        packed.insert(packed.end(), whole.begin() + p.offset, whole.begin() + p.offset + p.numel);
-      }
-      ep_comm->all_reduce(packed.data(), static_cast<int64_t>(packed.size()), DType::kF32, dist::ReduceOp::kSum);
-      auto at = packed.begin();
-      for (int i : experts) {
-        const model::ParamInfo& p = whole_reg.at(i);
-        std::copy(at, at + p.numel, whole.begin() + p.offset);
-        at += p.numel;
-      }
+    if (emb_comm) {
+      const bool pre = mo.chunk->pre_process, post = mo.chunk->post_process;
+      if (pre || post) ch.tied = reg.find("embedding.word_embeddings.weight");
     }
-    if (pp_size > 1)
-      pp_comm->all_reduce(whole.data(), static_cast<int64_t>(whole.size()), DType::kF32, dist::ReduceOp::kSum);
-    return whole;
-  }
-  // What this rank holds of a part as whole local slices (gathered over data-parallel
-  // shards: a collective), for checkpoints.
-  struct LocalCopy {
-    Part* part = nullptr;
-    std::vector<float> params, exp_avg, exp_avg_sq;
-    std::vector<bool> writes;
-  };
-  // writes: mark the parameters this rank saves: each tensor slice once over its replicas
-  // (data-parallel ranks, spread by parameter index; tensor-parallel rank 0 for tensors
-  // replicated over TP; the first stage's original of a tied output layer).
-  std::vector<LocalCopy> local_copies(bool moments, bool writes) {
-    std::vector<LocalCopy> out;
-    for (Chunk& ch : chunks)
-      for (Part* part : {&ch.dense, &ch.experts}) {
-        if (!part->reg) continue;
-        LocalCopy c;
-        c.part = part;
-        c.params = local_flat(*part, Buffer::kParams);
-        if (moments) {
-          c.exp_avg = local_flat(*part, Buffer::kExpAvg);
-          c.exp_avg_sq = local_flat(*part, Buffer::kExpAvgSq);
-        }
-        if (writes) {
-          dist::Communicator* replicas = part == &ch.experts ? edp_comm.get() : dp_comm.get();
-          const int64_t n = replicas ? replicas->size() : 1, r = replicas ? replicas->rank() : 0;
-          const std::vector<model::ParamInfo>& params = part->reg->params();
-          c.writes.resize(params.size());
-          for (size_t i = 0; i < params.size(); ++i)
-            c.writes[i] = params[i].counted_in_norm() && static_cast<int64_t>(i) % n == r;
-        }
-        out.push_back(std::move(c));
-      }
-    return out;
-  }
-  static std::vector<LocalBuffers> buffers(std::vector<LocalCopy>& copies) {
-    std::vector<LocalBuffers> out;
-    for (LocalCopy& c : copies)
-      out.push_back(LocalBuffers{c.part->reg, c.params.data(), c.exp_avg.empty() ? nullptr : c.exp_avg.data(),
-                                 c.exp_avg_sq.empty() ? nullptr : c.exp_avg_sq.data(), c.writes});
-    return out;
-  }
-  // Puts loaded local copies back: each part keeps its shards.
-  void store_local_copies(std::vector<LocalCopy>& copies) {
-    for (LocalCopy& c : copies) {
-      Part& p = *c.part;
-      if (p.dp) {
-        p.dp->load_params(c.params.data());
-        p.dp->scatter_owned(c.exp_avg.data(), p.optimizer->exp_avg());
-        p.dp->scatter_owned(c.exp_avg_sq.data(), p.optimizer->exp_avg_sq());
-      } else {
-        ops->to_device(p.storage->full_params(), c.params.data(), c.params.size() * sizeof(float));
-        ops->to_device(p.optimizer->exp_avg(), c.exp_avg.data(), c.exp_avg.size() * sizeof(float));
-        ops->to_device(p.optimizer->exp_avg_sq(), c.exp_avg_sq.data(), c.exp_avg_sq.size() * sizeof(float));
-      }
-    }
-  }
-  // A checkpoint to write: every rank's slices, taken at a step boundary.
-  struct SaveJob {
-    std::vector<LocalCopy> copies;
-    CheckpointState state;
-    std::string save_dir, key;
-  };
-  std::future<std::string> pending_save;  // checkpoint.async_save: the save in flight
-  int64_t pending_iteration = -1;
-
-  // The snapshot (a collective: sharded slices are gathered over data-parallel ranks).
-  SaveJob snapshot(const std::string& save_dir) {
-    SaveJob job;
-    job.copies = local_copies(recipe.checkpoint.save_optim, true);
-    job.state.iteration = iteration;
-    job.state.consumed_samples = consumed_samples;
-    job.state.consumed_valid_samples = consumed_valid_samples;
-    job.state.optimizer_steps = chunks[0].dense.optimizer->step_count();
-    job.save_dir = save_dir;
-    job.key = str("engine/checkpoint/", saves++, "/");
-    return job;
-  }
-
-  // Writes a snapshot: file I/O and the rendezvous store only, no communicator, so it may
-  // run beside training. Every rank writes its own shard file into one staging directory
-  // that rank 0 made; rank 0 commits once every shard is written (and prunes to
-  // checkpoint.most_recent_k) and tells every rank the outcome. Returns the directory on
-  // rank 0 (empty elsewhere); throws Error(kIoError) on every rank when any rank failed,
-  // the previous checkpoint then being kept.
-  std::string write_checkpoint(SaveJob& job) {
-    const std::string& key = job.key;
-    std::string staging, dir, failure;
-    if (rank0) {
-      try {
-        staging = ckpt::begin_checkpoint(job.save_dir, job.state.iteration);
-      } catch (const Error& e) {
-        failure = e.what();
-      }
-      if (store) store->set(key + "staging", staging);
-    } else {
-      staging = store->get(key + "staging");
-    }
-    std::string part;
-    if (!staging.empty()) {
-      try {
-        part = write_rank_shard(staging, place.rank, recipe, buffers(job.copies)).dump();
-      } catch (const Error& e) {
-        failure = e.what();
-      }
-    }
-    std::string outcome;  // rank 0's verdict: "ok" or what failed
-    if (!rank0) {
-      store->set(str(key, "part/", place.rank), part);
-      outcome = store->get(key + "outcome");
-    } else {
-      if (!staging.empty()) {
-        std::vector<nlohmann::json> parts;
-        bool all = !part.empty();
-        if (all) parts.push_back(nlohmann::json::parse(part));
-        for (int64_t r = 1; r < place.world_size; ++r) {
-          const std::string text = store->get(str(key, "part/", r));
-          if (text.empty()) all = false;
-          else parts.push_back(nlohmann::json::parse(text));
-        }
-        try {
-          MPT_CHECK(all, Status::kIoError, "a rank failed to write its shard into '", staging, "' (see its error)");
-          dir = commit_model_checkpoint(job.save_dir, recipe, staging, parts, job.state);
-        } catch (const Error& e) {
-          if (failure.empty()) failure = e.what();
-          ckpt::discard_checkpoint(staging);
-        }
-        // checkpoint.most_recent_k: older ones go only once this one is complete. A failed
-        // removal loses nothing; training goes on.
-        if (failure.empty() && recipe.checkpoint.most_recent_k > 0) {
-          try {
-            ckpt::prune_checkpoints(job.save_dir, recipe.checkpoint.most_recent_k);
-          } catch (const Error& e) {
-            log.warn(str("mptrain: checkpoint ", dir, " was saved, but removing older checkpoints failed: ", e.what()));
-          }
-        }
-      }
-      outcome = failure.empty() ? "ok" : failure;
-      if (store) store->set(key + "outcome", outcome);
-    }
-    MPT_CHECK(failure.empty(), Status::kIoError, "rank ", place.rank, ": saving the checkpoint of iteration ",
-              job.state.iteration, " in '", job.save_dir, "' failed: ", failure);
-    MPT_CHECK(outcome == "ok", Status::kIoError, "rank ", place.rank, ": saving the checkpoint of iteration ",
-              job.state.iteration, " in '", job.save_dir, "' failed on another rank (", outcome,
-              "); the previous checkpoint is kept");
-    return dir;
-  }
-
-  // Waits for an asynchronous save in flight; rethrows its failure.
-  void finish_pending_save() {
-    if (!pending_save.valid()) return;
-    const auto t0 = Clock::now();
-    const std::string dir = pending_save.get();
-    log.info(str("mptrain: saved checkpoint ", rank0 ? dir : str("of iteration ", pending_iteration),
-                 " (in the background; waited ", seconds_since(t0), " s for it)"));
-  }
-
-  // Saves at this step boundary: after the previous save has finished, a snapshot, written
-  // now or (async) by a background thread while training goes on.
-  std::string save(const std::string& save_dir, bool async) {
-    finish_pending_save();
-    SaveJob job = snapshot(save_dir);
-    if (async) {
-      pending_iteration = job.state.iteration;
-      pending_save = std::async(std::launch::async, [this, j = std::move(job)]() mutable { return write_checkpoint(j); });
-      return std::string();
-    }
-    const std::string dir = write_checkpoint(job);
-    log.info(str("mptrain: saved checkpoint ", rank0 ? dir : save_dir));
-    return dir;
-  }
-
-  ~Impl() {
-    if (!pending_save.valid()) return;
-    try {
-      finish_pending_save();
-    } catch (const Error& e) {
-      log.error(e.what());
-    }
-  }
-
-  // True on every rank when `failed` is true on any.
-  bool any_rank(bool failed) {
-    int64_t f = failed ? 1 : 0;
-    for (dist::Communicator* c : {dp_comm.get(), tp_comm.get(), pp_comm.get(), cp_comm.get()})
-      if (c) c->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
-    return f != 0;
-  }
-
-  MemoryReport memory() const {
-    MemoryReport m;
-    for (const Chunk& ch : chunks) {
-      m.params_bytes += ch.model->params_bytes();
-      m.grads_bytes += ch.model->grads_bytes();
-      m.expert_params_bytes += ch.model->expert_params_bytes();
-      for (const Part* part : {&ch.dense, &ch.experts})
-        if (part->optimizer) m.optimizer_bytes += part->optimizer->state_bytes();
-      m.activations_peak_bytes += ch.model->activations_bytes();
-    }
-    m.backend_workspace_bytes = ops->workspace_bytes();
-    return m;
-  }
-
-  // Copies micro-batch `mb` of a batch (this rank's columns) into a model slot's token-major
-  // inputs.
-  void load_microbatch(model::GPTModel& m, int64_t slot, int64_t mb, const data::RankBatch& batch) {
-    const int64_t B = dims.micro_batch, S = dims.local_seq(), T = B * S;
-    MPT_ASSERT(batch.cols == S);
-    in_ids.resize(static_cast<size_t>(T));
-    in_labels.resize(static_cast<size_t>(T));
-    in_mask.resize(static_cast<size_t>(T));
-    for (int64_t b = 0; b < B; ++b) {
-      const size_t row = static_cast<size_t>((mb * B + b) * S);
-      for (int64_t s = 0; s < S; ++s) {
-        const size_t t = static_cast<size_t>(s * B + b);
-        const float mask = batch.loss_mask[row + static_cast<size_t>(s)];
-        in_ids[t] = batch.tokens[row + static_cast<size_t>(s)];
-        in_labels[t] = mask == 0.0f ? 0 : batch.labels[row + static_cast<size_t>(s)];  // masked targets may hold any value
-        in_mask[t] = mask;
-      }
-    }
-    m.load_input(slot, model::MicroBatchInput{in_ids.data(), in_labels.data(), in_mask.data()});
-  }
-
-  // Every rank of a tensor- or context-parallel group, and every stage of a pipeline,
-  // computes on the same samples. A host-supplied batch that differs between them would
-  // train a silently wrong model, so the ranks compare a hash of it. `invalid` is this rank's
-  // own rejection of its batch (stage_host_batch), if any. A collective: every rank takes
-  // part whatever its batch, so a rank that fails never leaves the others waiting; all of
-  // them fail alike when any batch was rejected or differs.
-  void agree_on_batch(const HostBatch& b, std::exception_ptr invalid) {
-    uint64_t h = 0;  // a rejected batch is not read
-    if (!invalid) {
-      h = 1469598103934665603ull;
-      auto mix = [&](const void* p, int64_t count, size_t size) {
-        if (p == nullptr) return;
-        const auto* c = static_cast<const unsigned char*>(p);
-        for (size_t i = 0; i < static_cast<size_t>(count) * size; ++i) h = (h ^ c[i]) * 1099511628211ull;
-      };
-      const int64_t n = b.rows * dims.seq;
-      mix(b.tokens, b.rows * b.cols, sizeof(int32_t));
-      mix(b.labels, n, sizeof(int32_t));
-      mix(b.loss_mask, n, sizeof(float));
-    }
-    std::string problem;
-    for (dist::Communicator* c : {tp_comm.get(), cp_comm.get(), pp_comm.get()}) {
-      if (c == nullptr || c->size() == 1) continue;
-      std::vector<int64_t> all(static_cast<size_t>(c->size()));
-      const int64_t mine = static_cast<int64_t>(h);
-      c->all_gather(&mine, all.data(), 1, DType::kI64);
-      for (int64_t r = 0; r < c->size() && problem.empty(); ++r)
-        if (all[static_cast<size_t>(r)] != all[0])
-          problem = str("rank ", place.rank, ": the batch passed to this step differs between ",
-                        c == tp_comm.get() ? "tensor" : c == cp_comm.get() ? "context" : "pipeline",
-                        "-parallel ranks (group ", c->name(), ": group rank ", r,
-                        " differs from group rank 0, or was rejected there)");
-    }
-    const bool any = any_rank(invalid != nullptr || !problem.empty());
-    if (invalid) std::rethrow_exception(invalid);
-    const char* rule = "; every rank of a tensor- or context-parallel group and every pipeline stage must pass the "
-                       "same batch, its data-parallel rank's share of whole sequences";
-    MPT_CHECK(problem.empty(), Status::kInvalidArgument, problem, rule);
-    MPT_CHECK(!any, Status::kInvalidArgument, "rank ", place.rank,
-              ": the batch passed to this step differs between the ranks of another group, or was rejected on "
-              "another rank (see its error)", rule);
-  }
-
-  uint64_t dropout_key(int64_t it, int64_t mb) const {
-    return mix_key(mix_key(static_cast<uint64_t>(recipe.rng.seed), static_cast<uint64_t>(it)), static_cast<uint64_t>(mb));
-  }
-
-  // Pipeline neighbours of (this stage, chunk c): the stage and chunk of the previous and
-  // next virtual stage (virtual stage v = c * P + stage).
-  int64_t prev_stage() const { return (pp_rank + pp_size - 1) % pp_size; }
-  int64_t next_stage() const { return (pp_rank + 1) % pp_size; }
-  // Message tags: unique per direction, receiving chunk and micro-batch within a step.
-  int64_t tag(bool forward, int64_t recv_chunk, int64_t mb) const {
-    return ((forward ? 0 : 1) * vpp + recv_chunk) * num_microbatches + mb;
-  }
-
-  // Whether action `a` takes a message from a neighbour: the input of a chunk without the
-  // embedding, the output gradient of a chunk without the loss.
-  bool needs_recv(const parallel::PipelineAction& a) const {
-    const parallel::ChunkLayers& c = chunks[static_cast<size_t>(a.chunk)].model->chunk();
-    return a.forward ? !c.pre_process : !c.post_process;
-  }
-  void post_recv(int64_t index, const parallel::PipelineAction& a) {
-    PostedRecv& p = posted[index % 2];
-    MPT_ASSERT(!p.work);
-    p.index = index;
-    p.work = pp_comm->recv_async(recv_stage[index % 2], dims.rows() * dims.hidden, DType::kF32,
-                                 a.forward ? prev_stage() : next_stage(), tag(a.forward, a.chunk, a.microbatch));
-  }
-  // The message for action `index`, posting its receive now if it was not posted ahead.
-  float* take_recv(int64_t index, const parallel::PipelineAction& a) {
-    PostedRecv& p = posted[index % 2];
-    if (p.index != index || !p.work) post_recv(index, a);
-    p.work->wait();
-    p.work.reset();
-    p.index = -1;
-    return recv_stage[index % 2];
-  }
-
-  // One pipeline action (number `index` of the step). Sends are posted asynchronously and
-  // waited on only when their buffer is reused.
-  void run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch, bool training,
-                   double& loss_sum) {
-    Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
-    model::GPTModel& m = *ch.model;
-    MPT_ASSERT(!ch.free_slots.empty());
-    const int64_t slot = ch.free_slots.back();
-    ch.free_slots.pop_back();
-    ch.slot_of[static_cast<size_t>(a.microbatch)] = slot;
-    load_microbatch(m, slot, a.microbatch, batch);
-    if (!m.chunk().pre_process) {
-      const Tensor in = m.chunk_input(slot);
-      const float* msg = take_recv(index, a);
-      ops->device_copy(in.data, msg, in.bytes());
-    }
-    // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
-    // at every data-parallel layout.
-    const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
-    model::GPTModel::LossSums s = m.forward(key, training, slot);
-    moe_sums.aux += s.moe_aux_loss;
-    moe_sums.z += s.moe_z_loss;
-    moe_sums.spread += s.moe_spread;
-    moe_sums.layers += static_cast<double>(s.moe_layers);
-    if (m.chunk().post_process) {
-      // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
-      // parallelism the mean is over the whole sequence: the sums add over the group.
-      if (cp.size() > 1) {
-        double sums[2] = {s.weighted_loss, s.mask_sum};
-        cp_comm->all_reduce(sums, 2, DType::kF64, dist::ReduceOp::kSum);
-        s.weighted_loss = sums[0];
-        s.mask_sum = sums[1];
-      }
-      const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
-      mb_denom[static_cast<size_t>(a.microbatch)] = denom;
-      loss_sum += s.weighted_loss / denom;
-    } else {
-      const Tensor out = m.chunk_output(slot);
-      const int64_t to_chunk = pp_rank == pp_size - 1 ? a.chunk + 1 : a.chunk;
-      ch.out_send[static_cast<size_t>(slot)] =
-          pp_comm->send_async(out.data, out.numel(), DType::kF32, next_stage(), tag(true, to_chunk, a.microbatch));
-    }
-  }
-
-  void run_backward(const parallel::PipelineAction& a, int64_t index) {
-    Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
-    model::GPTModel& m = *ch.model;
-    const int64_t slot = ch.slot_of[static_cast<size_t>(a.microbatch)];
+    optim::AdamWConfig oc;
+    oc.beta1 = recipe.optimizer.adam_beta1;
+    oc.beta2 = recipe.optimizer.adam_beta2;
+    oc.eps = recipe.optimizer.adam_eps;
+    oc.clip_grad = recipe.optimizer.clip_grad;
     for (Part* part : {&ch.dense, &ch.experts})
-      if (part->dp) part->dp->set_last_microbatch(index == ch.last_backward);
-    Tensor dout;
-    if (!m.chunk().post_process) dout = Tensor::f32(take_recv(index, a), {dims.rows(), dims.hidden});
-    const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
-    // Gradients are averaged over dp-cp ranks, but context-parallel ranks hold parts of one
-    // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
-    const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
-    const double scale = static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches));
-    // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
-    // CP for the same reason.
-    const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);
-    m.backward(static_cast<float>(scale), key, slot, dout, static_cast<float>(aux_scale));
-    const size_t s = static_cast<size_t>(slot);
-    if (!m.chunk().pre_process) {
-      if (ch.grad_send[s]) ch.grad_send[s]->wait();
-      const Tensor din = m.input_grad();
-      ops->device_copy(ch.grad_buf[s], din.data, din.bytes());
-      const int64_t to_chunk = pp_rank == 0 ? a.chunk - 1 : a.chunk;
-      ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s], din.numel(), DType::kF32, prev_stage(),
-                                            tag(false, to_chunk, a.microbatch));
-    }
-    if (ch.out_send[s]) {
-      ch.out_send[s]->wait();
-      ch.out_send[s].reset();
-    }
-    ch.free_slots.push_back(slot);
+      if (part->reg)
+        part->optimizer = std::make_unique<optim::AdamW>(
+            *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
+    const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
+    ch.out_send.resize(n);
+    ch.grad_send.resize(n);
+    ch.grad_buf.assign(n, nullptr);
+    (void)cols;
   }
+  for (size_t i = 0; i < actions.size(); ++i)
+    if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);
+  // Pipeline messages in the backend's memory: two receive buffers, one send buffer per
+  // chunk and slot.
+  pipe_buffers = std::make_unique<Arena>(ops.get());
+  const size_t msg = static_cast<size_t>(dims.rows() * dims.hidden) * sizeof(float);
+  size_t at[2] = {pipe_buffers->reserve(msg), pipe_buffers->reserve(msg)};
+  std::vector<size_t> grad_at;
+  for (Chunk& ch : chunks)
+    for (size_t s = 0; s < ch.grad_buf.size(); ++s) grad_at.push_back(pipe_buffers->reserve(msg));
+  pipe_buffers->allocate();
+  for (int b = 0; b < 2; ++b) recv_stage[b] = pipe_buffers->at<float>(at[b]);
+  size_t g = 0;
+  for (Chunk& ch : chunks)
+    for (float*& buf : ch.grad_buf) buf = pipe_buffers->at<float>(grad_at[g++]);
+  mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
+}
 
-  void reset_slots() {
-    for (Chunk& ch : chunks) {
-      ch.free_slots.clear();
-      for (int64_t s = ch.model->slots() - 1; s >= 0; --s) ch.free_slots.push_back(s);
-      ch.slot_of.assign(static_cast<size_t>(num_microbatches), -1);
-    }
+optim::DataParallelConfig Engine::Impl::dp_config() const {
+  optim::DataParallelConfig c;
+  const bool dist_opt = recipe.ddp.use_distributed_optimizer || recipe.optimizer.use_distributed_optimizer;
+  c.sharding = optim::parse_sharding(recipe.ddp.data_parallel_sharding_strategy);
+  if (dist_opt && c.sharding == optim::Sharding::kNoShard) c.sharding = optim::Sharding::kOptim;
+  c.overlap_grad_reduce = recipe.ddp.overlap_grad_reduce;
+  if (dims.tied_output) c.param_slots = c.grad_slots = 3;
+  if (recipe.ddp.bucket_size) c.bucket_numel = *recipe.ddp.bucket_size;
+  else c.bucket_numel = std::max<int64_t>(40000000, 1000000 * dp_comm->size());  // Megatron's default
+  return c;
+}
+
+double Engine::Impl::grad_norm() {
+  double sq = 0, esq = 0;
+  for (Chunk& ch : chunks) {
+    sq += part_sum_squares(ch.dense);
+    esq += part_sum_squares(ch.experts);
   }
-  void wait_sends() {
-    for (Chunk& ch : chunks)
-      for (auto* works : {&ch.out_send, &ch.grad_send})
-        for (auto& w : *works)
-          if (w) {
-            w->wait();
-            w.reset();
-          }
-  }
+  if (tp.size() > 1) tp_comm->all_reduce(&sq, 1, DType::kF64, dist::ReduceOp::kSum);
+  if (etp_ep_comm && etp_ep_comm->size() > 1) etp_ep_comm->all_reduce(&esq, 1, DType::kF64, dist::ReduceOp::kSum);
+  return std::sqrt(pp_sum(sq + esq));
+}
 
-  StepResult step(const HostBatch* batch) {
-    const auto t0 = Clock::now();
-    double data_wait = 0;
-    const data::RankBatch* data_batch = nullptr;
-    if (batch) {
-      std::exception_ptr invalid;
-      try {
-        HostBatchShape shape{dims.seq, dims.local_seq(), rows, dims.micro_batch, num_microbatches, dims.vocab,
-                             recipe.dataset.eod_mask_loss, eod_id};
-        stage_host_batch(*batch, shape, [&](int64_t j) { return cp.position(j, dims.local_seq()); }, host_staging);
-        data_batch = &host_staging;
-      } catch (const Error&) {
-        invalid = std::current_exception();
-      }
-      if (layout) agree_on_batch(*batch, invalid);
-      else if (invalid) std::rethrow_exception(invalid);
-    } else {
-      if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
-      data_batch = &train_loader->next();
-      data_wait = train_loader->last_wait_s();
+void Engine::Impl::finalize_grads() {
+  for (Chunk& ch : chunks) {
+    if (ch.dense.dp) ch.dense.dp->finish_grad_sync();
+    if (ch.sp_grads) ch.sp_grads->all_reduce(*tp_comm, ch.dense.dp->owned_grads(), *ops);
+    if (ch.tied >= 0) {
+      const model::ParamInfo& p = ch.model->registry().at(ch.tied);
+      std::vector<float> g = ch.dense.dp->gather_grad_range(p.offset, p.offset + p.numel);
+      emb_comm->all_reduce(g.data(), static_cast<int64_t>(g.size()), DType::kF32, dist::ReduceOp::kSum);
+      ch.dense.dp->store_grad_range(p.offset, p.offset + p.numel, g.data());
     }
-
-    for (Chunk& ch : chunks) ch.model->zero_grads();
-    double loss_sum = 0;
-    moe_sums = MoeSums{};
-    reset_slots();
-    for (size_t i = 0; i < actions.size(); ++i) {
-      const int64_t index = static_cast<int64_t>(i);
-      if (i + 1 < actions.size() && needs_recv(actions[i + 1])) post_recv(index + 1, actions[i + 1]);
-      if (actions[i].forward)
-        run_forward(actions[i], index, *data_batch, true, loss_sum);
-      else
-        run_backward(actions[i], index);
-    }
-    wait_sends();
-    finalize_grads();
-    // The loss lives on the last stage; every rank reports it.
-    const double lm_loss = dp_average(pp_sum(loss_sum) / static_cast<double>(num_microbatches));
-    const double norm = grad_norm();
-    MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
-              "; parameters were not updated");
-    MPT_CHECK(std::isfinite(norm), Status::kNumerical, "iteration ", iteration + 1, ": gradient norm is ", norm,
-              " (NaN or Inf in the gradients); parameters were not updated");
-
-    const double lr = schedule.lr_at(iteration);
-    const double wd = schedule.weight_decay_at(iteration);
-    for (Chunk& ch : chunks)
-      for (Part* part : {&ch.dense, &ch.experts}) {
-        if (!part->reg) continue;
-        if (part->dp) {
-          part->optimizer->step(part->dp->owned_params(), part->dp->owned_grads(), norm, lr, wd);
-          part->dp->finish_step();
-        } else {
-          part->optimizer->step(part->storage->full_params(), part->storage->full_grads(), norm, lr, wd);
-        }
-      }
-    ++iteration;
-    consumed_samples += rows * recipe.derived.data_parallel_size;
-
-    StepResult r;
-    r.iteration = iteration;
-    r.lm_loss = lm_loss;
-    r.grad_norm = norm;
-    r.lr = lr;
-    r.tokens = rows * recipe.derived.data_parallel_size * dims.seq;
-    r.consumed_samples = consumed_samples;
-    r.step_time_s = seconds_since(t0);
-    r.data_wait_s = data_wait;
-    if (dims.num_experts > 0) {
-      // Means over every MoE layer of every stage and micro-batch, averaged over data-parallel ranks.
-      // Each rank of a tensor x context group holds its share of a micro-batch's losses.
-      double v[4] = {moe_sums.aux, moe_sums.z, moe_sums.spread, moe_sums.layers};
-      if (tpcp_comm && tpcp_comm->size() > 1) tpcp_comm->all_reduce(v, 2, DType::kF64, dist::ReduceOp::kSum);
-      if (pp_size > 1) pp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
-      if (dp_comm) dp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
-      if (v[3] > 0) {
-        r.moe_aux_loss = v[0] / v[3];
-        r.moe_z_loss = v[1] / v[3];
-        r.moe_expert_spread = v[2] / v[3];
+    if (ch.experts.dp) {
+      // Averaged over the expert-data-parallel group, but each expert saw the tokens of
+      // several data-parallel replicas: the objective's mean over dp-cp ranks needs the sum
+      // over replicas divided by DP x CP (Megatron's expert_gradient_scaling_factor).
+      ch.experts.dp->finish_grad_sync();
+      const float f = static_cast<float>(static_cast<double>(edp_comm->size()) / static_cast<double>(dp_comm->size()));
+      if (f != 1.0f) {
+        const std::vector<optim::FlatRange>& owned = ch.experts.dp->owned();
+        for (size_t k = 0; k < owned.size(); ++k)
+          ops->scale(Tensor::f32(ch.experts.dp->owned_grads()[k], {owned[k].end - owned[k].begin}), f);
       }
     }
-    return r;
+  }
+}
+
+bool Engine::Impl::any_rank(bool failed) {
+  int64_t f = failed ? 1 : 0;
+  for (dist::Communicator* c : {dp_comm.get(), tp_comm.get(), pp_comm.get(), cp_comm.get()})
+    if (c) c->all_reduce(&f, 1, DType::kI64, dist::ReduceOp::kMax);
+  return f != 0;
+}
+
+MemoryReport Engine::Impl::memory() const {
+  MemoryReport m;
+  for (const Chunk& ch : chunks) {
+    m.params_bytes += ch.model->params_bytes();
+    m.grads_bytes += ch.model->grads_bytes();
+    m.expert_params_bytes += ch.model->expert_params_bytes();
+    for (const Part* part : {&ch.dense, &ch.experts})
+      if (part->optimizer) m.optimizer_bytes += part->optimizer->state_bytes();
+    m.activations_peak_bytes += ch.model->activations_bytes();
+  }
+  m.backend_workspace_bytes = ops->workspace_bytes();
+  return m;
+}
+
+StepResult Engine::Impl::step(const HostBatch* batch) {
+  const auto t0 = Clock::now();
+  double data_wait = 0;
+  const data::RankBatch* data_batch = nullptr;
+  if (batch) {
+    std::exception_ptr invalid;
+    try {
+      HostBatchShape shape{dims.seq, dims.local_seq(), rows, dims.micro_batch, num_microbatches, dims.vocab,
+                           recipe.dataset.eod_mask_loss, eod_id};
+      stage_host_batch(*batch, shape, [&](int64_t j) { return cp.position(j, dims.local_seq()); }, host_staging);
+      data_batch = &host_staging;
+    } catch (const Error&) {
+      invalid = std::current_exception();
+    }
+    if (layout) agree_on_batch(*batch, invalid);
+    else if (invalid) std::rethrow_exception(invalid);
+  } else {
+    if (train_loader->position() != consumed_samples) train_loader->seek(consumed_samples);
+    data_batch = &train_loader->next();
+    data_wait = train_loader->last_wait_s();
   }
 
-  // eval_iters global batches of the validation split, continuing where the previous
-  // evaluation stopped (Megatron's consumed_valid_samples). Forward only: each stage runs
-  // its chunks micro-batch by micro-batch in virtual-stage order.
-  double evaluate() {
-    MPT_CHECK(valid_loader != nullptr, Status::kInvalidConfig,
-              "validation needs validation.eval_interval set when the engine is built");
-    const int64_t iters = recipe.validation.eval_iters;
-    double total = 0;
-    if (valid_loader->position() != consumed_valid_samples) valid_loader->seek(consumed_valid_samples);
-    for (int64_t i = 0; i < iters; ++i) {
-      const data::RankBatch& vb = valid_loader->next();
-      consumed_valid_samples += valid_loader->global_batch();
-      reset_slots();
-      for (int64_t mb = 0; mb < num_microbatches; ++mb)
-        for (int64_t c = 0; c < vpp; ++c) {
-          Chunk& ch = chunks[static_cast<size_t>(c)];
-          run_forward(parallel::PipelineAction{true, mb, c}, mb * vpp + c, vb, false, total);
-          const int64_t slot = ch.slot_of[static_cast<size_t>(mb)];
-          if (ch.out_send[static_cast<size_t>(slot)]) {
-            ch.out_send[static_cast<size_t>(slot)]->wait();
-            ch.out_send[static_cast<size_t>(slot)].reset();
-          }
-          ch.free_slots.push_back(slot);
-        }
-    }
-    return dp_average(pp_sum(total) / static_cast<double>(iters * num_microbatches));
+  for (Chunk& ch : chunks) ch.model->zero_grads();
+  double loss_sum = 0;
+  moe_sums = MoeSums{};
+  reset_slots();
+  for (size_t i = 0; i < actions.size(); ++i) {
+    const int64_t index = static_cast<int64_t>(i);
+    if (i + 1 < actions.size() && needs_recv(actions[i + 1])) post_recv(index + 1, actions[i + 1]);
+    if (actions[i].forward)
+      run_forward(actions[i], index, *data_batch, true, loss_sum);
+    else
+      run_backward(actions[i], index);
   }
-};
+  wait_sends();
+  finalize_grads();
+  // The loss lives on the last stage; every rank reports it.
+  const double lm_loss = dp_average(pp_sum(loss_sum) / static_cast<double>(num_microbatches));
+  const double norm = grad_norm();
+  MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
+            "; parameters were not updated");
+  MPT_CHECK(std::isfinite(norm), Status::kNumerical, "iteration ", iteration + 1, ": gradient norm is ", norm,
+            " (NaN or Inf in the gradients); parameters were not updated");
+
+  const double lr = schedule.lr_at(iteration);
+  const double wd = schedule.weight_decay_at(iteration);
+  for (Chunk& ch : chunks)
+    for (Part* part : {&ch.dense, &ch.experts}) {
+      if (!part->reg) continue;
+      if (part->dp) {
+        part->optimizer->step(part->dp->owned_params(), part->dp->owned_grads(), norm, lr, wd);
+        part->dp->finish_step();
+      } else {
+        part->optimizer->step(part->storage->full_params(), part->storage->full_grads(), norm, lr, wd);
+      }
+    }
+  ++iteration;
+  consumed_samples += rows * recipe.derived.data_parallel_size;
+
+  StepResult r;
+  r.iteration = iteration;
+  r.lm_loss = lm_loss;
+  r.grad_norm = norm;
+  r.lr = lr;
+  r.tokens = rows * recipe.derived.data_parallel_size * dims.seq;
+  r.consumed_samples = consumed_samples;
+  r.step_time_s = seconds_since(t0);
+  r.data_wait_s = data_wait;
+  if (dims.num_experts > 0) {
+    // Means over every MoE layer of every stage and micro-batch, averaged over data-parallel ranks.
+    // Each rank of a tensor x context group holds its share of a micro-batch's losses.
+    double v[4] = {moe_sums.aux, moe_sums.z, moe_sums.spread, moe_sums.layers};
+    if (tpcp_comm && tpcp_comm->size() > 1) tpcp_comm->all_reduce(v, 2, DType::kF64, dist::ReduceOp::kSum);
+    if (pp_size > 1) pp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
+    if (dp_comm) dp_comm->all_reduce(v, 4, DType::kF64, dist::ReduceOp::kSum);
+    if (v[3] > 0) {
+      r.moe_aux_loss = v[0] / v[3];
+      r.moe_z_loss = v[1] / v[3];
+      r.moe_expert_spread = v[2] / v[3];
+    }
+  }
+  return r;
+}
 
 namespace {
 // The stop signal received during train(), if any: the handler's only state.
