@@ -254,7 +254,6 @@ void GPTModel::plan_activations() {
     for (int64_t b = 0; b < d.micro_batch; ++b)
       pos[static_cast<size_t>(q * d.micro_batch + b)] = static_cast<int32_t>(cp_.position(q, d.local_seq()));
   ops_.to_device(positions_.data, pos.data(), pos.size() * sizeof(int32_t));
-  host_mask_.assign(static_cast<size_t>(T), 0.0f);
 }
 
 MicroBatchInput GPTModel::input(int64_t slot) {
@@ -269,7 +268,11 @@ void GPTModel::load_input(int64_t slot, const MicroBatchInput& host) {
   const int64_t T = dims_.tokens();
   if (host.ids) ops_.to_device(a.ids.data, host.ids, static_cast<size_t>(T) * sizeof(int32_t));
   if (host.labels) ops_.to_device(a.labels.data, host.labels, static_cast<size_t>(T) * sizeof(int32_t));
-  if (host.loss_mask) ops_.to_device(a.loss_mask.data, host.loss_mask, static_cast<size_t>(T) * sizeof(float));
+  if (host.loss_mask) {
+    ops_.to_device(a.loss_mask.data, host.loss_mask, static_cast<size_t>(T) * sizeof(float));
+    a.mask_sum = 0;
+    for (int64_t t = 0; t < T; ++t) a.mask_sum += host.loss_mask[t];
+  }
 }
 
 void GPTModel::init_parameters(uint64_t seed) {
@@ -381,8 +384,12 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   tp_.all_reduce(a.sumexp_target, dist::ReduceOp::kSum);
   ops_.ce_loss(a.token_loss, a.row_max, a.sumexp, a.target_logit);
   sums.weighted_loss = ops_.dot(a.token_loss, a.loss_mask);
-  ops_.to_host(host_mask_.data(), a.loss_mask.data, static_cast<size_t>(T) * sizeof(float));
-  for (int64_t t = 0; t < T; ++t) sums.mask_sum += host_mask_[static_cast<size_t>(t)];
+  if (ops_.host_memory()) {  // input() may have filled the mask in place
+    const float* m = a.loss_mask.f();
+    for (int64_t t = 0; t < T; ++t) sums.mask_sum += m[t];
+  } else {
+    sums.mask_sum = a.mask_sum;  // summed on the host by load_input, no device read
+  }
   return sums;
 }
 

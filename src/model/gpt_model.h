@@ -157,6 +157,7 @@ class GPTModel {
     Tensor row_max, token_loss;                 // [T]
     Tensor sumexp_target;                       // [2,T]: sum of exponentials, then the target logit
     Tensor sumexp, target_logit;                // its rows
+    double mask_sum = 0;                        // the loss mask's sum, from load_input
   };
   SlotActs& slot_at(int64_t s);
   void plan_activations();
@@ -194,7 +195,6 @@ class GPTModel {
   Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
   LayerScratch scratch_;
   Tensor dres_;                   // [R,H]
-  std::vector<float> host_mask_;  // [T]: a slot's loss mask read back, for its sum
 };
 
 }  // namespace mpt::model
