@@ -9,8 +9,8 @@
 //   cuda_gemm.cu           matmul (cuBLASLt), bias, grouped GEMM
 //   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
 //                          attention_merge
-//   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout, embedding,
-//                          cross-entropy pieces
+//   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout
+//   cuda_vocab.cu          embedding, cross-entropy pieces
 //   cuda_moe.cu            router top-k and losses, token permutes
 // Numerics: fp32 storage, fp32 arithmetic (TF32 tensor cores are not used, so results
 // match the CPU oracle within 1e-5 relative); reductions in a fixed order, so a call gives
