@@ -8,6 +8,20 @@
 // - "acc" in a comment means the op adds into its output (parameter gradients, residual
 //   gradients); otherwise outputs are overwritten.
 // - Weights of linear layers are [out_features, in_features] (Megatron/PyTorch layout).
+//
+// Precision (bf16 mixed precision, as Megatron runs it):
+// - Every floating tensor argument may be f32 or bf16 (DType::kBF16; core/bf16.h), each on
+//   its own, except these, which are always f32: normalisation statistics (mean, rstd),
+//   attention lse, the cross-entropy pieces (logits, row_max, sumexp, target_logit, loss,
+//   grad_scale), the router's tensors (router_topk / router_lse / z-loss: logits, probs,
+//   scores and their gradients), moe_unpermute's probs and dprobs, and all of adamw's.
+// - Ops compute in fp32: a bf16 input is widened exactly, a bf16 output is rounded once (to
+//   nearest even) from the fp32 result, and a bf16 "acc" output is widened, added to in fp32
+//   and rounded. So a bf16 op equals the f32 op on the widened inputs, rounded.
+// - matmul and grouped_matmul: when a or b is bf16, both operands are first rounded to bf16
+//   and the products accumulate in fp32 (a tensor-core bf16 GEMM); c may be f32 (weight
+//   gradients accumulating in fp32, fp32 logits) or bf16, alpha and beta apply in fp32. With
+//   both operands f32 the GEMM is fp32 throughout (no TF32).
 #pragma once
 
 #include <cstdint>
@@ -92,6 +106,9 @@ class Ops : public MemoryResource {
   }
 
   // --- memory and elementwise --------------------------------------------------------
+  // dst = src converted to dst's dtype (same numel; f32 <-> bf16 rounds to nearest even, a
+  // same-dtype cast copies). Used to refresh the bf16 compute copy of fp32 master weights.
+  virtual void cast(Tensor dst, Tensor src) = 0;
   virtual void fill(Tensor x, float value) = 0;
   virtual void copy(Tensor dst, Tensor src) = 0;                 // same numel
   virtual void add(Tensor out, Tensor a, Tensor b) = 0;          // out = a + b; out may alias a or b

@@ -39,14 +39,13 @@ void check_capabilities(Checker& c) {
   unbuilt(m.qk_layernorm, "model.qk_layernorm", "query/key layernorm");
   unbuilt(m.layernorm_zero_centered_gamma, "model.layernorm_zero_centered_gamma", "zero-centered layernorm gamma");
 
-  // Precision: fp32 only.
-  unbuilt(m.bf16, "model.bf16", "bf16 training");
+  // Precision: fp32, or bf16 mixed precision with fp32 gradients.
   unbuilt(m.fp16, "model.fp16", "fp16 training");
   const std::string preset = r.mixed_precision.preset.value_or("fp32");
-  unbuilt(preset == "bf16_mixed" || preset == "fp16_mixed", "mixed_precision",
-          str("the mixed-precision preset ", toml_quote(preset)));
-  unbuilt(r.mixed_precision.bf16, "mixed_precision.bf16", "bf16 mixed precision");
+  unbuilt(preset == "fp16_mixed", "mixed_precision", str("the mixed-precision preset ", toml_quote(preset)));
   unbuilt(r.mixed_precision.fp16, "mixed_precision.fp16", "fp16 mixed precision");
+  unbuilt(uses_bf16(r) && !r.mixed_precision.grad_reduce_in_fp32, "mixed_precision.grad_reduce_in_fp32",
+          "gradient reduction in bf16 (gradients are accumulated and reduced in fp32)");
 
   // Optimizer and data-parallel machinery.
   unbuilt(r.optimizer.optimizer == "sgd", "optimizer.optimizer", "the optimizer \"sgd\"");

@@ -143,6 +143,11 @@ void check_precision(Checker& c) {
     if (mp.grad_reduce_in_fp32 != defaults.grad_reduce_in_fp32) preset_clash("mixed_precision.grad_reduce_in_fp32");
   }
   if (mp.bf16 && mp.fp16) c.fail("mixed_precision.fp16", "cannot be combined with mixed_precision.bf16");
+  const bool fp32 = mp.preset.value_or("") == "fp32" || mp.fp32;
+  if (fp32 && (c.r.model.bf16 || mp.bf16))
+    c.fail(c.r.model.bf16 ? "model.bf16" : "mixed_precision.bf16",
+           "asks for bf16 but the recipe's mixed precision is fp32 (mixed_precision = \"fp32\" or "
+           "mixed_precision.fp32 = true); choose one");
 }
 
 void check_checkpoint(Checker& c) {

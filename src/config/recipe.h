@@ -255,4 +255,10 @@ void finalize(Recipe& recipe, int64_t world_size);
 // The resolved recipe as TOML that loads back to the same configuration.
 std::string to_toml(const Recipe& recipe);
 
+// Whether the recipe trains in bf16 mixed precision: mixed_precision = "bf16_mixed",
+// mixed_precision.bf16 or model.bf16.
+inline bool uses_bf16(const Recipe& r) {
+  return r.mixed_precision.preset.value_or("") == "bf16_mixed" || r.mixed_precision.bf16 || r.model.bf16;
+}
+
 }  // namespace mpt::config

@@ -1,6 +1,8 @@
 // The attention kernels of cuda_attention.cu (see its header comment for the scheme):
 // forward with an online softmax, the row dots of the backward, dq per query tile, dk/dv
-// per key tile, and the merge. Included by cuda_attention.cu only.
+// per key tile, and the merge. Included by cuda_attention.cu only. q, k, v, out and the
+// gradients are f32 or bf16 each (elements.cuh): tiles are widened into fp32 shared memory,
+// every product and sum is fp32, and each output is rounded once; lse is f32.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 
 #include "core/rng_device.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/elements.cuh"
 
 namespace mpt::cuda {
 
@@ -34,15 +37,17 @@ __device__ __forceinline__ int64_t position_at(const Positions& p, int64_t i) {
 
 // Everything a kernel needs of one call. Pointers not used by a kernel are null.
 struct Args {
-  const float *q, *k, *v;
-  const float *dout, *lse, *di;        // backward inputs (di: dout . out per query row)
-  float *out_w, *lse_w;                // forward outputs
-  float *dq, *dk, *dv;                 // backward outputs
+  In q, k, v;
+  In dout;                             // backward inputs, with lse and di
+  const float *lse, *di;               // (di: dout . out per query row)
+  Out out_w;                           // forward outputs, with lse_w
+  float* lse_w;
+  Out dq, dk, dv;                      // backward outputs
   int64_t seq_q, seq_kv, batch, heads, groups;
   int head_dim;
   float scale;
   bool causal;
-  bool vec4;  // every tensor 16-byte aligned and head_dim % 4 == 0: float4 tile loads
+  bool vec4;  // head_dim % 4 == 0 and every tensor aligned to 4 elements: 4-element tile loads
   float dropout_p, keep_scale;
   uint64_t dropout_key;
   int64_t head_offset;
@@ -77,17 +82,27 @@ __device__ __forceinline__ double warp_sum(double x) {
   return x;
 }
 
+// Four elements from element i of src (4-element aligned), widened.
+__device__ __forceinline__ float4 load4(In src, int64_t i) {
+  if (!src.bf16) return *reinterpret_cast<const float4*>(static_cast<const float*>(src.data) + i);
+  const uint2 packed = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(src.data) + i);
+  return make_float4(bf16_to_f32(static_cast<uint16_t>(packed.x & 0xffffu)),
+                     bf16_to_f32(static_cast<uint16_t>(packed.x >> 16)),
+                     bf16_to_f32(static_cast<uint16_t>(packed.y & 0xffffu)),
+                     bf16_to_f32(static_cast<uint16_t>(packed.y >> 16)));
+}
+
 // Rows [0, rows) of a slice with row stride ld into shared [ROWS][DMAX + 1]; rows past
 // `rows` and columns past head_dim are zero (zero times a masked probability stays zero).
 template <int ROWS, int DMAX>
-__device__ void load_tile(float* dst, const float* src, int64_t ld, int rows, int head_dim, bool vec4) {
+__device__ void load_tile(float* dst, In src, int64_t ld, int rows, int head_dim, bool vec4) {
   constexpr int kLd = DMAX + 1;
   if (vec4) {
     constexpr int kQuads = DMAX / 4;
     for (int idx = threadIdx.x; idx < ROWS * kQuads; idx += kThreads) {
       const int r = idx / kQuads, c = (idx % kQuads) * 4;
       float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < rows && c < head_dim) x = *reinterpret_cast<const float4*>(src + r * ld + c);
+      if (r < rows && c < head_dim) x = load4(src, r * ld + c);
       float* d = dst + r * kLd + c;
       d[0] = x.x;
       d[1] = x.y;
@@ -204,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
   const uint64_t stream =
       a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + h, b) : 0;
 
-  load_tile<BQ, DMAX>(qs, a.q + q_off, ldq, q_rows, a.head_dim, a.vec4);
+  load_tile<BQ, DMAX>(qs, a.q.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
   // Running max and sum of the rows this warp owns (rows warp + kWarps t), in every lane.
   float row_max[kRowsPerWarp], row_total[kRowsPerWarp];
 #pragma unroll
@@ -215,8 +230,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
   for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {
     const int k_rows = static_cast<int>(min(static_cast<int64_t>(BK), a.seq_kv - k0));
     __syncthreads();  // the previous tile's ks, vs, ss are no longer read
-    load_tile<BK, DMAX>(ks, a.k + kv_off + k0 * ldk, ldk, k_rows, a.head_dim, a.vec4);
-    load_tile<BK, DMAX>(vs, a.v + kv_off + k0 * ldk, ldk, k_rows, a.head_dim, a.vec4);
+    load_tile<BK, DMAX>(ks, a.k.at(kv_off + k0 * ldk), ldk, k_rows, a.head_dim, a.vec4);
+    load_tile<BK, DMAX>(vs, a.v.at(kv_off + k0 * ldk), ldk, k_rows, a.head_dim, a.vec4);
     __syncthreads();
 
     float s[RQ][CK];
@@ -285,23 +300,22 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
     const int r = ty + 16 * m;
     if (r >= q_rows) continue;
     const float total = row_sum[r];
-    float* dst = a.out_w + q_off + r * ldq;
+    const Out dst = a.out_w.at(q_off + r * ldq);
 #pragma unroll
     for (int n = 0; n < CD; ++n) {
       const int c = tx + 16 * n;
-      if (c < a.head_dim) dst[c] = o[m][n] / total;
+      if (c < a.head_dim) dst.set(c, o[m][n] / total);
     }
   }
 }
 
 // D_i = dout_i . out_i per (token, head) row, in double as on the CPU; one warp per row.
-__global__ void attention_row_dot_kernel(float* di, const float* dout, const float* out, int64_t rows,
-                                         int head_dim) {
+__global__ void attention_row_dot_kernel(float* di, In dout, In out, int64_t rows, int head_dim) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
-  const float* g = dout + r * head_dim;
-  const float* o = out + r * head_dim;
+  const In g = dout.at(r * head_dim);
+  const In o = out.at(r * head_dim);
   double acc = 0;
   for (int c = lane; c < head_dim; c += 32) acc += static_cast<double>(g[c]) * o[c];
   acc = warp_sum(acc);
@@ -360,8 +374,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(Args a) {
   const uint64_t stream =
       a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + h, b) : 0;
 
-  load_tile<BQ, DMAX>(qs, a.q + q_off, ldq, q_rows, a.head_dim, a.vec4);
-  load_tile<BQ, DMAX>(gs, a.dout + q_off, ldq, q_rows, a.head_dim, a.vec4);
+  load_tile<BQ, DMAX>(qs, a.q.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
+  load_tile<BQ, DMAX>(gs, a.dout.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
   load_row_stats<BQ>(lse_s, di_s, a, q0, q_rows, b, h);
   uint64_t base[RQ];
 #pragma unroll
@@ -373,8 +387,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(Args a) {
   for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {
     const int k_rows = static_cast<int>(min(static_cast<int64_t>(BK), a.seq_kv - k0));
     __syncthreads();  // the previous tile's ks, vs, dss are no longer read
-    load_tile<BK, DMAX>(ks, a.k + kv_off + k0 * ldk, ldk, k_rows, a.head_dim, a.vec4);
-    load_tile<BK, DMAX>(vs, a.v + kv_off + k0 * ldk, ldk, k_rows, a.head_dim, a.vec4);
+    load_tile<BK, DMAX>(ks, a.k.at(kv_off + k0 * ldk), ldk, k_rows, a.head_dim, a.vec4);
+    load_tile<BK, DMAX>(vs, a.v.at(kv_off + k0 * ldk), ldk, k_rows, a.head_dim, a.vec4);
     __syncthreads();
 
     float s[RQ][CK], dp[RQ][CK];
@@ -404,11 +418,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(Args a) {
   for (int m = 0; m < RQ; ++m) {
     const int r = ty + 16 * m;
     if (r >= q_rows) continue;
-    float* dst = a.dq + q_off + r * ldq;
+    const Out dst = a.dq.at(q_off + r * ldq);
 #pragma unroll
     for (int n = 0; n < CD; ++n) {
       const int c = tx + 16 * n;
-      if (c < a.head_dim) dst[c] = a.scale * dq[m][n];
+      if (c < a.head_dim) dst.set(c, a.scale * dq[m][n]);
     }
   }
 }
@@ -442,8 +456,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(Args a) {
   // Queries before q_first see none of these keys (causal): i >= j - (seq_kv - seq_q).
   const int64_t q_first = a.causal ? max(int64_t{0}, k0 - (a.seq_kv - a.seq_q)) : 0;
 
-  load_tile<BK, DMAX>(ks, a.k + kv_off, ldk, k_rows, a.head_dim, a.vec4);
-  load_tile<BK, DMAX>(vs, a.v + kv_off, ldk, k_rows, a.head_dim, a.vec4);
+  load_tile<BK, DMAX>(ks, a.k.at(kv_off), ldk, k_rows, a.head_dim, a.vec4);
+  load_tile<BK, DMAX>(vs, a.v.at(kv_off), ldk, k_rows, a.head_dim, a.vec4);
   float dk[RK][CD], dv[RK][CD];
   zero(dk);
   zero(dv);
@@ -456,8 +470,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(Args a) {
       const int q_rows = static_cast<int>(min(static_cast<int64_t>(BQ), a.seq_q - q0));
       const int64_t q_off = q0 * ldq + (b * a.heads + h) * a.head_dim;
       __syncthreads();  // the previous tile's qs, gs, ps, dss are no longer read
-      load_tile<BQ, DMAX>(qs, a.q + q_off, ldq, q_rows, a.head_dim, a.vec4);
-      load_tile<BQ, DMAX>(gs, a.dout + q_off, ldq, q_rows, a.head_dim, a.vec4);
+      load_tile<BQ, DMAX>(qs, a.q.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
+      load_tile<BQ, DMAX>(gs, a.dout.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
       load_row_stats<BQ>(lse_s, di_s, a, q0, q_rows, b, h);
       __syncthreads();
 
@@ -495,14 +509,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(Args a) {
   for (int m = 0; m < RK; ++m) {
     const int r = ty + 16 * m;
     if (r >= k_rows) continue;
-    float* dk_row = a.dk + kv_off + r * ldk;
-    float* dv_row = a.dv + kv_off + r * ldk;
+    const Out dk_row = a.dk.at(kv_off + r * ldk);
+    const Out dv_row = a.dv.at(kv_off + r * ldk);
 #pragma unroll
     for (int n = 0; n < CD; ++n) {
       const int c = tx + 16 * n;
       if (c < a.head_dim) {
-        dk_row[c] = a.scale * dk[m][n];
-        dv_row[c] = dv[m][n];
+        dk_row.set(c, a.scale * dk[m][n]);
+        dv_row.set(c, dv[m][n]);
       }
     }
   }
@@ -510,18 +524,18 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(Args a) {
 
 // Merge of (part_out, part_lse) into (out, lse), one warp per (token, head) row, in double
 // exactly as the CPU forms it.
-__global__ void attention_merge_kernel(float* out, float* lse, const float* part_out, const float* part_lse,
-                                       int64_t rows, int64_t head_dim) {
+__global__ void attention_merge_kernel(Out out, float* lse, In part_out, const float* part_lse, int64_t rows,
+                                       int64_t head_dim) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
   const float a = lse[r], b = part_lse[r];
   __syncwarp();  // every lane has read lse[r] before lane 0 overwrites it
   if (b == kNegInf) return;  // the part saw no keys
-  float* o = out + r * head_dim;
-  const float* x = part_out + r * head_dim;
+  const Out o = out.at(r * head_dim);
+  const In x = part_out.at(r * head_dim);
   if (a == kNegInf) {  // no keys yet: out may hold anything
-    for (int64_t c = lane; c < head_dim; c += 32) o[c] = x[c];
+    for (int64_t c = lane; c < head_dim; c += 32) o.set(c, x[c]);
     if (lane == 0) lse[r] = b;
     return;
   }
@@ -529,7 +543,7 @@ __global__ void attention_merge_kernel(float* out, float* lse, const float* part
   const double da = a, db = b;
   const double merged = (da < db ? db : da) + log1p(exp(-fabs(da - db)));
   const double wa = exp(da - merged), wb = exp(db - merged);
-  for (int64_t c = lane; c < head_dim; c += 32) o[c] = static_cast<float>(wa * o[c] + wb * x[c]);
+  for (int64_t c = lane; c < head_dim; c += 32) o.set(c, static_cast<float>(wa * o[c] + wb * x[c]));
   if (lane == 0) lse[r] = static_cast<float>(merged);
 }
 

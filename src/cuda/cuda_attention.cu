@@ -1,4 +1,6 @@
 // Attention on the GPU: flash-style fp32 kernels following src/backend/cpu/attention.cc.
+// q, k, v, out and their gradients may be f32 or bf16 each (widened into the fp32 tiles,
+// rounded once on store); lse is f32.
 //
 // Forward: one block per (query tile, batch, head) walks the key tiles with an online
 // softmax, so the [seq_q, seq_kv] scores never reach global memory. Backward recomputes the
@@ -24,8 +26,9 @@
 #include "core/rng_device.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/attention_kernels.cuh"
-#include "cuda/op_checks.h"
 #include "cuda/device.h"
+#include "cuda/elements.cuh"
+#include "cuda/op_checks.h"
 
 namespace mpt::cuda {
 
@@ -86,15 +89,16 @@ void check_dims(const char* op, const AttentionDims& d) {
 // names: the three argument names, e.g. {"q", "k", "v"} or {"dq", "dk", "dv"}.
 void check_qkv(const char* op, const AttentionDims& d, const Tensor& q, const Tensor& k, const Tensor& v,
                const char* const (&names)[3]) {
-  check_f32(op, names[0], q);
-  check_f32(op, names[1], k);
-  check_f32(op, names[2], v);
+  check_float(op, names[0], q);
+  check_float(op, names[1], k);
+  check_float(op, names[2], v);
   check_numel(op, names[0], q, d.seq_q * d.batch * d.heads * d.head_dim);
   check_numel(op, names[1], k, d.seq_kv * d.batch * d.groups * d.head_dim);
   check_numel(op, names[2], v, d.seq_kv * d.batch * d.groups * d.head_dim);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// 4-element loads (float4, or four bf16 in 8 bytes) need that alignment.
+bool aligned4(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % (4 * dtype_size(t.dtype)) == 0; }
 
 Args make_args(const AttentionDims& d, std::initializer_list<const Tensor*> tensors) {
   Args a{};
@@ -107,7 +111,7 @@ Args make_args(const AttentionDims& d, std::initializer_list<const Tensor*> tens
   a.scale = d.softmax_scale;
   a.causal = d.causal;
   a.vec4 = d.head_dim % 4 == 0;
-  for (const Tensor* t : tensors) a.vec4 = a.vec4 && aligned16(t->data);
+  for (const Tensor* t : tensors) a.vec4 = a.vec4 && aligned4(*t);
   a.dropout_p = d.dropout_p;
   a.keep_scale = 1.0f / (1.0f - d.dropout_p);
   a.dropout_key = d.dropout_key;
@@ -159,16 +163,16 @@ void CudaOps::attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v
   const char* op = "attention_fwd";
   check_dims(op, d);
   check_qkv(op, d, q, k, v, {"q", "k", "v"});
-  check_f32(op, "out", out);
+  check_float(op, "out", out);
   check_numel(op, "out", out, q.numel());
   check_f32(op, "lse", lse);
   check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
 
   Args a = make_args(d, {&q, &k, &v, &out});
-  a.q = q.f();
-  a.k = k.f();
-  a.v = v.f();
-  a.out_w = out.f();
+  a.q = in_view(q);
+  a.k = in_view(k);
+  a.v = in_view(v);
+  a.out_w = out_view(out);
   a.lse_w = lse.f();
   if (d.head_dim <= 32)
     launch_fwd<32, 64, 64>(a, stream());
@@ -185,9 +189,9 @@ void CudaOps::attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
   const char* op = "attention_bwd";
   check_dims(op, d);
   check_qkv(op, d, q, k, v, {"q", "k", "v"});
-  check_f32(op, "out", out);
+  check_float(op, "out", out);
   check_numel(op, "out", out, q.numel());
-  check_f32(op, "dout", dout);
+  check_float(op, "dout", dout);
   check_numel(op, "dout", dout, q.numel());
   check_f32(op, "lse", lse);
   check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
@@ -197,19 +201,19 @@ void CudaOps::attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
   const int64_t rows = d.seq_q * d.batch * d.heads;
   auto* di = static_cast<float*>(scratch(static_cast<size_t>(rows) * sizeof(float)));
   attention_row_dot_kernel<<<grid_size(op, (rows + kWarps - 1) / kWarps), kThreads, 0, stream()>>>(
-      di, dout.f(), out.f(), rows, static_cast<int>(d.head_dim));
+      di, in_view(dout), in_view(out), rows, static_cast<int>(d.head_dim));
   MPT_CUDA_LAUNCH("attention_row_dot_kernel");
 
   Args a = make_args(d, {&q, &k, &v, &dout, &dq, &dk, &dv});
-  a.q = q.f();
-  a.k = k.f();
-  a.v = v.f();
-  a.dout = dout.f();
+  a.q = in_view(q);
+  a.k = in_view(k);
+  a.v = in_view(v);
+  a.dout = in_view(dout);
   a.lse = lse.f();
   a.di = di;
-  a.dq = dq.f();
-  a.dk = dk.f();
-  a.dv = dv.f();
+  a.dq = out_view(dq);
+  a.dk = out_view(dk);
+  a.dv = out_view(dv);
   if (d.head_dim <= 32) {
     launch_dq<32, 64, 64>(a, stream());
     launch_dkdv<32, 64, 64>(a, stream());
@@ -230,9 +234,9 @@ void CudaOps::attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor pa
   const char* op = "attention_merge";
   MPT_CHECK(heads > 0 && head_dim > 0, Status::kInvalidArgument, op, ": heads ", heads, " and head_dim ", head_dim,
             " must be positive");
-  check_f32(op, "out", out);
+  check_float(op, "out", out);
   check_f32(op, "lse", lse);
-  check_f32(op, "part_out", part_out);
+  check_float(op, "part_out", part_out);
   check_f32(op, "part_lse", part_lse);
   MPT_CHECK(lse.numel() % heads == 0, Status::kInvalidArgument, op, ": lse ", describe(lse),
             " must hold [tokens, heads ", heads, "] elements");
@@ -242,7 +246,7 @@ void CudaOps::attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor pa
   check_numel(op, "part_out", part_out, rows * head_dim);
   if (rows == 0) return;
   attention_merge_kernel<<<grid_size(op, (rows + kWarps - 1) / kWarps), kThreads, 0, stream()>>>(
-      out.f(), lse.f(), part_out.f(), part_lse.f(), rows, head_dim);
+      out_view(out), lse.f(), in_view(part_out), part_lse.f(), rows, head_dim);
   MPT_CUDA_LAUNCH("attention_merge_kernel");
 }
 

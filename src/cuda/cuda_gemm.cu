@@ -5,9 +5,14 @@
 // Row-major tensors meet cuBLASLt's column-major layouts by transposition: a row-major
 // [r, c] array is a column-major [c, r] one, so c = op(a) @ op(b) is computed as
 // c^T = op(b)^T @ op(a)^T with the operands swapped and the trans flags kept.
-// Arithmetic is fp32 with fp32 accumulation (CUBLAS_COMPUTE_32F; tensor-core algorithms,
-// TF32 among them, are filtered out), and one cached algorithm per shape keeps every call
-// of a shape on the same bits.
+// With both operands f32 the arithmetic is fp32 with fp32 accumulation (CUBLAS_COMPUTE_32F;
+// tensor-core algorithms, TF32 among them, are filtered out). When either operand is bf16
+// both go to cuBLASLt as bf16 (an f32 one rounded into scratch first) on tensor cores with
+// fp32 accumulation, c/d in f32 or bf16 as given; split-K partials of a bf16 c are reduced
+// in fp32, so c is rounded once (should cuBLASLt have no bf16 algorithm for an alignment,
+// the same exact products run as an fp32 GEMM on widened copies). A bf16 c beside f32
+// operands is computed in fp32 into scratch and rounded at the end. One cached algorithm per
+// shape and dtypes keeps every call of a shape on the same bits.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -21,8 +26,9 @@
 
 #include "core/error.h"
 #include "cuda/cuda_ops.h"
-#include "cuda/op_checks.h"
 #include "cuda/device.h"
+#include "cuda/elements.cuh"
+#include "cuda/op_checks.h"
 
 namespace mpt::cuda {
 
@@ -31,8 +37,6 @@ using backend::GroupedForm;
 namespace {
 
 // ---- argument checks (the CPU backend's rules and messages) -------------------------------
-
-
 
 [[noreturn]] void invalid_argument(const char* op, const std::string& what) {
   fail(Status::kInvalidArgument, op, ": ", what);
@@ -43,13 +47,11 @@ namespace {
     if (!(cond)) invalid_argument((op), (what));  \
   } while (0)
 
-
-
 std::string extent(int64_t n) { return n < 0 ? std::string("*") : std::to_string(n); }
 
-// t is a 2-D F32 matrix [rows, cols]; a negative extent matches any.
+// t is a 2-D F32 or BF16 matrix [rows, cols]; a negative extent matches any.
 void check_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols) {
-  check_f32(op, arg, t);
+  check_float(op, arg, t);
   MPT_GEMM_CHECK(t.ndim == 2 && (rows < 0 || t.shape[0] == rows) && (cols < 0 || t.shape[1] == cols), op,
                  str(arg, " ", describe(t), " must be [", extent(rows), ", ", extent(cols), "]"));
 }
@@ -66,25 +68,25 @@ unsigned blocks_for(int64_t n) {
 }
 
 // c[rows, cols] (leading dimension ld) = beta * c; beta == 0 writes zeros, as BLAS does.
-__global__ void scale_matrix_kernel(float* c, int64_t rows, int64_t cols, int64_t ld, float beta) {
+__global__ void scale_matrix_kernel(Out c, int64_t rows, int64_t cols, int64_t ld, float beta) {
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float& v = c[(i / cols) * ld + i % cols];
-    v = beta == 0.0f ? 0.0f : beta * v;
+    const int64_t at = (i / cols) * ld + i % cols;
+    c.set(at, beta == 0.0f ? 0.0f : beta * c[at]);
   }
 }
 
-void scale_matrix(cudaStream_t stream, float* c, int64_t rows, int64_t cols, int64_t ld, float beta) {
+void scale_matrix(cudaStream_t stream, Out c, int64_t rows, int64_t cols, int64_t ld, float beta) {
   if (rows <= 0 || cols <= 0) return;
   scale_matrix_kernel<<<blocks_for(rows * cols), kThreads, 0, stream>>>(c, rows, cols, ld, beta);
   MPT_CUDA_LAUNCH(scale_matrix_kernel);
 }
 
-__global__ void add_bias_kernel(float* y, const float* bias, int64_t total, int64_t n) {
+__global__ void add_bias_kernel(Out y, In bias, int64_t total, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] += bias[i % n];
+    y.add(i, bias[i % n]);
 }
 
 // Column sums of dy [rows, n] in two fixed-order passes. A block owns kColTile columns and
@@ -99,8 +101,8 @@ constexpr int64_t kTargetBlocks = 2048;
 constexpr int64_t kMaxChunks = 65535;  // grid.y limit
 
 template <bool kDirect>
-__global__ void column_sums_kernel(const float* dy, int64_t rows, int64_t n, int64_t rows_per_chunk,
-                                   double* partial, float* dbias) {
+__global__ void column_sums_kernel(In dy, int64_t rows, int64_t n, int64_t rows_per_chunk, double* partial,
+                                   Out dbias) {
   __shared__ double lanes[kRowLanes][kColTile + 1];
   const int64_t j = blockIdx.x * static_cast<int64_t>(kColTile) + threadIdx.x;
   const int64_t lo = blockIdx.y * rows_per_chunk;
@@ -114,17 +116,17 @@ __global__ void column_sums_kernel(const float* dy, int64_t rows, int64_t n, int
   double sum = 0;
   for (int l = 0; l < kRowLanes; ++l) sum += lanes[l][threadIdx.x];
   if (kDirect)
-    dbias[j] += static_cast<float>(sum);
+    dbias.add(j, static_cast<float>(sum));
   else
     partial[blockIdx.y * n + j] = sum;
 }
 
-__global__ void sum_chunks_kernel(const double* partial, int64_t chunks, int64_t n, float* dbias) {
+__global__ void sum_chunks_kernel(const double* partial, int64_t chunks, int64_t n, Out dbias) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     double sum = 0;
     for (int64_t c = 0; c < chunks; ++c) sum += partial[c * n + j];
-    dbias[j] += static_cast<float>(sum);
+    dbias.add(j, static_cast<float>(sum));
   }
 }
 
@@ -142,14 +144,15 @@ void check_lt(cublasStatus_t status, const char* call, const char* file, int lin
 struct GemmKey {
   int device;
   bool trans_a, trans_b;
+  bool ab_bf16, c_bf16;  // storage: both operands bf16 (else f32), c bf16 (else f32)
   int64_t m, n, k, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
   size_t workspace;
 
   bool operator<(const GemmKey& o) const {
-    return std::tie(device, trans_a, trans_b, m, n, k, lda, ldb, ldc, align_a, align_b, align_c, workspace) <
-           std::tie(o.device, o.trans_a, o.trans_b, o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.align_a, o.align_b,
-                    o.align_c, o.workspace);
+    return std::tie(device, trans_a, trans_b, ab_bf16, c_bf16, m, n, k, lda, ldb, ldc, align_a, align_b, align_c,
+                    workspace) < std::tie(o.device, o.trans_a, o.trans_b, o.ab_bf16, o.c_bf16, o.m, o.n, o.k, o.lda,
+                                          o.ldb, o.ldc, o.align_a, o.align_b, o.align_c, o.workspace);
   }
 };
 
@@ -178,10 +181,15 @@ struct PreferenceGuard {
   }
 };
 
+cudaDataType_t lt_type(bool bf16) { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+const char* type_name(bool bf16) { return bf16 ? "bf16" : "fp32"; }
+size_t element_bytes(bool bf16) { return bf16 ? 2 : 4; }
+
 // The largest power of two up to 256 dividing both the address and the row pitch in bytes:
 // the alignment every row of the operand has, which the algorithm must accept.
-uint32_t alignment_of(const void* p, int64_t ld) {
-  const uint64_t bits = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)) | static_cast<uint64_t>(ld) * 4;
+uint32_t alignment_of(const void* p, int64_t ld, bool bf16) {
+  const uint64_t bits = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)) |
+                        static_cast<uint64_t>(ld) * static_cast<uint64_t>(element_bytes(bf16));
   uint32_t align = 256;
   while (align > 1 && bits % align != 0) align /= 2;
   return align;
@@ -197,9 +205,10 @@ std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& k
   // Column-major extents of the stored arrays: row-major b is [k, n] (or [n, k] when
   // trans_b) and so column-major [n, k] (or [k, n]); likewise a; c is column-major [n, m].
   const uint64_t m = static_cast<uint64_t>(key.m), n = static_cast<uint64_t>(key.n), k = static_cast<uint64_t>(key.k);
-  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_a, CUDA_R_32F, key.trans_b ? k : n, key.trans_b ? n : k, key.ldb));
-  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_b, CUDA_R_32F, key.trans_a ? m : k, key.trans_a ? k : m, key.lda));
-  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_c, CUDA_R_32F, n, m, key.ldc));
+  const cudaDataType_t ab = lt_type(key.ab_bf16), ct = lt_type(key.c_bf16);
+  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_a, ab, key.trans_b ? k : n, key.trans_b ? n : k, key.ldb));
+  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_b, ab, key.trans_a ? m : k, key.trans_a ? k : m, key.lda));
+  MPT_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lt_c, ct, n, m, key.ldc));
 
   PreferenceGuard pref;
   MPT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref.pref));
@@ -215,26 +224,42 @@ std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& k
                                                     sizeof(align_c)));
   MPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c,
                                                     sizeof(align_c)));
-  // Plain FMA algorithms only: no tensor-core paths (TF32 or BF16 emulation of fp32).
-  const uint64_t impl = ~(CUBLASLT_NUMERICAL_IMPL_FLAGS_TENSOR_OP_MASK | CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_TF32 |
-                          CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_16BF | CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_16F);
-  MPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_IMPL_MASK, &impl, sizeof(impl)));
+  if (!key.ab_bf16) {
+    // fp32 operands: plain FMA algorithms only, no tensor-core paths (TF32 or BF16
+    // emulation of fp32).
+    const uint64_t impl = ~(CUBLASLT_NUMERICAL_IMPL_FLAGS_TENSOR_OP_MASK | CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_TF32 |
+                            CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_16BF | CUBLASLT_NUMERICAL_IMPL_FLAGS_INPUT_16F);
+    MPT_LT_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_IMPL_MASK, &impl, sizeof(impl)));
+  }
+  if (key.c_bf16) {
+    // Split-K partials of a bf16 c are added in fp32 (workspace), never in c's own dtype, so
+    // c is rounded once.
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    MPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                      sizeof(schemes)));
+  }
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  MPT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, plan->desc, plan->lt_a, plan->lt_b, plan->lt_c, plan->lt_c,
-                                              pref.pref, 1, &result, &found));
-  MPT_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS, Status::kNotSupported,
-            "matmul: cuBLASLt has no fp32 algorithm for c[", key.m, ", ", key.n, "] = a", key.trans_a ? "^T" : "",
-            " @ b", key.trans_b ? "^T" : "", " with k ", key.k, ", alignments a/b/c ", key.align_a, "/", key.align_b,
-            "/", key.align_c, " bytes, workspace ", key.workspace, " bytes");
+  const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(lt, plan->desc, plan->lt_a, plan->lt_b, plan->lt_c,
+                                                                 plan->lt_c, pref.pref, 1, &result, &found);
+  if (searched != CUBLAS_STATUS_NOT_SUPPORTED)  // "none for this configuration"
+    check_lt(searched, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+  const bool usable = searched == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  if (!usable && key.ab_bf16) return nullptr;  // gemm() forms the same products in fp32
+  MPT_CHECK(usable, Status::kNotSupported, "matmul: cuBLASLt has no ",
+            type_name(key.ab_bf16), " algorithm for c[", key.m, ", ", key.n, "] (", type_name(key.c_bf16), ") = a",
+            key.trans_a ? "^T" : "", " @ b", key.trans_b ? "^T" : "", " with k ", key.k, ", alignments a/b/c ",
+            key.align_a, "/", key.align_b, "/", key.align_c, " bytes, workspace ", key.workspace, " bytes");
   plan->algo = result.algo;
   return plan;
 }
 
 // Plans for the shapes seen so far, shared by every CudaOps of the process (an algorithm
-// depends only on the device, not on the handle). Bounded: a workload with ever new shapes
-// starts over rather than growing without end.
+// depends only on the device, not on the handle); null for a bf16 shape cuBLASLt has no
+// algorithm for. Bounded: a workload with ever new shapes starts over rather than growing
+// without end.
 class PlanCache {
  public:
   std::shared_ptr<const GemmPlan> get(cublasLtHandle_t lt, const GemmKey& key) {
@@ -261,30 +286,143 @@ PlanCache& plan_cache() {
   return cache;
 }
 
+void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc);
+
 // Row-major c[m,n] = alpha * op(a) @ op(b) + beta * c with leading dimensions in elements
 // (a is [k,m] when trans_a, b is [n,k] when trans_b), the CPU sgemm's contract: nothing
-// for an empty c, c = beta * c for k == 0 (zeros at beta 0).
-void gemm(const CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+// for an empty c, c = beta * c for k == 0 (zeros at beta 0). a and b are both bf16
+// (ab_bf16) or both f32; c is f32 or bf16.
+void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
+          int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     scale_matrix(ops.stream(), c, m, n, ldc, beta);
     return;
   }
-  const GemmKey key{ops.device(), trans_a, trans_b, m, n, k, lda, ldb, ldc, alignment_of(a, lda),
-                    alignment_of(b, ldb), alignment_of(c, ldc), ops.lt_workspace_bytes()};
+  const GemmKey key{ops.device(),
+                    trans_a,
+                    trans_b,
+                    ab_bf16,
+                    c.bf16,
+                    m,
+                    n,
+                    k,
+                    lda,
+                    ldb,
+                    ldc,
+                    alignment_of(a, lda, ab_bf16),
+                    alignment_of(b, ldb, ab_bf16),
+                    alignment_of(c.data, ldc, c.bf16),
+                    ops.lt_workspace_bytes()};
   const std::shared_ptr<const GemmPlan> plan = plan_cache().get(ops.lt(), key);
+  if (!plan) {
+    gemm_widened(ops, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   // beta == 0: cuBLASLt does not read c, so stale NaN or Inf there do not leak in.
-  MPT_LT_CHECK(cublasLtMatmul(ops.lt(), plan->desc, &alpha, b, plan->lt_a, a, plan->lt_b, &beta, c, plan->lt_c, c,
-                              plan->lt_c, &plan->algo, ops.lt_workspace(), ops.lt_workspace_bytes(), ops.stream()));
+  MPT_LT_CHECK(cublasLtMatmul(ops.lt(), plan->desc, &alpha, b, plan->lt_a, a, plan->lt_b, &beta, c.data, plan->lt_c,
+                              c.data, plan->lt_c, &plan->algo, ops.lt_workspace(), ops.lt_workspace_bytes(),
+                              ops.stream()));
 }
+
+// Device memory for one op's temporaries, from the caching allocator (no driver call in a
+// steady state); given back when the op returns, which is safe in stream order.
+class DeviceTemp {
+ public:
+  DeviceTemp(CudaOps& ops, size_t bytes) : ops_(ops), p_(bytes ? ops.allocate(bytes) : nullptr) {}
+  ~DeviceTemp() { ops_.release(p_); }
+  DeviceTemp(const DeviceTemp&) = delete;
+  DeviceTemp& operator=(const DeviceTemp&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  CudaOps& ops_;
+  void* p_;
+};
+
+// A bf16 GEMM cuBLASLt has no algorithm for (an unusual alignment), as an fp32 GEMM on the
+// widened operands: bf16 values widen exactly and their products are exact in fp32, so only
+// the order of the fp32 sums differs. A bf16 c is widened, computed on and rounded back (the
+// whole span it covers, which round-trips unchanged between the rows).
+void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc) {
+  // Elements each stored (row-major) array spans: its rows times the pitch, the last row short.
+  const int64_t a_span = ((trans_a ? k : m) - 1) * lda + (trans_a ? m : k);
+  const int64_t b_span = ((trans_b ? n : k) - 1) * ldb + (trans_b ? k : n);
+  const int64_t c_span = (m - 1) * ldc + n;
+  const DeviceTemp wide_a(ops, static_cast<size_t>(a_span) * 4), wide_b(ops, static_cast<size_t>(b_span) * 4);
+  const DeviceTemp wide_c(ops, c.bf16 ? static_cast<size_t>(c_span) * 4 : 0);
+  ops.convert(wide_a.get(), DType::kF32, a, DType::kBF16, a_span);
+  ops.convert(wide_b.get(), DType::kF32, b, DType::kBF16, b_span);
+  Out target = c;
+  if (c.bf16) {
+    ops.convert(wide_c.get(), DType::kF32, c.data, DType::kBF16, c_span);
+    target = Out{wide_c.get(), false};
+  }
+  gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a.get(), lda, wide_b.get(), ldb, false, beta, target, ldc);
+  if (c.bf16) ops.convert(c.data, DType::kBF16, wide_c.get(), DType::kF32, c_span);
+}
+
+// ---- operands in the dtypes cuBLASLt takes ------------------------------------------------
+
+// The operands of one GEMM op as the GEMMs read and write them: when a or b is bf16 both are
+// bf16 (an f32 one rounded into scratch); c is written in place, except a bf16 c beside f32
+// operands, which is computed in an f32 copy in scratch (widened when beta reads it) and
+// rounded into c by finish(). Scratch is asked for once, so its pieces stay valid together.
+class GemmOperands {
+ public:
+  GemmOperands(CudaOps& ops, const Tensor& c, const Tensor& a, const Tensor& b, float beta)
+      : a_(a.data), b_(b.data), ab_bf16_(a.dtype == DType::kBF16 || b.dtype == DType::kBF16), c_(out_view(c)) {
+    const bool round_a = ab_bf16_ && a.dtype == DType::kF32, round_b = ab_bf16_ && b.dtype == DType::kF32;
+    const bool stage_c = !ab_bf16_ && c.dtype == DType::kBF16;
+    const size_t a_bytes = round_a ? padded(static_cast<size_t>(a.numel()) * 2) : 0;
+    const size_t b_bytes = round_b ? padded(static_cast<size_t>(b.numel()) * 2) : 0;
+    const size_t c_bytes = stage_c ? padded(static_cast<size_t>(c.numel()) * 4) : 0;
+    if (a_bytes + b_bytes + c_bytes == 0) return;
+    char* base = static_cast<char*>(ops.scratch(a_bytes + b_bytes + c_bytes));
+    if (round_a) {
+      ops.convert(base, DType::kBF16, a.data, DType::kF32, a.numel());
+      a_ = base;
+    }
+    if (round_b) {
+      ops.convert(base + a_bytes, DType::kBF16, b.data, DType::kF32, b.numel());
+      b_ = base + a_bytes;
+    }
+    if (stage_c) {
+      staged_ = base + a_bytes + b_bytes;
+      if (beta != 0.0f) ops.convert(staged_, DType::kF32, c.data, DType::kBF16, c.numel());
+      c_ = Out{staged_, false};
+    }
+  }
+
+  bool ab_bf16() const { return ab_bf16_; }
+  // Element `offset` of a, b or c (the GEMM's view of c).
+  const void* a(int64_t offset) const { return static_cast<const char*>(a_) + offset * element_bytes(ab_bf16_); }
+  const void* b(int64_t offset) const { return static_cast<const char*>(b_) + offset * element_bytes(ab_bf16_); }
+  Out c(int64_t offset) const { return c_.at(offset); }
+
+  // Rounds a staged c into the op's c.
+  void finish(CudaOps& ops, const Tensor& c) const {
+    if (staged_) ops.convert(c.data, DType::kBF16, staged_, DType::kF32, c.numel());
+  }
+
+ private:
+  static size_t padded(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+  const void* a_;
+  const void* b_;
+  bool ab_bf16_;
+  Out c_;
+  void* staged_ = nullptr;
+};
 
 }  // namespace
 
 void CudaOps::matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) {
-  check_f32("matmul", "c", c);
-  check_f32("matmul", "a", a);
-  check_f32("matmul", "b", b);
+  check_float("matmul", "c", c);
+  check_float("matmul", "a", a);
+  check_float("matmul", "b", b);
   const int64_t m = rows_of(c), n = last_dim(c);
   const int64_t a_rows = rows_of(a), a_cols = last_dim(a);
   const int64_t b_rows = rows_of(b), b_cols = last_dim(b);
@@ -293,25 +431,28 @@ void CudaOps::matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, f
   MPT_GEMM_CHECK(am == m && bn == n && ak == bk, "matmul",
                  "shapes do not match: c " + describe(c) + ", a " + describe(a) + (trans_a ? "^T" : "") + ", b " +
                      describe(b) + (trans_b ? "^T" : ""));
-  gemm(*this, trans_a, trans_b, m, n, ak, alpha, a.f(), a_cols > 1 ? a_cols : 1, b.f(), b_cols > 1 ? b_cols : 1,
-       beta, c.f(), n > 1 ? n : 1);
+  if (m == 0 || n == 0) return;
+  const GemmOperands g(*this, c, a, b, beta);
+  gemm(*this, trans_a, trans_b, m, n, ak, alpha, g.a(0), a_cols > 1 ? a_cols : 1, g.b(0), b_cols > 1 ? b_cols : 1,
+       g.ab_bf16(), beta, g.c(0), n > 1 ? n : 1);
+  g.finish(*this, c);
 }
 
 void CudaOps::add_bias(Tensor y, Tensor bias) {
-  check_f32("add_bias", "y", y);
-  check_f32("add_bias", "bias", bias);
+  check_float("add_bias", "y", y);
+  check_float("add_bias", "bias", bias);
   const int64_t n = bias.numel();
   MPT_GEMM_CHECK(n > 0 && last_dim(y) == n, "add_bias",
                  "y " + describe(y) + " rows must match bias " + describe(bias));
   const int64_t total = y.numel();
   if (total == 0) return;
-  add_bias_kernel<<<blocks_for(total), kThreads, 0, stream()>>>(y.f(), bias.f(), total, n);
+  add_bias_kernel<<<blocks_for(total), kThreads, 0, stream()>>>(out_view(y), in_view(bias), total, n);
   MPT_CUDA_LAUNCH(add_bias_kernel);
 }
 
 void CudaOps::bias_grad(Tensor dbias, Tensor dy) {
-  check_f32("bias_grad", "dbias", dbias);
-  check_f32("bias_grad", "dy", dy);
+  check_float("bias_grad", "dbias", dbias);
+  check_float("bias_grad", "dy", dy);
   const int64_t n = dbias.numel();
   MPT_GEMM_CHECK(n > 0 && last_dim(dy) == n, "bias_grad",
                  "dy " + describe(dy) + " rows must match dbias " + describe(dbias));
@@ -332,14 +473,15 @@ void CudaOps::bias_grad(Tensor dbias, Tensor dy) {
   const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(chunks));
   const dim3 block(kColTile, kRowLanes);
   if (chunks == 1) {
-    column_sums_kernel<true><<<grid, block, 0, stream()>>>(dy.f(), rows, n, rows_per_chunk, nullptr, dbias.f());
+    column_sums_kernel<true><<<grid, block, 0, stream()>>>(in_view(dy), rows, n, rows_per_chunk, nullptr,
+                                                           out_view(dbias));
     MPT_CUDA_LAUNCH(column_sums_kernel);
     return;
   }
   auto* partial = static_cast<double*>(scratch(static_cast<size_t>(chunks * n) * sizeof(double)));
-  column_sums_kernel<false><<<grid, block, 0, stream()>>>(dy.f(), rows, n, rows_per_chunk, partial, nullptr);
+  column_sums_kernel<false><<<grid, block, 0, stream()>>>(in_view(dy), rows, n, rows_per_chunk, partial, Out{});
   MPT_CUDA_LAUNCH(column_sums_kernel);
-  sum_chunks_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(partial, chunks, n, dbias.f());
+  sum_chunks_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(partial, chunks, n, out_view(dbias));
   MPT_CUDA_LAUNCH(sum_chunks_kernel);
 }
 
@@ -367,26 +509,28 @@ void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts
     const int64_t out = a.shape[1];
     check_matrix(op, "b", b, R, -1);
     const int64_t in = b.shape[1];
-    check_f32(op, "c", c);
+    check_float(op, "c", c);
     MPT_GEMM_CHECK(c.ndim == 3 && c.shape[0] == groups && c.shape[1] == out && c.shape[2] == in, op,
                    str("c ", describe(c), " must be [groups, out, in] = [", groups, ", ", out, ", ", in, "]"));
-    const float *pa = a.f(), *pb = b.f();
-    float* pc = c.f();
+    if (c.numel() == 0) return;
+    const GemmOperands operands(*this, c, a, b, beta);
     int64_t first = 0;
     for (int64_t g = 0; g < groups; ++g) {
-      float* cg = pc + g * out * in;
+      const Out cg = operands.c(g * out * in);
       if (counts[g] > 0)
-        gemm(*this, true, false, out, in, counts[g], 1.0f, pa + first * out, out, pb + first * in, in, beta, cg, in);
+        gemm(*this, true, false, out, in, counts[g], 1.0f, operands.a(first * out), out, operands.b(first * in), in,
+             operands.ab_bf16(), beta, cg, in);
       else if (beta != 1.0f)  // no rows: the product is zero
         scale_matrix(stream(), cg, out, in, in, beta);
       first += counts[g];
     }
+    operands.finish(*this, c);
     return;
   }
 
   // Weights b [groups, out, in]; kForward: c [R, out] = a [R, in] @ b[g]^T,
   // kInputGrad: c [R, in] = a [R, out] @ b[g].
-  check_f32(op, "b", b);
+  check_float(op, "b", b);
   MPT_GEMM_CHECK(b.ndim == 3 && b.shape[0] == groups, op,
                  str("b ", describe(b), " must be [groups = ", groups, ", out, in]"));
   const int64_t out = b.shape[1], in = b.shape[2];
@@ -394,15 +538,17 @@ void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts
   const int64_t a_cols = fwd ? in : out, c_cols = fwd ? out : in;
   check_matrix(op, "a", a, R, a_cols);
   check_matrix(op, "c", c, R, c_cols);
-  const float *pa = a.f(), *pb = b.f();
-  float* pc = c.f();
+  if (c.numel() == 0) return;
+  const GemmOperands operands(*this, c, a, b, beta);
   int64_t first = 0;
   for (int64_t g = 0; g < groups; ++g) {
     if (counts[g] > 0)
-      gemm(*this, false, fwd, counts[g], c_cols, a_cols, 1.0f, pa + first * a_cols, a_cols > 1 ? a_cols : 1,
-           pb + g * out * in, in > 1 ? in : 1, beta, pc + first * c_cols, c_cols > 1 ? c_cols : 1);
+      gemm(*this, false, fwd, counts[g], c_cols, a_cols, 1.0f, operands.a(first * a_cols), a_cols > 1 ? a_cols : 1,
+           operands.b(g * out * in), in > 1 ? in : 1, operands.ab_bf16(), beta, operands.c(first * c_cols),
+           c_cols > 1 ? c_cols : 1);
     first += counts[g];
   }
+  operands.finish(*this, c);
 }
 
 }  // namespace mpt::cuda

@@ -1,7 +1,8 @@
 // The layer ops of the CUDA backend: norms, qkv split/merge, RoPE, activations and dropout
 // (the embedding and cross-entropy are in cuda_vocab.cu). Each follows its CPU twin in
 // src/backend/cpu (same checks, same formulas, same accumulation precision); every reduction
-// has a fixed shape, so a call gives the same bits every time.
+// has a fixed shape, so a call gives the same bits every time. Data tensors are f32 or bf16
+// each (elements.cuh); norm statistics are f32.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "core/rng_device.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/elements.cuh"
 #include "cuda/kernel_util.cuh"
 #include "cuda/op_checks.h"
 #include "cuda/device.h"
@@ -22,12 +24,12 @@ namespace {
 // --- normalisation ---------------------------------------------------------------------------
 
 // One warp per row: statistics in double as on the CPU, output formed from the rounded ones.
-__global__ void layernorm_fwd_kernel(float* out, float* mean, float* rstd, const float* x, const float* w,
-                                     const float* b, int64_t rows, int64_t h, float eps) {
+__global__ void layernorm_fwd_kernel(Out out, float* mean, float* rstd, In x, In w, In b, int64_t rows, int64_t h,
+                                     float eps) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const float* xr = x + t * h;
+    const In xr = x.at(t * h);
     double sum = 0;
     for (int64_t j = lane; j < h; j += kWarp) sum += xr[j];
     const double mu = warp_sum(sum) / static_cast<double>(h);
@@ -39,33 +41,32 @@ __global__ void layernorm_fwd_kernel(float* out, float* mean, float* rstd, const
     var = warp_sum(var) / static_cast<double>(h);
     const float m = static_cast<float>(mu), r = static_cast<float>(1.0 / sqrt(var + eps));
     if (lane == 0) mean[t] = m, rstd[t] = r;
-    float* orow = out + t * h;
-    for (int64_t j = lane; j < h; j += kWarp) orow[j] = (xr[j] - m) * r * w[j] + (b ? b[j] : 0.0f);
+    const Out orow = out.at(t * h);
+    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, (xr[j] - m) * r * w[j] + (b ? b[j] : 0.0f));
   }
 }
 
-__global__ void rmsnorm_fwd_kernel(float* out, float* rstd, const float* x, const float* w, int64_t rows, int64_t h,
-                                   float eps) {
+__global__ void rmsnorm_fwd_kernel(Out out, float* rstd, In x, In w, int64_t rows, int64_t h, float eps) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const float* xr = x + t * h;
+    const In xr = x.at(t * h);
     double sq = 0;
     for (int64_t j = lane; j < h; j += kWarp) sq += static_cast<double>(xr[j]) * xr[j];
     const float r = static_cast<float>(1.0 / sqrt(warp_sum(sq) / static_cast<double>(h) + eps));
     if (lane == 0) rstd[t] = r;
-    float* orow = out + t * h;
-    for (int64_t j = lane; j < h; j += kWarp) orow[j] = xr[j] * r * w[j];
+    const Out orow = out.at(t * h);
+    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, xr[j] * r * w[j]);
   }
 }
 
 // dx += the input gradient of one row per warp; mean == nullptr means RMSNorm.
-__global__ void norm_bwd_dx_kernel(float* dx, const float* dout, const float* x, const float* w, const float* mean,
-                                   const float* rstd, int64_t rows, int64_t h) {
+__global__ void norm_bwd_dx_kernel(Out dx, In dout, In x, In w, const float* mean, const float* rstd, int64_t rows,
+                                   int64_t h) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const float *xr = x + t * h, *gr = dout + t * h;
+    const In xr = x.at(t * h), gr = dout.at(t * h);
     const float m = mean ? mean[t] : 0.0f, r = rstd[t];
     double sum_g = 0, sum_gx = 0;
     for (int64_t j = lane; j < h; j += kWarp) {
@@ -75,14 +76,14 @@ __global__ void norm_bwd_dx_kernel(float* dx, const float* dout, const float* x,
     }
     const float mean_g = static_cast<float>(warp_sum(sum_g) / static_cast<double>(h));
     const float mean_gx = static_cast<float>(warp_sum(sum_gx) / static_cast<double>(h));
-    float* dr = dx + t * h;
+    const Out dr = dx.at(t * h);
     if (mean) {
       for (int64_t j = lane; j < h; j += kWarp) {
         const float xhat = (xr[j] - m) * r;
-        dr[j] += r * (gr[j] * w[j] - mean_g - xhat * mean_gx);
+        dr.add(j, r * (gr[j] * w[j] - mean_g - xhat * mean_gx));
       }
     } else {
-      for (int64_t j = lane; j < h; j += kWarp) dr[j] += r * (gr[j] * w[j] - xr[j] * r * mean_gx);
+      for (int64_t j = lane; j < h; j += kWarp) dr.add(j, r * (gr[j] * w[j] - xr[j] * r * mean_gx));
     }
   }
 }
@@ -93,9 +94,8 @@ __global__ void norm_bwd_dx_kernel(float* dx, const float* dout, const float* x,
 constexpr int kParamCols = 32, kParamLanes = 8;
 constexpr int64_t kMaxParamChunks = 64;
 
-__global__ void norm_param_partial_kernel(double* part_w, double* part_b, const float* dout, const float* x,
-                                          const float* mean, const float* rstd, int64_t rows, int64_t h,
-                                          int64_t rows_per_chunk) {
+__global__ void norm_param_partial_kernel(double* part_w, double* part_b, In dout, In x, const float* mean,
+                                          const float* rstd, int64_t rows, int64_t h, int64_t rows_per_chunk) {
   __shared__ double sw[kParamLanes][kParamCols], sb[kParamLanes][kParamCols];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kParamCols + threadIdx.x;
   const int64_t chunk = blockIdx.y, lo = chunk * rows_per_chunk, hi = min(rows, lo + rows_per_chunk);
@@ -118,7 +118,7 @@ __global__ void norm_param_partial_kernel(double* part_w, double* part_b, const 
   }
 }
 
-__global__ void norm_param_finish_kernel(float* dweight, float* dbias, const double* part_w, const double* part_b,
+__global__ void norm_param_finish_kernel(Out dweight, Out dbias, const double* part_w, const double* part_b,
                                          int64_t chunks, int64_t h) {
   for (int64_t j = global_thread(); j < h; j += grid_threads()) {
     double w = 0, b = 0;
@@ -126,23 +126,23 @@ __global__ void norm_param_finish_kernel(float* dweight, float* dbias, const dou
       w += part_w[c * h + j];
       if (dbias) b += part_b[c * h + j];
     }
-    dweight[j] += static_cast<float>(w);
-    if (dbias) dbias[j] += static_cast<float>(b);
+    dweight.add(j, static_cast<float>(w));
+    if (dbias) dbias.add(j, static_cast<float>(b));
   }
 }
 
 // Rows T of x [T, H] where H = weight.numel(), after checking both.
 int64_t norm_rows(const char* op, const Tensor& x, const Tensor& weight) {
-  check_f32(op, "x", x);
-  check_f32(op, "weight", weight);
+  check_float(op, "x", x);
+  check_float(op, "weight", weight);
   const int64_t h = weight.numel();
   MPT_CHECK(h > 0 && last_dim(x) == h, Status::kInvalidArgument, op, ": x ", describe(x),
             " last axis must match weight ", describe(weight));
   return x.numel() / h;
 }
 
-void norm_param_grads(CudaOps& ops, float* dweight, float* dbias, const float* dout, const float* x,
-                      const float* mean, const float* rstd, int64_t rows, int64_t h) {
+void norm_param_grads(CudaOps& ops, Out dweight, Out dbias, In dout, In x, const float* mean, const float* rstd,
+                      int64_t rows, int64_t h) {
   const int64_t chunks = std::min(kMaxParamChunks, (rows + 127) / 128);
   const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
   const size_t part = static_cast<size_t>(chunks * h) * sizeof(double);
@@ -162,20 +162,19 @@ void norm_param_grads(CudaOps& ops, float* dweight, float* dbias, const float* d
 // --- qkv split / merge -----------------------------------------------------------------------
 
 // One thread per value of the fused rows; to_fused picks the direction.
-__global__ void qkv_shuffle_kernel(float* qkv, float* q, float* k, float* v, int64_t tokens, int64_t groups,
-                                   int64_t hpg, int64_t d, bool to_fused) {
+__global__ void qkv_shuffle_kernel(Out qkv, Out q, Out k, Out v, int64_t tokens, int64_t groups, int64_t hpg,
+                                   int64_t d, bool to_fused) {
   const int64_t group_width = (hpg + 2) * d, width = groups * group_width;
   const int64_t q_width = groups * hpg * d, kv_width = groups * d, n = tokens * width;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t t = i / width, col = i % width;
     const int64_t g = col / group_width, slot = (col % group_width) / d, e = col % d;
-    float* part = slot < hpg    ? q + t * q_width + (g * hpg + slot) * d + e
-                  : slot == hpg ? k + t * kv_width + g * d + e
-                                : v + t * kv_width + g * d + e;
+    const Out part = slot < hpg ? q.at(t * q_width + (g * hpg + slot) * d) : slot == hpg ? k.at(t * kv_width + g * d)
+                                                                                       : v.at(t * kv_width + g * d);
     if (to_fused)
-      qkv[i] = *part;
+      qkv.set(i, part[e]);
     else
-      *part = qkv[i];
+      part.set(e, qkv[i]);
   }
 }
 
@@ -183,10 +182,10 @@ int64_t qkv_tokens(const char* op, const Tensor& qkv, const Tensor& q, const Ten
                    int64_t groups, int64_t hpg, int64_t d) {
   MPT_CHECK(groups > 0 && hpg > 0 && d > 0, Status::kInvalidArgument, op, ": groups ", groups, ", heads_per_group ",
             hpg, ", head_dim ", d, " must be positive");
-  check_f32(op, "qkv", qkv);
-  check_f32(op, "q", q);
-  check_f32(op, "k", k);
-  check_f32(op, "v", v);
+  check_float(op, "qkv", qkv);
+  check_float(op, "q", q);
+  check_float(op, "k", k);
+  check_float(op, "v", v);
   const int64_t width = groups * (hpg + 2) * d;
   MPT_CHECK(qkv.numel() % width == 0, Status::kInvalidArgument, op, ": qkv ", describe(qkv), " rows must hold ",
             width, " values");
@@ -201,7 +200,7 @@ int64_t qkv_tokens(const char* op, const Tensor& qkv, const Tensor& q, const Ten
 
 // One thread per (token, frequency): the angle and its cosine/sine in double (positions
 // times frequencies reach 1e5 radians at long context), shared by the token's heads.
-__global__ void rope_kernel(float* x, const int32_t* pos, int64_t tokens, int64_t heads, int64_t head_dim,
+__global__ void rope_kernel(Out x, const int32_t* pos, int64_t tokens, int64_t heads, int64_t head_dim,
                             int64_t rotary_dim, double base, double sign) {
   const int64_t half = rotary_dim / 2, n = tokens * half, width = heads * head_dim;
   for (int64_t idx = global_thread(); idx < n; idx += grid_threads()) {
@@ -212,10 +211,10 @@ __global__ void rope_kernel(float* x, const int32_t* pos, int64_t tokens, int64_
     sincos(angle, &sd, &cd);
     const float c = static_cast<float>(cd), s = static_cast<float>(sd);
     for (int64_t h = 0; h < heads; ++h) {
-      float* row = x + t * width + h * head_dim;
+      const Out row = x.at(t * width + h * head_dim);
       const float a = row[i], b = row[i + half];
-      row[i] = a * c - b * s;
-      row[i + half] = b * c + a * s;
+      row.set(i, a * c - b * s);
+      row.set(i + half, b * c + a * s);
     }
   }
 }
@@ -256,30 +255,29 @@ __device__ __forceinline__ ValueGrad evaluate(Activation act, float x) {
 }
 
 // One thread per output feature (t, j); gated rows are [gate | up].
-__global__ void activation_fwd_kernel(float* out, const float* x, int64_t rows, int64_t f, Activation act,
-                                      bool gated) {
+__global__ void activation_fwd_kernel(Out out, In x, int64_t rows, int64_t f, Activation act, bool gated) {
   const int64_t width = gated ? 2 * f : f, n = rows * f;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t t = i / f, j = i % f;
-    const float* xr = x + t * width;
-    out[i] = evaluate(act, xr[j]).value * (gated ? xr[f + j] : 1.0f);
+    const In xr = x.at(t * width);
+    out.set(i, evaluate(act, xr[j]).value * (gated ? xr[f + j] : 1.0f));
   }
 }
 
-__global__ void activation_bwd_kernel(float* dx, const float* dout, const float* x, int64_t rows, int64_t f,
-                                      Activation act, bool gated) {
+__global__ void activation_bwd_kernel(Out dx, In dout, In x, int64_t rows, int64_t f, Activation act, bool gated) {
   const int64_t width = gated ? 2 * f : f, n = rows * f;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t t = i / f, j = i % f;
-    const float* xr = x + t * width;
-    float* dr = dx + t * width;
+    const In xr = x.at(t * width);
+    const Out dr = dx.at(t * width);
     const ValueGrad a = evaluate(act, xr[j]);
+    const float g = dout[i];
     if (gated) {
       const float up = xr[f + j];
-      dr[j] = dout[i] * up * a.grad;
-      dr[f + j] = dout[i] * a.value;
+      dr.set(j, g * up * a.grad);
+      dr.set(f + j, g * a.value);
     } else {
-      dr[j] = dout[i] * a.grad;
+      dr.set(j, g * a.grad);
     }
   }
 }
@@ -288,8 +286,8 @@ void activation_shapes(const char* op, const Tensor& x, const Tensor& y, Activat
                        int64_t* features) {
   MPT_CHECK(static_cast<int>(act) >= 0 && static_cast<int>(act) <= static_cast<int>(Activation::kSquaredRelu),
             Status::kInvalidArgument, op, ": unknown activation ", static_cast<int>(act));
-  check_f32(op, "x", x);
-  check_f32(op, "out/dout", y);
+  check_float(op, "x", x);
+  check_float(op, "out/dout", y);
   const int64_t width = last_dim(x);
   MPT_CHECK(!gated || width % 2 == 0, Status::kInvalidArgument, op, ": gated x ", describe(x),
             " must have an even last axis");
@@ -301,28 +299,25 @@ void activation_shapes(const char* op, const Tensor& x, const Tensor& y, Activat
 // --- dropout ---------------------------------------------------------------------------------
 
 // Flat element i of [R, C] is mask index (row_offset + r) * C + c = first + i.
-__global__ void dropout_kernel(float* dst, const float* src, int64_t n, uint64_t first, float p, float keep_scale,
-                               uint64_t key) {
+__global__ void dropout_kernel(Out dst, In src, int64_t n, uint64_t first, float p, float keep_scale, uint64_t key) {
   for (int64_t i = global_thread(); i < n; i += grid_threads())
-    dst[i] = dropout_keep_device(key, first + static_cast<uint64_t>(i), p) ? src[i] * keep_scale : 0.0f;
+    dst.set(i, dropout_keep_device(key, first + static_cast<uint64_t>(i), p) ? src[i] * keep_scale : 0.0f);
 }
 
 void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p, uint64_t key, int64_t row_offset) {
-  check_f32(op, "output", dst);
-  check_f32(op, "input", src);
+  check_float(op, "output", dst);
+  check_float(op, "input", src);
   check_numel(op, "input", src, dst.numel());
   MPT_CHECK(p >= 0 && p < 1, Status::kInvalidArgument, op, ": p ", p, " must be in [0, 1)");
   MPT_CHECK(row_offset >= 0, Status::kInvalidArgument, op, ": row_offset ", row_offset, " must be non-negative");
   const int64_t n = dst.numel();
   if (n == 0) return;
-  if (p == 0) {
-    if (dst.data != src.data)
-      MPT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, static_cast<size_t>(n) * sizeof(float),
-                                     cudaMemcpyDeviceToDevice, ops.stream()));
+  if (p == 0) {  // a copy (converted when the dtypes differ)
+    ops.convert(dst.data, dst.dtype, src.data, src.dtype, n);
     return;
   }
   const uint64_t first = static_cast<uint64_t>(row_offset) * static_cast<uint64_t>(last_dim(dst));
-  dropout_kernel<<<blocks_for(n, kThreads), kThreads, 0, ops.stream()>>>(fp(dst), fp(src), n, first, p,
+  dropout_kernel<<<blocks_for(n, kThreads), kThreads, 0, ops.stream()>>>(out_view(dst), in_view(src), n, first, p,
                                                                          1.0f / (1.0f - p), key);
   MPT_CUDA_LAUNCH("dropout_kernel");
 }
@@ -334,7 +329,7 @@ void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p
 void CudaOps::layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
   const char* op = "layernorm_fwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_f32(op, "out", out);
+  check_float(op, "out", out);
   check_numel(op, "out", out, x.numel());
   check_f32(op, "mean", mean);
   check_numel(op, "mean", mean, rows);
@@ -342,12 +337,12 @@ void CudaOps::layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tens
   check_numel(op, "rstd", rstd, rows);
   const bool has_bias = bias.data != nullptr;
   if (has_bias) {
-    check_f32(op, "bias", bias);
+    check_float(op, "bias", bias);
     check_numel(op, "bias", bias, h);
   }
   if (rows == 0) return;
   layernorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      fp(out), fp(mean), fp(rstd), fp(x), fp(weight), has_bias ? fp(bias) : nullptr, rows, h, eps);
+      out_view(out), fp(mean), fp(rstd), in_view(x), in_view(weight), has_bias ? in_view(bias) : In{}, rows, h, eps);
   MPT_CUDA_LAUNCH("layernorm_fwd_kernel");
 }
 
@@ -355,11 +350,11 @@ void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout
                             Tensor rstd) {
   const char* op = "layernorm_bwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_f32(op, "dx", dx);
+  check_float(op, "dx", dx);
   check_numel(op, "dx", dx, x.numel());
-  check_f32(op, "dout", dout);
+  check_float(op, "dout", dout);
   check_numel(op, "dout", dout, x.numel());
-  check_f32(op, "dweight", dweight);
+  check_float(op, "dweight", dweight);
   check_numel(op, "dweight", dweight, h);
   check_f32(op, "mean", mean);
   check_numel(op, "mean", mean, rows);
@@ -367,45 +362,46 @@ void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout
   check_numel(op, "rstd", rstd, rows);
   const bool has_bias = dbias.data != nullptr;
   if (has_bias) {
-    check_f32(op, "dbias", dbias);
+    check_float(op, "dbias", dbias);
     check_numel(op, "dbias", dbias, h);
   }
   if (rows == 0) return;
   norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      fp(dx), fp(dout), fp(x), fp(weight), fp(mean), fp(rstd), rows, h);
+      out_view(dx), in_view(dout), in_view(x), in_view(weight), fp(mean), fp(rstd), rows, h);
   MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
-  norm_param_grads(*this, fp(dweight), has_bias ? fp(dbias) : nullptr, fp(dout), fp(x), fp(mean), fp(rstd), rows, h);
+  norm_param_grads(*this, out_view(dweight), has_bias ? out_view(dbias) : Out{}, in_view(dout), in_view(x), fp(mean),
+                   fp(rstd), rows, h);
 }
 
 void CudaOps::rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
   const char* op = "rmsnorm_fwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_f32(op, "out", out);
+  check_float(op, "out", out);
   check_numel(op, "out", out, x.numel());
   check_f32(op, "rstd", rstd);
   check_numel(op, "rstd", rstd, rows);
   if (rows == 0) return;
-  rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(fp(out), fp(rstd), fp(x),
-                                                                                      fp(weight), rows, h, eps);
+  rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+      out_view(out), fp(rstd), in_view(x), in_view(weight), rows, h, eps);
   MPT_CUDA_LAUNCH("rmsnorm_fwd_kernel");
 }
 
 void CudaOps::rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) {
   const char* op = "rmsnorm_bwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_f32(op, "dx", dx);
+  check_float(op, "dx", dx);
   check_numel(op, "dx", dx, x.numel());
-  check_f32(op, "dout", dout);
+  check_float(op, "dout", dout);
   check_numel(op, "dout", dout, x.numel());
-  check_f32(op, "dweight", dweight);
+  check_float(op, "dweight", dweight);
   check_numel(op, "dweight", dweight, h);
   check_f32(op, "rstd", rstd);
   check_numel(op, "rstd", rstd, rows);
   if (rows == 0) return;
   norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      fp(dx), fp(dout), fp(x), fp(weight), nullptr, fp(rstd), rows, h);
+      out_view(dx), in_view(dout), in_view(x), in_view(weight), nullptr, fp(rstd), rows, h);
   MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
-  norm_param_grads(*this, fp(dweight), nullptr, fp(dout), fp(x), nullptr, fp(rstd), rows, h);
+  norm_param_grads(*this, out_view(dweight), Out{}, in_view(dout), in_view(x), nullptr, fp(rstd), rows, h);
 }
 
 void CudaOps::qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
@@ -413,8 +409,8 @@ void CudaOps::qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups
   const int64_t tokens = qkv_tokens("qkv_split", qkv, q, k, v, groups, heads_per_group, head_dim);
   const int64_t n = qkv.numel();
   if (n == 0) return;
-  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(qkv), fp(q), fp(k), fp(v), tokens,
-                                                                         groups, heads_per_group, head_dim, false);
+  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
+      out_view(qkv), out_view(q), out_view(k), out_view(v), tokens, groups, heads_per_group, head_dim, false);
   MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
 }
 
@@ -423,15 +419,15 @@ void CudaOps::qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t gr
   const int64_t tokens = qkv_tokens("qkv_merge", dqkv, dq, dk, dv, groups, heads_per_group, head_dim);
   const int64_t n = dqkv.numel();
   if (n == 0) return;
-  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(dqkv), fp(dq), fp(dk), fp(dv), tokens,
-                                                                         groups, heads_per_group, head_dim, true);
+  qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
+      out_view(dqkv), out_view(dq), out_view(dk), out_view(dv), tokens, groups, heads_per_group, head_dim, true);
   MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
 }
 
 void CudaOps::rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
                    bool inverse) {
   const char* op = "rope";
-  check_f32(op, "x", x);
+  check_float(op, "x", x);
   check_i32(op, "positions", positions);
   MPT_CHECK(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0,
             Status::kInvalidArgument, op, ": heads ", heads, ", head_dim ", head_dim, ", rotary_dim ", rotary_dim,
@@ -448,8 +444,8 @@ void CudaOps::rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, 
             kMaxRotaryDim);
   const int64_t n = tokens * (rotary_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(x), ip(positions), tokens, heads, head_dim,
-                                                                  rotary_dim, static_cast<double>(base),
+  rope_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(out_view(x), ip(positions), tokens, heads,
+                                                                  head_dim, rotary_dim, static_cast<double>(base),
                                                                   inverse ? -1.0 : 1.0);
   MPT_CUDA_LAUNCH("rope_kernel");
 }
@@ -458,19 +454,19 @@ void CudaOps::activation_fwd(Tensor out, Tensor x, Activation act, bool gated) {
   int64_t rows = 0, f = 0;
   activation_shapes("activation_fwd", x, out, act, gated, &rows, &f);
   if (rows * f == 0) return;
-  activation_fwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(fp(out), fp(x), rows, f, act,
-                                                                                   gated);
+  activation_fwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(out_view(out), in_view(x), rows,
+                                                                                   f, act, gated);
   MPT_CUDA_LAUNCH("activation_fwd_kernel");
 }
 
 void CudaOps::activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, bool gated) {
   int64_t rows = 0, f = 0;
   activation_shapes("activation_bwd", x, dout, act, gated, &rows, &f);
-  check_f32("activation_bwd", "dx", dx);
+  check_float("activation_bwd", "dx", dx);
   check_numel("activation_bwd", "dx", dx, x.numel());
   if (rows * f == 0) return;
-  activation_bwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(fp(dx), fp(dout), fp(x), rows, f,
-                                                                                   act, gated);
+  activation_bwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(
+      out_view(dx), in_view(dout), in_view(x), rows, f, act, gated);
   MPT_CUDA_LAUNCH("activation_bwd_kernel");
 }
 

@@ -7,7 +7,9 @@
 //   order, as on the CPU. Selection compares the same fp32 values as the CPU (ties to the
 //   lower expert, NaN first), so the chosen experts agree.
 // - The permutations write every output element exactly once from one fixed-order sum;
-//   products and sums are rounded one by one (_rn intrinsics) as the CPU's are.
+//   products and sums are rounded one by one (_rn intrinsics) as the CPU's are. Their token
+//   rows (x, y, out and the gradients) are f32 or bf16 each (elements.cuh: fp32 sums, one
+//   rounding on store); probs and dprobs are f32, as are all the router's tensors.
 // - Index tensors live on the device, so their values cannot be checked before the launch
 //   without waiting for the stream. A rows map with an entry outside [-1, R) or a row named
 //   twice makes every output of that call NaN, and indices that are not k distinct experts
@@ -22,8 +24,9 @@
 
 #include "core/error.h"
 #include "cuda/cuda_ops.h"
-#include "cuda/op_checks.h"
 #include "cuda/device.h"
+#include "cuda/elements.cuh"
+#include "cuda/op_checks.h"
 
 namespace mpt::cuda {
 
@@ -42,12 +45,9 @@ constexpr unsigned long long kNoChoice = ~0ull;  // a slot no choice names (mems
 
 // --- argument checks: the CPU backend's rules and messages ----------------------------
 
-
-
 [[noreturn]] void invalid(const char* op, const std::string& what) { fail(Status::kInvalidArgument, op, ": ", what); }
 
 bool is_empty(const Tensor& t) { return t.data == nullptr; }
-
 
 void check_dtype(const char* op, const char* arg, const Tensor& t, DType want) {
   MPT_CHECK(t.dtype == want, Status::kInvalidArgument, op, ": ", arg, " must be ", dtype_label(want), ", got ",
@@ -57,9 +57,16 @@ void check_dtype(const char* op, const char* arg, const Tensor& t, DType want) {
 
 std::string extent(int64_t n) { return n < 0 ? "*" : std::to_string(n); }
 
-// Throws unless t is a 2-D F32 (or I32) [rows, cols]; -1 accepts any extent.
-void check_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols, bool i32 = false) {
-  check_dtype(op, arg, t, i32 ? DType::kI32 : DType::kF32);
+// What a matrix argument may hold: F32 only, F32 or BF16 (token rows), or I32 (indices).
+enum class Holds { kF32, kFloat, kI32 };
+
+// Throws unless t is a 2-D [rows, cols] of the dtype `holds` names; -1 accepts any extent.
+void check_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols,
+                  Holds holds = Holds::kF32) {
+  if (holds == Holds::kFloat)
+    check_float(op, arg, t);
+  else
+    check_dtype(op, arg, t, holds == Holds::kI32 ? DType::kI32 : DType::kF32);
   if (!(t.ndim == 2 && (rows < 0 || t.shape[0] == rows) && (cols < 0 || t.shape[1] == cols)))
     invalid(op, str(arg, " ", describe(t), " must be [", extent(rows), ", ", extent(cols), "]"));
 }
@@ -88,11 +95,11 @@ struct PermuteDims {
 // Checks rows i32 [T, k], the token side tok [T, H] and the permuted side perm [R, H].
 PermuteDims check_permute(const char* op, const Tensor& rows, const char* tok_name, const Tensor& tok,
                           const char* perm_name, const Tensor& perm) {
-  check_matrix(op, "rows", rows, -1, -1, true);
+  check_matrix(op, "rows", rows, -1, -1, Holds::kI32);
   PermuteDims d{rows.shape[0], rows.shape[1], 0, 0};
-  check_matrix(op, tok_name, tok, d.tokens, -1);
+  check_matrix(op, tok_name, tok, d.tokens, -1, Holds::kFloat);
   d.hidden = tok.shape[1];
-  check_matrix(op, perm_name, perm, -1, d.hidden);
+  check_matrix(op, perm_name, perm, -1, d.hidden, Holds::kFloat);
   d.rows = perm.shape[0];
   return d;
 }
@@ -356,24 +363,24 @@ __device__ __forceinline__ int64_t first_row() { return int64_t{blockIdx.x} * bl
 __device__ __forceinline__ int64_t row_stride() { return int64_t{gridDim.x} * blockDim.y; }
 
 // x_perm[r] = x[token of slot r], zeros for padding.
-__global__ void permute_kernel(float* x_perm, const float* x, const unsigned long long* slot, const int* bad,
-                               int64_t R, int64_t H, int64_t k) {
+__global__ void permute_kernel(Out x_perm, In x, const unsigned long long* slot, const int* bad, int64_t R, int64_t H,
+                               int64_t k) {
   const bool poisoned = *bad != 0;
   for (int64_t r = first_row(); r < R; r += row_stride()) {
     const unsigned long long s = slot[r];
-    float* dst = x_perm + r * H;
-    const float* src = s == kNoChoice ? nullptr : x + static_cast<int64_t>(s) / k * H;
-    for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst[c] = poisoned ? NAN : src ? src[c] : 0.0f;
+    const Out dst = x_perm.at(r * H);
+    const In src = s == kNoChoice ? In{} : x.at(static_cast<int64_t>(s) / k * H);
+    for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst.set(c, poisoned ? NAN : src ? src[c] : 0.0f);
   }
 }
 
 // out[t] = sum over kept j of w[t, j] * y[rows[t, j]] in choice order (w null: all ones).
-__global__ void gather_sum_kernel(float* out, const float* y, const int32_t* rows, const float* w, const int* bad,
-                                  int64_t T, int64_t H, int64_t k) {
+__global__ void gather_sum_kernel(Out out, In y, const int32_t* rows, const float* w, const int* bad, int64_t T,
+                                  int64_t H, int64_t k) {
   const bool poisoned = *bad != 0;
   for (int64_t t = first_row(); t < T; t += row_stride()) {
     const int32_t* rt = rows + t * k;
-    float* dst = out + t * H;
+    const Out dst = out.at(t * H);
     for (int64_t c = threadIdx.x; c < H; c += blockDim.x) {
       float acc = 0.0f;
       for (int64_t j = 0; j < k && !poisoned; ++j) {  // a poisoned map's rows may be out of range
@@ -382,41 +389,41 @@ __global__ void gather_sum_kernel(float* out, const float* y, const int32_t* row
         const float v = y[r * H + c];
         acc = __fadd_rn(acc, w ? __fmul_rn(w[t * k + j], v) : v);
       }
-      dst[c] = poisoned ? NAN : acc;
+      dst.set(c, poisoned ? NAN : acc);
     }
   }
 }
 
 // dy[r] = w[slot r] * dout[token of slot r], zeros for padding.
-__global__ void scatter_grad_kernel(float* dy, const float* dout, const float* w, const unsigned long long* slot,
-                                    const int* bad, int64_t R, int64_t H, int64_t k) {
+__global__ void scatter_grad_kernel(Out dy, In dout, const float* w, const unsigned long long* slot, const int* bad,
+                                    int64_t R, int64_t H, int64_t k) {
   const bool poisoned = *bad != 0;
   for (int64_t r = first_row(); r < R; r += row_stride()) {
     const unsigned long long s = slot[r];
-    float* dst = dy + r * H;
+    const Out dst = dy.at(r * H);
     if (poisoned || s == kNoChoice) {
-      for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst[c] = poisoned ? NAN : 0.0f;
+      for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst.set(c, poisoned ? NAN : 0.0f);
       continue;
     }
     const int64_t choice = static_cast<int64_t>(s);
     const float weight = w ? w[choice] : 1.0f;
-    const float* src = dout + choice / k * H;
-    for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst[c] = __fmul_rn(weight, src[c]);
+    const In src = dout.at(choice / k * H);
+    for (int64_t c = threadIdx.x; c < H; c += blockDim.x) dst.set(c, __fmul_rn(weight, src[c]));
   }
 }
 
 // dprobs[t, j] = dout[t] . y[rows[t, j]] in double (0 when dropped): one warp per choice,
 // lanes summing strided columns, added by a fixed tree.
-__global__ void choice_dot_kernel(float* dprobs, const float* dout, const float* y, const int32_t* rows,
-                                  const int* bad, int64_t T, int64_t H, int64_t k) {
+__global__ void choice_dot_kernel(float* dprobs, In dout, In y, const int32_t* rows, const int* bad, int64_t T,
+                                  int64_t H, int64_t k) {
   const bool poisoned = *bad != 0;
   const int lane = lane_id();
   for (int64_t i = first_warp_item(); i < T * k; i += warp_item_stride()) {
     const int64_t r = rows[i];
     double dot = 0;
     if (!poisoned && r >= 0) {
-      const float* a = dout + i / k * H;
-      const float* b = y + r * H;
+      const In a = dout.at(i / k * H);
+      const In b = y.at(r * H);
       for (int64_t c = lane; c < H; c += 32) dot += static_cast<double>(a[c]) * b[c];
     }
     dot = warp_sum(dot);
@@ -488,7 +495,7 @@ void CudaOps::router_topk(Tensor indices, Tensor probs, Tensor scores, Tensor lo
                           bool pre_softmax) {
   const char* op = "router_topk";
   const RouterDims d = check_router(op, logits, k, fn);
-  check_matrix(op, "indices", indices, d.tokens, k, true);
+  check_matrix(op, "indices", indices, d.tokens, k, Holds::kI32);
   check_matrix(op, "probs", probs, d.tokens, k);
   const bool with_scores = !is_empty(scores);
   if (with_scores) check_matrix(op, "scores", scores, d.tokens, d.experts);
@@ -508,7 +515,7 @@ void CudaOps::router_topk_bwd(Tensor dlogits, Tensor dprobs, Tensor dscores, Ten
   check_matrix(op, "dprobs", dprobs, d.tokens, k);
   const bool with_scores = !is_empty(dscores);
   if (with_scores) check_matrix(op, "dscores", dscores, d.tokens, d.experts);
-  check_matrix(op, "indices", indices, d.tokens, k, true);
+  check_matrix(op, "indices", indices, d.tokens, k, Holds::kI32);
   if (d.tokens == 0) return;
   const RouterLaunch L = router_launch(op, router_topk_bwd_kernel, device(), d.tokens, d.experts, true);
   router_topk_bwd_kernel<<<L.blocks, L.warps * 32, L.shared, stream()>>>(
@@ -572,7 +579,8 @@ void CudaOps::moe_permute(Tensor x_perm, Tensor x, Tensor rows) {
   const RowMap m = map_rows(*this, rows, d);
   if (d.rows == 0 || d.hidden == 0) return;
   const RowGrid g = row_grid(d.rows, d.hidden);
-  permute_kernel<<<g.blocks, g.block, 0, stream()>>>(x_perm.f(), x.f(), m.slot, m.bad, d.rows, d.hidden, d.choices);
+  permute_kernel<<<g.blocks, g.block, 0, stream()>>>(out_view(x_perm), in_view(x), m.slot, m.bad, d.rows, d.hidden,
+                                                      d.choices);
   MPT_CUDA_LAUNCH(permute_kernel);
 }
 
@@ -582,8 +590,8 @@ void CudaOps::moe_permute_bwd(Tensor dx, Tensor dx_perm, Tensor rows) {
   const RowMap m = map_rows(*this, rows, d);
   if (d.tokens == 0 || d.hidden == 0) return;
   const RowGrid g = row_grid(d.tokens, d.hidden);
-  gather_sum_kernel<<<g.blocks, g.block, 0, stream()>>>(dx.f(), dx_perm.f(), rows.i(), nullptr, m.bad, d.tokens,
-                                                         d.hidden, d.choices);
+  gather_sum_kernel<<<g.blocks, g.block, 0, stream()>>>(out_view(dx), in_view(dx_perm), rows.i(), nullptr, m.bad,
+                                                         d.tokens, d.hidden, d.choices);
   MPT_CUDA_LAUNCH(gather_sum_kernel);
 }
 
@@ -594,8 +602,9 @@ void CudaOps::moe_unpermute(Tensor out, Tensor y, Tensor rows, Tensor probs) {
   const RowMap m = map_rows(*this, rows, d);
   if (d.tokens == 0 || d.hidden == 0) return;
   const RowGrid g = row_grid(d.tokens, d.hidden);
-  gather_sum_kernel<<<g.blocks, g.block, 0, stream()>>>(out.f(), y.f(), rows.i(), is_empty(probs) ? nullptr : probs.f(),
-                                                         m.bad, d.tokens, d.hidden, d.choices);
+  gather_sum_kernel<<<g.blocks, g.block, 0, stream()>>>(out_view(out), in_view(y), rows.i(),
+                                                         is_empty(probs) ? nullptr : probs.f(), m.bad, d.tokens,
+                                                         d.hidden, d.choices);
   MPT_CUDA_LAUNCH(gather_sum_kernel);
 }
 
@@ -605,19 +614,21 @@ void CudaOps::moe_unpermute_bwd(Tensor dy, Tensor dprobs, Tensor dout, Tensor y,
   check_probs(op, "probs", probs, d);
   const bool with_dprobs = !is_empty(dprobs);
   if (with_dprobs) check_matrix(op, "dprobs", dprobs, d.tokens, d.choices);
-  if (with_dprobs || !is_empty(y)) check_matrix(op, "y", y, d.rows, d.hidden);
+  if (with_dprobs || !is_empty(y)) check_matrix(op, "y", y, d.rows, d.hidden, Holds::kFloat);
   const RowMap m = map_rows(*this, rows, d);
   if (d.rows > 0 && d.hidden > 0) {
     const RowGrid g = row_grid(d.rows, d.hidden);
-    scatter_grad_kernel<<<g.blocks, g.block, 0, stream()>>>(dy.f(), dout.f(), is_empty(probs) ? nullptr : probs.f(),
-                                                             m.slot, m.bad, d.rows, d.hidden, d.choices);
+    scatter_grad_kernel<<<g.blocks, g.block, 0, stream()>>>(out_view(dy), in_view(dout),
+                                                             is_empty(probs) ? nullptr : probs.f(), m.slot, m.bad,
+                                                             d.rows, d.hidden, d.choices);
     MPT_CUDA_LAUNCH(scatter_grad_kernel);
   }
   const int64_t n = d.tokens * d.choices;
   if (!with_dprobs || n == 0) return;
   constexpr int kWarps = kThreads / 32;
-  choice_dot_kernel<<<capped_blocks(n, kWarps), kThreads, 0, stream()>>>(dprobs.f(), dout.f(), y.f(), rows.i(), m.bad,
-                                                                          d.tokens, d.hidden, d.choices);
+  choice_dot_kernel<<<capped_blocks(n, kWarps), kThreads, 0, stream()>>>(dprobs.f(), in_view(dout), in_view(y),
+                                                                          rows.i(), m.bad, d.tokens, d.hidden,
+                                                                          d.choices);
   MPT_CUDA_LAUNCH(choice_dot_kernel);
 }
 

@@ -1,7 +1,8 @@
-// The CUDA backend's core: construction, memory, elementwise ops, the double-precision
-// reductions (gradient norm, loss sums) and AdamW. The other op families live beside it
-// (see cuda_ops.h).
+// The CUDA backend's core: construction, memory, casts and elementwise ops, the
+// double-precision reductions (gradient norm, loss sums) and AdamW. The other op families
+// live beside it (see cuda_ops.h).
 #include "cuda/cuda_ops.h"
+#include "cuda/elements.cuh"
 #include "cuda/op_checks.h"
 
 #include <algorithm>
@@ -25,38 +26,67 @@ constexpr int64_t kReduceBlocks = 1024;
 
 int elementwise_blocks(int64_t n) { return static_cast<int>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks)); }
 
-
-// --- argument checks: the CPU backend's rules and messages ----------------------------
-
-
-
-
-
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // --- kernels ------------------------------------------------------------------------------
 
-__global__ void fill_kernel(float* x, int64_t n, float value) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) x[i] = value;
+__device__ __forceinline__ int64_t first_index() { return int64_t{blockIdx.x} * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t index_stride() { return int64_t{gridDim.x} * blockDim.x; }
+
+// f32 -> bf16, four elements per access where both arrays allow it (vec).
+__global__ void f32_to_bf16_kernel(uint16_t* dst, const float* src, int64_t n, bool vec) {
+  int64_t done = 0;
+  if (vec) {
+    const int64_t quads = n / 4;
+    for (int64_t q = first_index(); q < quads; q += index_stride()) {
+      const float4 v = reinterpret_cast<const float4*>(src)[q];
+      uint2 packed;  // little-endian: the lower element in the lower half
+      packed.x = f32_to_bf16(v.x) | static_cast<uint32_t>(f32_to_bf16(v.y)) << 16;
+      packed.y = f32_to_bf16(v.z) | static_cast<uint32_t>(f32_to_bf16(v.w)) << 16;
+      reinterpret_cast<uint2*>(dst)[q] = packed;
+    }
+    done = quads * 4;
+  }
+  for (int64_t i = done + first_index(); i < n; i += index_stride()) dst[i] = f32_to_bf16(src[i]);
 }
 
-__global__ void add_kernel(float* out, const float* a, const float* b, int64_t n) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = a[i] + b[i];
+// bf16 -> f32 (exact), four elements per access where both arrays allow it (vec).
+__global__ void bf16_to_f32_kernel(float* dst, const uint16_t* src, int64_t n, bool vec) {
+  int64_t done = 0;
+  if (vec) {
+    const int64_t quads = n / 4;
+    for (int64_t q = first_index(); q < quads; q += index_stride()) {
+      const uint2 packed = reinterpret_cast<const uint2*>(src)[q];
+      float4 v;
+      v.x = bf16_to_f32(static_cast<uint16_t>(packed.x & 0xffffu));
+      v.y = bf16_to_f32(static_cast<uint16_t>(packed.x >> 16));
+      v.z = bf16_to_f32(static_cast<uint16_t>(packed.y & 0xffffu));
+      v.w = bf16_to_f32(static_cast<uint16_t>(packed.y >> 16));
+      reinterpret_cast<float4*>(dst)[q] = v;
+    }
+    done = quads * 4;
+  }
+  for (int64_t i = done + first_index(); i < n; i += index_stride()) dst[i] = bf16_to_f32(src[i]);
 }
 
-__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) y[i] += x[i];
+__global__ void fill_kernel(Out x, int64_t n, float value) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) x.set(i, value);
 }
 
-__global__ void scale_kernel(float* x, int64_t n, float s) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) x[i] *= s;
+__global__ void add_kernel(Out out, In a, In b, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) out.set(i, a[i] + b[i]);
+}
+
+__global__ void add_inplace_kernel(Out y, In x, int64_t n) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) y.set(i, y[i] + x[i]);
+}
+
+__global__ void scale_kernel(Out x, int64_t n, float s) {
+  for (int64_t i = first_index(); i < n; i += index_stride()) x.set(i, x[i] * s);
 }
 
 struct SquareTerm {
-  const float* x;
+  In x;
   __device__ double operator()(int64_t i) const {
     const double v = x[i];
     return v * v;
@@ -64,8 +94,7 @@ struct SquareTerm {
 };
 
 struct DotTerm {
-  const float* a;
-  const float* b;
+  In a, b;
   __device__ double operator()(int64_t i) const { return static_cast<double>(a[i]) * static_cast<double>(b[i]); }
 };
 
@@ -101,12 +130,13 @@ __global__ void final_sum_kernel(const double* partial, int64_t count, double* t
   if (threadIdx.x == 0) *total = shared[0];
 }
 
-// Sets *flag when an element's exponent is all ones (Inf or NaN). Every writer stores the
+// Sets *flag when an element's exponent is all ones (Inf or NaN): `exponent` is the mask of
+// the format's exponent bits (f32 as uint32_t, bf16 as uint16_t). Every writer stores the
 // same value, so the result does not depend on which thread wins.
-__global__ void find_non_finite_kernel(const uint32_t* bits, int64_t n, int* flag) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
-    if ((bits[i] & 0x7f800000u) == 0x7f800000u) {
+template <typename Bits>
+__global__ void find_non_finite_kernel(const Bits* bits, int64_t n, Bits exponent, int* flag) {
+  for (int64_t i = first_index(); i < n; i += index_stride())
+    if ((bits[i] & exponent) == exponent) {
       *flag = 1;
       return;
     }
@@ -267,77 +297,117 @@ void CudaOps::to_host(void* dst, const void* src, size_t bytes) {
   MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-// --- elementwise ----------------------------------------------------------------------------
+// --- casts and elementwise ------------------------------------------------------------------
+
+void CudaOps::convert(void* dst, DType dst_type, const void* src, DType src_type, int64_t n) {
+  MPT_CHECK(is_float(dst_type) && is_float(src_type), Status::kInvalidArgument, "convert: ", dtype_label(src_type),
+            " to ", dtype_label(dst_type), " is not a floating conversion");
+  if (n == 0) return;
+  if (dst_type == src_type) {
+    if (dst != src)
+      MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(n) * dtype_size(dst_type), cudaMemcpyDeviceToDevice,
+                                     stream_));
+    return;
+  }
+  const bool vec = aligned(dst, 16) && aligned(src, 16);
+  if (dst_type == DType::kBF16) {
+    f32_to_bf16_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(static_cast<uint16_t*>(dst),
+                                                                        static_cast<const float*>(src), n, vec);
+    MPT_CUDA_LAUNCH(f32_to_bf16_kernel);
+  } else {
+    bf16_to_f32_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(static_cast<float*>(dst),
+                                                                        static_cast<const uint16_t*>(src), n, vec);
+    MPT_CUDA_LAUNCH(bf16_to_f32_kernel);
+  }
+}
+
+void CudaOps::cast(Tensor dst, Tensor src) {
+  check_float("cast", "dst", dst);
+  check_float("cast", "src", src);
+  check_numel("cast", "src", src, dst.numel());
+  convert(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
+}
 
 void CudaOps::fill(Tensor x, float value) {
-  check_f32("fill", "x", x);
+  check_float("fill", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return;
-  fill_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(x.f(), n, value);
+  fill_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(x), n, value);
   MPT_CUDA_LAUNCH(fill_kernel);
 }
 
+// Same dtype: the bytes (any dtype). f32 <-> bf16: converted as cast() does.
 void CudaOps::copy(Tensor dst, Tensor src) {
-  MPT_CHECK(dst.dtype == src.dtype && dst.numel() == src.numel(), Status::kInvalidArgument, "copy: dst ",
-            describe(dst), " and src ", describe(src), " must share dtype and numel");
+  MPT_CHECK((dst.dtype == src.dtype || (is_float(dst.dtype) && is_float(src.dtype))) && dst.numel() == src.numel(),
+            Status::kInvalidArgument, "copy: dst ", describe(dst), " and src ", describe(src),
+            " must share dtype (or both be F32/BF16) and numel");
   MPT_CHECK((dst.data && src.data) || dst.numel() == 0, Status::kInvalidArgument, "copy: dst or src has no data");
-  if (dst.data == src.data || dst.numel() == 0) return;
+  if (dst.numel() == 0) return;
+  if (dst.dtype != src.dtype) {
+    convert(dst.data, dst.dtype, src.data, src.dtype, dst.numel());
+    return;
+  }
+  if (dst.data == src.data) return;
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream_));
 }
 
 void CudaOps::add(Tensor out, Tensor a, Tensor b) {
-  check_f32("add", "out", out);
-  check_f32("add", "a", a);
-  check_f32("add", "b", b);
+  check_float("add", "out", out);
+  check_float("add", "a", a);
+  check_float("add", "b", b);
   check_numel("add", "a", a, out.numel());
   check_numel("add", "b", b, out.numel());
   const int64_t n = out.numel();
   if (n == 0) return;
-  add_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out.f(), a.f(), b.f(), n);
+  add_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(out), in_view(a), in_view(b), n);
   MPT_CUDA_LAUNCH(add_kernel);
 }
 
 void CudaOps::add_inplace(Tensor y, Tensor x) {
-  check_f32("add_inplace", "y", y);
-  check_f32("add_inplace", "x", x);
+  check_float("add_inplace", "y", y);
+  check_float("add_inplace", "x", x);
   check_numel("add_inplace", "x", x, y.numel());
   const int64_t n = y.numel();
   if (n == 0) return;
-  add_inplace_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(y.f(), x.f(), n);
+  add_inplace_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(y), in_view(x), n);
   MPT_CUDA_LAUNCH(add_inplace_kernel);
 }
 
 void CudaOps::scale(Tensor x, float s) {
-  check_f32("scale", "x", x);
+  check_float("scale", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return;
-  scale_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(x.f(), n, s);
+  scale_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(x), n, s);
   MPT_CUDA_LAUNCH(scale_kernel);
 }
 
 // --- reductions -----------------------------------------------------------------------------
 
 double CudaOps::sum_squares(Tensor x) {
-  check_f32("sum_squares", "x", x);
-  return device_sum(*this, SquareTerm{x.f()}, x.numel());
+  check_float("sum_squares", "x", x);
+  return device_sum(*this, SquareTerm{in_view(x)}, x.numel());
 }
 
 double CudaOps::dot(Tensor a, Tensor b) {
-  check_f32("dot", "a", a);
-  check_f32("dot", "b", b);
+  check_float("dot", "a", a);
+  check_float("dot", "b", b);
   check_numel("dot", "b", b, a.numel());
-  return device_sum(*this, DotTerm{a.f(), b.f()}, a.numel());
+  return device_sum(*this, DotTerm{in_view(a), in_view(b)}, a.numel());
 }
 
 bool CudaOps::all_finite(Tensor x) {
-  check_f32("all_finite", "x", x);
+  check_float("all_finite", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return true;
   auto* host = static_cast<int*>(pinned(sizeof(int)));
   auto* flag = static_cast<int*>(scratch(sizeof(int)));
   MPT_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), stream_));
-  find_non_finite_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(static_cast<const uint32_t*>(x.data), n,
-                                                                           flag);
+  if (x.dtype == DType::kBF16)
+    find_non_finite_kernel<uint16_t><<<elementwise_blocks(n), kThreads, 0, stream_>>>(
+        static_cast<const uint16_t*>(x.data), n, uint16_t{0x7f80u}, flag);
+  else
+    find_non_finite_kernel<uint32_t><<<elementwise_blocks(n), kThreads, 0, stream_>>>(
+        static_cast<const uint32_t*>(x.data), n, 0x7f800000u, flag);
   MPT_CUDA_LAUNCH(find_non_finite_kernel);
   MPT_CUDA_CHECK(cudaMemcpyAsync(host, flag, sizeof(int), cudaMemcpyDeviceToHost, stream_));
   MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));

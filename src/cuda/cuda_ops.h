@@ -5,17 +5,21 @@
 // (grouped_matmul's counts).
 //
 // The ops live in several files, one family each:
-//   cuda_ops.cu            construction, memory, elementwise, reductions, AdamW
+//   cuda_ops.cu            construction, memory, casts, elementwise, reductions, AdamW
 //   cuda_gemm.cu           matmul (cuBLASLt), bias, grouped GEMM
 //   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
 //                          attention_merge
 //   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout
 //   cuda_vocab.cu          embedding, cross-entropy pieces
 //   cuda_moe.cu            router top-k and losses, token permutes
-// Numerics: fp32 storage, fp32 arithmetic (TF32 tensor cores are not used, so results
-// match the CPU oracle within 1e-5 relative); reductions in a fixed order, so a call gives
-// the same bits every time. Dropout draws the CPU backend's masks exactly (the same Philox
-// stream, core/rng_device.h).
+// Numerics: every floating tensor is f32 or bf16 on its own (ops.h, "Precision"; the f32-only
+// arguments are refused as bf16). Kernels read through elements.cuh's views: bf16 widened
+// exactly, fp32 arithmetic, each output rounded once to nearest even (core/bf16.h's bits).
+// All-f32 calls run fp32 throughout (TF32 tensor cores are not used, so results match the
+// CPU oracle within 1e-5 relative). GEMMs with a bf16 operand run on bf16 tensor cores with
+// fp32 accumulation (an f32 operand beside it is rounded to bf16 first, in scratch).
+// Reductions run in a fixed order, so a call gives the same bits every time. Dropout draws
+// the CPU backend's masks exactly (the same Philox stream, core/rng_device.h).
 #pragma once
 
 #include <cublasLt.h>
@@ -51,7 +55,8 @@ class CudaOps final : public backend::Ops {
   void device_copy(void* dst, const void* src, size_t bytes) override;   // cuda_memory.cu
   bool is_device_pointer(const void* p) const override;                  // cuda_memory.cu
 
-  // Elementwise and reductions (cuda_ops.cu).
+  // Casts, elementwise and reductions (cuda_ops.cu).
+  void cast(Tensor dst, Tensor src) override;
   void fill(Tensor x, float value) override;
   void copy(Tensor dst, Tensor src) override;
   void add(Tensor out, Tensor a, Tensor b) override;
@@ -115,9 +120,12 @@ class CudaOps final : public backend::Ops {
 
   // Shared by the op files: a scratch area of at least `bytes` on the device (valid until the
   // next call asking for scratch; grows, never shrinks), a small pinned host buffer for
-  // results the host reads, and the cuBLASLt handle and its workspace.
+  // results the host reads, f32/bf16 conversion, and the cuBLASLt handle and its workspace.
   void* scratch(size_t bytes);
   void* pinned(size_t bytes);
+  // dst[0, n) = src[0, n) converted between f32 and bf16 (rounded to nearest even), or copied
+  // when the dtypes match; queued on the stream. Throws for any other dtype.
+  void convert(void* dst, DType dst_type, const void* src, DType src_type, int64_t n);
   cublasLtHandle_t lt() const { return lt_; }
   void* lt_workspace() const { return lt_workspace_; }
   size_t lt_workspace_bytes() const { return lt_workspace_bytes_; }

@@ -1,6 +1,8 @@
 // The vocabulary ops of the CUDA backend: the vocab-parallel embedding (its backward sums
 // each row's tokens in token order through a stable sort) and the cross-entropy pieces.
-// Each follows its CPU twin in src/backend/cpu; every reduction has a fixed shape.
+// Each follows its CPU twin in src/backend/cpu; every reduction has a fixed shape. The
+// embedding's table and rows are f32 or bf16 each (elements.cuh); the cross-entropy pieces are
+// f32, except the gradient handed back to the output layer (dlogits), which may be bf16.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/device.h"
+#include "cuda/elements.cuh"
 #include "cuda/kernel_util.cuh"
 #include "cuda/op_checks.h"
 
@@ -18,16 +21,16 @@ namespace {
 
 // --- embedding -------------------------------------------------------------------------------
 
-__global__ void embedding_fwd_kernel(float* out, const int32_t* ids, const float* table, int64_t tokens, int64_t h,
+__global__ void embedding_fwd_kernel(Out out, const int32_t* ids, In table, int64_t tokens, int64_t h,
                                      int64_t vocab_start, int64_t vocab, bool accumulate) {
   const int64_t n = tokens * h;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t t = i / h, j = i % h, row = static_cast<int64_t>(ids[t]) - vocab_start;
     const bool inside = row >= 0 && row < vocab;
     if (accumulate) {
-      if (inside) out[i] += table[row * h + j];
+      if (inside) out.add(i, table[row * h + j]);
     } else {
-      out[i] = inside ? table[row * h + j] : 0.0f;
+      out.set(i, inside ? table[row * h + j] : 0.0f);
     }
   }
 }
@@ -43,23 +46,24 @@ __global__ void embedding_keys_kernel(uint32_t* keys, int32_t* order, const int3
 }
 
 // Tokens sorted stably by row: the block at the first position of a row's run adds that run's
-// gradients in token order, exactly as the CPU loop does, for its tile of columns.
-__global__ void embedding_bwd_kernel(float* dtable, const uint32_t* keys, const int32_t* order, const float* dout,
-                                     int64_t tokens, int64_t h, int64_t vocab) {
+// gradients in token order, exactly as the CPU loop does, for its tile of columns (in fp32,
+// rounded once into a bf16 dtable).
+__global__ void embedding_bwd_kernel(Out dtable, const uint32_t* keys, const int32_t* order, In dout, int64_t tokens,
+                                     int64_t h, int64_t vocab) {
   const int64_t j = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   for (int64_t i = blockIdx.x; i < tokens; i += gridDim.x) {
     const uint32_t row = keys[i];
     if (row >= vocab || (i > 0 && keys[i - 1] == row) || j >= h) continue;
     float acc = dtable[row * h + j];
     for (int64_t s = i; s < tokens && keys[s] == row; ++s) acc += dout[static_cast<int64_t>(order[s]) * h + j];
-    dtable[row * h + j] = acc;
+    dtable.set(row * h + j, acc);
   }
 }
 
 int64_t embedding_hidden(const char* op, const Tensor& rows, const Tensor& ids, const Tensor& table) {
-  check_f32(op, "table", table);
+  check_float(op, "table", table);
   check_i32(op, "ids", ids);
-  check_f32(op, "out/dout", rows);
+  check_float(op, "out/dout", rows);
   const int64_t h = last_dim(table);
   MPT_CHECK(h > 0 && table.ndim >= 2, Status::kInvalidArgument, op, ": table ", describe(table),
             " must be [V_local, H]");
@@ -134,19 +138,19 @@ __global__ void ce_loss_kernel(float* loss, const float* row_max, const float* s
 }
 
 // One thread per logit; each reads its element before writing it, so dlogits may be logits.
-__global__ void ce_bwd_kernel(float* dlogits, const float* logits, const float* row_max, const float* sumexp,
+__global__ void ce_bwd_kernel(Out dlogits, const float* logits, const float* row_max, const float* sumexp,
                               const int32_t* targets, const float* grad_scale, int64_t tokens, int64_t cols,
                               int64_t valid, int64_t vocab_start) {
   const int64_t n = tokens * cols;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const int64_t t = i / cols, c = i % cols;
     if (c >= valid) {
-      dlogits[i] = 0.0f;
+      dlogits.set(i, 0.0f);
       continue;
     }
     const int64_t target = static_cast<int64_t>(targets[t]) - vocab_start;
     const float inv_sum = 1.0f / sumexp[t];
-    dlogits[i] = (expf(logits[i] - row_max[t]) * inv_sum - (c == target ? 1.0f : 0.0f)) * grad_scale[t];
+    dlogits.set(i, (expf(logits[i] - row_max[t]) * inv_sum - (c == target ? 1.0f : 0.0f)) * grad_scale[t]);
   }
 }
 
@@ -157,7 +161,7 @@ void CudaOps::embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_
   const int64_t vocab = table.numel() / h, tokens = ids.numel();
   if (tokens == 0) return;
   embedding_fwd_kernel<<<blocks_for(tokens * h, kThreads), kThreads, 0, stream()>>>(
-      fp(out), ip(ids), fp(table), tokens, h, vocab_start, vocab, accumulate);
+      out_view(out), ip(ids), in_view(table), tokens, h, vocab_start, vocab, accumulate);
   MPT_CUDA_LAUNCH("embedding_fwd_kernel");
 }
 
@@ -196,8 +200,8 @@ void CudaOps::embedding_bwd(Tensor dtable, Tensor ids, Tensor dout, int64_t voca
   MPT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, keys, sorted_keys, order, sorted_order, num, 0,
                                                  end_bit, stream()));
   const dim3 grid(static_cast<unsigned>(std::min(tokens, kMaxBlocks)), static_cast<unsigned>(column_tiles));
-  embedding_bwd_kernel<<<grid, kColumnThreads, 0, stream()>>>(fp(dtable), sorted_keys, sorted_order, fp(dout), tokens,
-                                                              h, vocab);
+  embedding_bwd_kernel<<<grid, kColumnThreads, 0, stream()>>>(out_view(dtable), sorted_keys, sorted_order,
+                                                              in_view(dout), tokens, h, vocab);
   MPT_CUDA_LAUNCH("embedding_bwd_kernel");
 }
 
@@ -242,7 +246,7 @@ void CudaOps::ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumex
                      int64_t vocab_start, int64_t vocab_valid) {
   const char* op = "ce_bwd";
   const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
-  check_f32(op, "dlogits", dlogits);
+  check_float(op, "dlogits", dlogits);
   check_numel(op, "dlogits", dlogits, logits.numel());
   check_per_token(op, "row_max", row_max, l.tokens);
   check_per_token(op, "sumexp", sumexp, l.tokens);
@@ -250,9 +254,9 @@ void CudaOps::ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumex
   check_per_token(op, "grad_scale", grad_scale, l.tokens);
   const int64_t n = l.tokens * l.cols;
   if (n == 0) return;
-  ce_bwd_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(fp(dlogits), fp(logits), fp(row_max), fp(sumexp),
-                                                                    ip(targets), fp(grad_scale), l.tokens, l.cols,
-                                                                    l.valid, vocab_start);
+  ce_bwd_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(out_view(dlogits), fp(logits), fp(row_max),
+                                                                    fp(sumexp), ip(targets), fp(grad_scale), l.tokens,
+                                                                    l.cols, l.valid, vocab_start);
   MPT_CUDA_LAUNCH("ce_bwd_kernel");
 }
 

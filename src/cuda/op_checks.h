@@ -52,6 +52,15 @@ inline void check_f32(const char* op, const char* arg, const Tensor& t) {
   check_view(op, arg, t);
 }
 
+// The floating dtypes an op computes on (ops.h, "Precision"): f32, or bf16 widened on load
+// and rounded once on store.
+inline bool is_float(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+
+inline void check_float(const char* op, const char* arg, const Tensor& t) {
+  MPT_CHECK(is_float(t.dtype), Status::kInvalidArgument, op, ": ", arg, " must be F32 or BF16, got ", describe(t));
+  check_view(op, arg, t);
+}
+
 inline void check_numel(const char* op, const char* arg, const Tensor& t, int64_t expected) {
   MPT_CHECK(t.numel() == expected, Status::kInvalidArgument, op, ": ", arg, " ", describe(t), " must hold ",
             expected, " elements");

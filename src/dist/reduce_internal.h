@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "dist/communicator.h"
@@ -23,14 +24,16 @@ inline const char* op_name(ReduceOp op) {
   return "?";
 }
 
-// Throws when `dtype` cannot be reduced with `op`: kAvg needs a floating type; 16-bit
-// floats and bytes are not reduced on the host.
+// Throws when `dtype` cannot be reduced with `op`: kAvg needs a floating type; fp16 and
+// bytes are not reduced on the host. bf16 is combined in fp32 and rounded after each
+// combination (as NCCL's bf16 reductions do).
 inline void check_supported(DType dtype, ReduceOp op, const std::string& where) {
   bool known_op = op == ReduceOp::kSum || op == ReduceOp::kMax || op == ReduceOp::kAvg;
   MPT_CHECK(known_op, Status::kInvalidArgument, where, ": unknown reduce op ", static_cast<int>(op));
   switch (dtype) {
     case DType::kF32:
-    case DType::kF64: return;
+    case DType::kF64:
+    case DType::kBF16: return;
     case DType::kI32:
     case DType::kI64:
       MPT_CHECK(op != ReduceOp::kAvg, Status::kInvalidArgument, where, ": avg needs a floating dtype, got ",
@@ -38,7 +41,7 @@ inline void check_supported(DType dtype, ReduceOp op, const std::string& where) 
       return;
     default:
       fail(Status::kNotSupported, where, ": reductions of ", dtype_name(dtype),
-           " are not supported on host buffers (f32, f64, i32 and i64 are)");
+           " are not supported on host buffers (f32, f64, bf16, i32 and i64 are)");
   }
 }
 
@@ -64,9 +67,20 @@ void combine_typed(T* dst, const T* a, const T* b, int64_t n, ReduceOp op) {
   }
 }
 
+inline void combine_bf16(uint16_t* dst, const uint16_t* a, const uint16_t* b, int64_t n, ReduceOp op) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = bf16_to_f32(a[i]), y = bf16_to_f32(b[i]);
+    const float r = op == ReduceOp::kMax ? ((x > y || std::isnan(x)) ? x : y) : x + y;
+    dst[i] = f32_to_bf16(r);
+  }
+}
+
 // dst[i] = a[i] op b[i]; dst may alias a or b. kAvg sums here; finish_avg divides.
 inline void combine(void* dst, const void* a, const void* b, int64_t n, DType dtype, ReduceOp op) {
   switch (dtype) {
+    case DType::kBF16:
+      return combine_bf16(static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(a),
+                          static_cast<const uint16_t*>(b), n, op);
     case DType::kF32:
       return combine_typed(static_cast<float*>(dst), static_cast<const float*>(a), static_cast<const float*>(b), n, op);
     case DType::kF64:
@@ -88,6 +102,11 @@ inline void finish_avg(void* data, int64_t n, DType dtype, ReduceOp op, int64_t 
   if (dtype == DType::kF64) {
     auto* p = static_cast<double*>(data);
     for (int64_t i = 0; i < n; ++i) p[i] /= static_cast<double>(group_size);
+    return;
+  }
+  if (dtype == DType::kBF16) {
+    auto* p = static_cast<uint16_t*>(data);
+    for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(bf16_to_f32(p[i]) / static_cast<float>(group_size));
     return;
   }
   MPT_ASSERT(dtype == DType::kF32);

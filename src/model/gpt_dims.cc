@@ -48,6 +48,7 @@ GPTDims make_dims(const config::Recipe& r) {
   g.attention_dropout = static_cast<float>(m.attention_dropout);
   g.init_std = static_cast<float>(m.init_method_std);
   g.embedding_init_std = static_cast<float>(m.embedding_init_method_std.value_or(m.init_method_std));
+  g.compute = config::uses_bf16(r) ? DType::kBF16 : DType::kF32;
   g.tp = m.tensor_model_parallel_size;
   g.sequence_parallel = m.sequence_parallel && g.tp > 1;
   g.cp = m.context_parallel_size;

@@ -35,6 +35,11 @@ struct GPTDims {
   float attention_dropout = 0;
   float init_std = 0.02f;
   float embedding_init_std = 0.02f;
+  // Mixed precision: the dtype of activations, their gradients and the parameters' compute
+  // copy (kBF16 under bf16_mixed). Master weights, gradients and optimizer state stay fp32,
+  // as do the logits, the cross-entropy pieces, normalisation statistics, attention lse and
+  // the router.
+  DType compute = DType::kF32;
   // Tensor parallelism: heads, query groups, ffn and the padded vocabulary are split over
   // tp ranks (the sizes above are whole-model sizes); under sequence_parallel the residual
   // stream between the parallel regions is split along the sequence too.

@@ -155,7 +155,10 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
       full->set_units(&expert_units_);
       expert_storage_ = std::move(full);
     }
+    expert_compute_ = std::make_unique<ComputeParams>(ops_, d.compute, expert_units_,
+                                                      expert_storage_->full_params() != nullptr);
   }
+  compute_ = std::make_unique<ComputeParams>(ops_, d.compute, units_, storage_->full_params() != nullptr);
   slots_.resize(static_cast<size_t>(o.slots));
   acts_ = Arena(&ops_);  // activations live in the backend's memory
   plan_activations();
@@ -178,39 +181,44 @@ void GPTModel::plan_activations() {
     t = Tensor(nullptr, DType::kI32, shape);
     plan.push_back({&t, acts_.reserve(t.bytes())});
   };
+  // Activations and their gradients, in the compute dtype.
+  auto act = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+    t = Tensor(nullptr, d.compute, shape);
+    plan.push_back({&t, acts_.reserve(t.bytes())});
+  };
   for (SlotActs& s : slots_) {
     i32(s.ids, {T});
     i32(s.labels, {T});
     f32(s.loss_mask, {T});
     f32(s.grad_scale, {T});
     s.residual.resize(static_cast<size_t>(L + 1));
-    for (auto& r : s.residual) f32(r, {R, d.hidden});
+    for (auto& r : s.residual) act(r, {R, d.hidden});
     s.layers.resize(static_cast<size_t>(L));
     for (auto& a : s.layers) {
-      f32(a.norm1_out, {R, d.hidden});
+      act(a.norm1_out, {R, d.hidden});
       if (d.layernorm) f32(a.norm1_mean, {R});
       f32(a.norm1_rstd, {R});
-      f32(a.q, {T, d.attn_width()});
-      f32(a.k, {T, d.kv_width()});
-      f32(a.v, {T, d.kv_width()});
-      f32(a.attn_out, {T, d.attn_width()});
+      act(a.q, {T, d.attn_width()});
+      act(a.k, {T, d.kv_width()});
+      act(a.v, {T, d.kv_width()});
+      act(a.attn_out, {T, d.attn_width()});
       f32(a.lse, {T, d.local_heads()});
-      f32(a.resid_mid, {R, d.hidden});
-      f32(a.norm2_out, {R, d.hidden});
+      act(a.resid_mid, {R, d.hidden});
+      act(a.norm2_out, {R, d.hidden});
       if (d.layernorm) f32(a.norm2_mean, {R});
       f32(a.norm2_rstd, {R});
     }
     for (int64_t i = 0; i < L; ++i) {
       LayerActs& a = s.layers[static_cast<size_t>(i)];
       if (d.is_moe_layer(chunk_.begin + i)) {
-        plan_moe(d, a.moe, f32, i32);
+        plan_moe(d, a.moe, act, f32, i32);
       } else {
-        f32(a.fc1_out, {T, d.fc1_width()});
-        f32(a.act_out, {T, d.local_ffn()});
+        act(a.fc1_out, {T, d.fc1_width()});
+        act(a.act_out, {T, d.local_ffn()});
       }
     }
     if (chunk_.post_process) {
-      f32(s.final_out, {R, d.hidden});
+      act(s.final_out, {R, d.hidden});
       if (d.layernorm) f32(s.final_mean, {R});
       f32(s.final_rstd, {R});
       f32(s.logits, {T, d.local_vocab()});
@@ -221,24 +229,24 @@ void GPTModel::plan_activations() {
   }
   i32(positions_, {T});
   LayerScratch& s = scratch_;
-  f32(s.qkv, {T, d.qkv_width()});
-  f32(s.branch, {R, d.hidden});
-  f32(s.dnorm, {R, d.hidden});
-  f32(s.dact, {T, d.local_ffn()});
-  f32(s.dfc1, {T, d.fc1_width()});
-  f32(s.dattn, {T, d.attn_width()});
-  f32(s.dq, {T, d.attn_width()});
-  f32(s.dk, {T, d.kv_width()});
-  f32(s.dv, {T, d.kv_width()});
+  act(s.qkv, {T, d.qkv_width()});
+  act(s.branch, {R, d.hidden});
+  act(s.dnorm, {R, d.hidden});
+  act(s.dact, {T, d.local_ffn()});
+  act(s.dfc1, {T, d.fc1_width()});
+  act(s.dattn, {T, d.attn_width()});
+  act(s.dq, {T, d.attn_width()});
+  act(s.dk, {T, d.kv_width()});
+  act(s.dv, {T, d.kv_width()});
   if (d.sequence_parallel) {
-    f32(s.full, {T, d.hidden});
-    f32(s.partial, {T, d.hidden});
+    act(s.full, {T, d.hidden});
+    act(s.partial, {T, d.hidden});
   }
-  if (cp_.size() > 1) f32(s.cp_work, {cp_.workspace_numel(attention_dims(d, 0))});
+  if (cp_.size() > 1) f32(s.cp_work, {(cp_.workspace_bytes(attention_dims(d, 0), d.compute) + 3) / 4});
   bool any_moe = false;
   for (int64_t i = chunk_.begin; i < chunk_.end; ++i) any_moe = any_moe || d.is_moe_layer(i);
-  if (any_moe) plan_moe_scratch(d, s.moe, f32, i32);
-  f32(dres_, {R, d.hidden});
+  if (any_moe) plan_moe_scratch(d, s.moe, act, f32, i32);
+  act(dres_, {R, d.hidden});
   acts_.allocate();
   for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
   if (chunk_.post_process)
@@ -290,6 +298,12 @@ void GPTModel::init_parameters(uint64_t seed) {
               "init_parameters needs resident expert parameters");
     init(expert_reg_, expert_storage_->full_params());
   }
+  params_changed();
+}
+
+void GPTModel::params_changed() {
+  compute_->invalidate();
+  if (expert_compute_) expert_compute_->invalidate();
 }
 
 void GPTModel::zero_grads() {
@@ -297,7 +311,7 @@ void GPTModel::zero_grads() {
   if (expert_storage_) expert_storage_->zero_grads();
 }
 
-LayerContext GPTModel::layer_context(const GPTDims& d, int64_t i, float* params, float* grads, bool training,
+LayerContext GPTModel::layer_context(const GPTDims& d, int64_t i, void* params, float* grads, bool training,
                                      float aux_scale) {
   const int u = layer_unit(i);
   LayerContext c{ops_, d, reg_, params, grads, units_[static_cast<size_t>(u)].begin, positions_, tp_, cp_, runs_,
@@ -305,7 +319,7 @@ LayerContext GPTModel::layer_context(const GPTDims& d, int64_t i, float* params,
   const int eu = ids_.expert_unit[static_cast<size_t>(i)];
   if (eu >= 0) {
     c.ereg = &expert_reg_;
-    c.eparams = expert_storage_->unit_params(eu);
+    c.eparams = expert_compute_->unit(eu, expert_storage_->unit_params(eu));
     if (grads) c.egrads = expert_storage_->unit_grads(eu);
     c.ebase = expert_units_[static_cast<size_t>(eu)].begin;
   }
@@ -331,7 +345,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
     // Embedding: vocab-parallel word lookup (ids outside this rank's rows give zeros) summed
     // over tensor-parallel ranks, (+ learned position) then dropout, on this rank's rows.
     Tensor x = a.residual[0];
-    float* emb = st.unit_params(0);
+    void* emb = unit_params(0);
     const Tensor words = d.sequence_parallel ? scratch_.partial : x;
     ops_.embedding_fwd(words, a.ids, P(0, emb, ids_.word_emb), d.vocab_start(), false);
     tp_.leave(words, x);
@@ -344,7 +358,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   for (int64_t i = 0; i < chunk_.count(); ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
-    const LayerContext c = layer_context(d, i, st.unit_params(u), nullptr, training, 1.0f);
+    const LayerContext c = layer_context(d, i, unit_params(u), nullptr, training, 1.0f);
     layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
                   mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
@@ -362,7 +376,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   if (!chunk_.post_process) return sums;
 
   const int hu = head_unit();
-  float* head = st.unit_params(hu);
+  void* head = unit_params(hu);
   Tensor h = a.residual.back();
   if (d.layernorm)
     ops_.layernorm_fwd(a.final_out, a.final_mean, a.final_rstd, h, P(hu, head, ids_.final_w),
@@ -370,7 +384,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   else
     ops_.rmsnorm_fwd(a.final_out, a.final_rstd, h, P(hu, head, ids_.final_w), d.norm_eps);
   // The output layer is column-parallel over the vocabulary: this rank's logits only.
-  float* out_area = out_unit_ == hu ? head : st.unit_params(out_unit_);
+  void* out_area = out_unit_ == hu ? head : unit_params(out_unit_);
   column_parallel_forward(ops_, tp_, a.logits, a.final_out, P(out_unit_, out_area, out_param_), Tensor(),
                           scratch_.full);
   if (out_unit_ != hu) st.params_done(out_unit_);
@@ -408,20 +422,20 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
     // over tensor-parallel ranks. A tied weight in the embedding unit keeps that unit's
     // gradients open until the embedding's own backward has added to them.
     const int hu = head_unit();
-    float* head = st.unit_params(hu);
+    void* head = unit_params(hu);
     float* head_g = st.unit_grads(hu);
-    float* out_area = out_unit_ == hu ? head : st.unit_params(out_unit_);
+    void* out_area = out_unit_ == hu ? head : unit_params(out_unit_);
     float* out_grad = out_unit_ == hu ? head_g : st.unit_grads(out_unit_);
-    column_parallel_backward(ops_, tp_, scratch_.dnorm, P(out_unit_, out_grad, out_param_), Tensor(), dlogits,
+    column_parallel_backward(ops_, tp_, scratch_.dnorm, G(out_unit_, out_grad, out_param_), Tensor(), dlogits,
                              a.final_out, P(out_unit_, out_area, out_param_), scratch_.full, scratch_.partial);
     if (out_unit_ != hu) st.params_done(out_unit_);
     ops_.fill(dres_, 0.0f);
     Tensor h = a.residual.back();
     if (d.layernorm)
-      ops_.layernorm_bwd(dres_, P(hu, head_g, ids_.final_w), P(hu, head_g, ids_.final_b), scratch_.dnorm, h,
+      ops_.layernorm_bwd(dres_, G(hu, head_g, ids_.final_w), G(hu, head_g, ids_.final_b), scratch_.dnorm, h,
                          P(hu, head, ids_.final_w), a.final_mean, a.final_rstd);
     else
-      ops_.rmsnorm_bwd(dres_, P(hu, head_g, ids_.final_w), scratch_.dnorm, h, P(hu, head, ids_.final_w),
+      ops_.rmsnorm_bwd(dres_, G(hu, head_g, ids_.final_w), scratch_.dnorm, h, P(hu, head, ids_.final_w),
                        a.final_rstd);
     st.params_done(hu);
     st.grads_done(hu);
@@ -434,7 +448,7 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
   for (int64_t i = chunk_.count() - 1; i >= 0; --i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
-    const LayerContext c = layer_context(d, i, st.unit_params(u), st.unit_grads(u), true, aux_scale);
+    const LayerContext c = layer_context(d, i, unit_params(u), st.unit_grads(u), true, aux_scale);
     layer_backward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], dres_,
                    mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
     st.params_done(u);
@@ -449,10 +463,10 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
     dropout_rows_bwd(ops_, runs_, demb, dres_, d.hidden_dropout, mix_key(key, kEmbedding));
   }
   float* emb_g = st.unit_grads(0);
-  if (ids_.pos_emb >= 0) ops_.embedding_bwd(P(0, emb_g, ids_.pos_emb), local_positions_, demb, 0);
+  if (ids_.pos_emb >= 0) ops_.embedding_bwd(G(0, emb_g, ids_.pos_emb), local_positions_, demb, 0);
   // Dual of the forward reduction: every rank needs the gradient of every token's lookup.
   const Tensor dwords = tp_.leave_backward(demb, scratch_.full);
-  ops_.embedding_bwd(P(0, emb_g, ids_.word_emb), a.ids, dwords, d.vocab_start());
+  ops_.embedding_bwd(G(0, emb_g, ids_.word_emb), a.ids, dwords, d.vocab_start());
   st.grads_done(0);
 }
 

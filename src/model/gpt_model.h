@@ -12,6 +12,7 @@
 
 #include "backend/ops.h"
 #include "core/arena.h"
+#include "model/compute_params.h"
 #include "model/gpt_dims.h"
 #include "model/param_registry.h"
 #include "model/param_storage.h"
@@ -105,6 +106,9 @@ class GPTModel {
 
   // Needs resident parameters (a sharding storage initialises its own shards).
   void init_parameters(uint64_t seed);
+  // The fp32 master parameters changed outside the model (an optimizer step, a load): the
+  // compute copies (bf16 mixed precision) are cast again at their next use.
+  void params_changed();
   void zero_grads();
 
   // Buffers the caller fills before forward() of a slot: token ids (pre-process chunk) and
@@ -138,12 +142,15 @@ class GPTModel {
                 float aux_scale = 1.0f);
   Tensor input_grad() { return dres_; }
 
-  // Bytes held, experts included; and the experts' parameters alone.
-  int64_t params_bytes() const { return storage_->params_bytes() + expert_params_bytes(); }
+  // Bytes held, experts and the bf16 compute copies included; and the experts' parameters
+  // alone (their compute copies included).
+  int64_t params_bytes() const { return storage_->params_bytes() + compute_->bytes() + expert_params_bytes(); }
   int64_t grads_bytes() const {
     return storage_->grads_bytes() + (expert_storage_ ? expert_storage_->grads_bytes() : 0);
   }
-  int64_t expert_params_bytes() const { return expert_storage_ ? expert_storage_->params_bytes() : 0; }
+  int64_t expert_params_bytes() const {
+    return expert_storage_ ? expert_storage_->params_bytes() + expert_compute_->bytes() : 0;
+  }
   int64_t activations_bytes() const { return static_cast<int64_t>(acts_.size()); }
 
  private:
@@ -165,11 +172,16 @@ class GPTModel {
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // The context layer i (local) runs with; params/grads: its unit's areas (grads null in
   // forward). Takes its expert unit's areas from the expert storage.
-  LayerContext layer_context(const GPTDims& d, int64_t i, float* params, float* grads, bool training,
+  LayerContext layer_context(const GPTDims& d, int64_t i, void* params, float* grads, bool training,
                              float aux_scale);
+  // Unit u's parameters in the compute dtype (the storage's area is held until params_done).
+  void* unit_params(int u) { return compute_->unit(u, storage_->unit_params(u)); }
   void expert_unit_done(int64_t i, bool grads);
-  // Views of parameter i inside unit u's current area.
-  Tensor P(int u, float* area, int i) const { return reg_.view(area, units_[static_cast<size_t>(u)].begin, i); }
+  // Views of parameter i inside unit u's current areas: its compute parameters, its gradients.
+  Tensor P(int u, void* area, int i) const {
+    return reg_.view(area, dims_.compute, units_[static_cast<size_t>(u)].begin, i);
+  }
+  Tensor G(int u, float* area, int i) const { return reg_.view(area, units_[static_cast<size_t>(u)].begin, i); }
 
   GPTDims dims_;
   GPTDims eval_dims_;  // dims_ with dropout off
@@ -184,10 +196,12 @@ class GPTModel {
 
   std::vector<ParamUnit> units_;
   std::unique_ptr<ParamStorage> storage_;
+  std::unique_ptr<ComputeParams> compute_;
   parallel::ExpertParallel ep_;
   ParamRegistry expert_reg_;
   std::vector<ParamUnit> expert_units_;
   std::unique_ptr<ParamStorage> expert_storage_;
+  std::unique_ptr<ComputeParams> expert_compute_;
 
   Arena acts_;
   std::vector<SlotActs> slots_;

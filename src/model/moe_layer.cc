@@ -87,9 +87,16 @@ void route_tokens(const int32_t* indices, const float* probs, int64_t tokens, in
   r.total_rows = next_row;
 }
 
-Tensor MoeContext::stacked(float* area, int first) const {
+Tensor MoeContext::stacked_params(int first) const {
   const ParamInfo& p = ereg.at(first);
-  return Tensor::f32(area + (p.offset - ebase), {dims.local_experts(), p.shape[0], p.shape[1]});
+  const DType t = dims.compute;
+  return Tensor(static_cast<char*>(eparams) + static_cast<size_t>(p.offset - ebase) * dtype_size(t), t,
+                {dims.local_experts(), p.shape[0], p.shape[1]});
+}
+
+Tensor MoeContext::stacked_grads(int first) const {
+  const ParamInfo& p = ereg.at(first);
+  return Tensor::f32(egrads + (p.offset - ebase), {dims.local_experts(), p.shape[0], p.shape[1]});
 }
 
 namespace {
@@ -100,9 +107,9 @@ void experts_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, int64_
   backend::Ops& ops = c.ops;
   const int64_t E = c.dims.local_experts();
   const Tensor xp = a.x_perm.rows(0, rows), h1 = a.fc1_out.rows(0, rows), h2 = a.act_out.rows(0, rows);
-  ops.grouped_matmul(h1, xp, c.stacked(c.eparams, p.fc1), counts, E, backend::GroupedForm::kForward, 0.0f);
+  ops.grouped_matmul(h1, xp, c.stacked_params(p.fc1), counts, E, backend::GroupedForm::kForward, 0.0f);
   ops.activation_fwd(h2, h1, c.dims.activation, c.dims.gated);
-  ops.grouped_matmul(y, h2, c.stacked(c.eparams, p.fc2), counts, E, backend::GroupedForm::kForward, 0.0f);
+  ops.grouped_matmul(y, h2, c.stacked_params(p.fc2), counts, E, backend::GroupedForm::kForward, 0.0f);
 }
 
 // Its backward: dy [rows, H] -> dx [rows, H]; the experts' weight gradients accumulate.
@@ -112,11 +119,11 @@ void experts_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeSc
   const int64_t E = c.dims.local_experts();
   const Tensor xp = a.x_perm.rows(0, rows), h1 = a.fc1_out.rows(0, rows), h2 = a.act_out.rows(0, rows);
   const Tensor dh2 = s.dact.rows(0, rows), dh1 = s.dfc1.rows(0, rows);
-  ops.grouped_matmul(c.stacked(c.egrads, p.fc2), dy, h2, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
-  ops.grouped_matmul(dh2, dy, c.stacked(c.eparams, p.fc2), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
+  ops.grouped_matmul(c.stacked_grads(p.fc2), dy, h2, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
+  ops.grouped_matmul(dh2, dy, c.stacked_params(p.fc2), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
   ops.activation_bwd(dh1, dh2, h1, c.dims.activation, c.dims.gated);
-  ops.grouped_matmul(c.stacked(c.egrads, p.fc1), dh1, xp, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
-  ops.grouped_matmul(dx, dh1, c.stacked(c.eparams, p.fc1), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
+  ops.grouped_matmul(c.stacked_grads(p.fc1), dh1, xp, counts, E, backend::GroupedForm::kWeightGrad, 1.0f);
+  ops.grouped_matmul(dx, dh1, c.stacked_params(p.fc1), counts, E, backend::GroupedForm::kInputGrad, 0.0f);
 }
 
 // Every member's rows per expert, and the rows each local expert receives from the group.
@@ -155,7 +162,7 @@ void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeS
   const int64_t first = d.first_expert();
   Exchange& ex = a.exchange;
   exchange_counts(c, a.routing, ex);
-  c.ep.all_gather(x.data, s.gathered.data, R * d.hidden, DType::kF32);
+  c.ep.all_gather(x.data, s.gathered.data, R * d.hidden, x.dtype);
   c.ep.all_gather(a.rows.data, s.rows_g.data, R * k, DType::kI32);
   c.ep.all_gather(a.indices.data, s.indices_g.data, R * k, DType::kI32);
   c.ep.all_gather(a.probs.data, a.probs_g.data, R * k, DType::kF32);
@@ -195,7 +202,7 @@ void allgather_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeS
   experts_forward(c, p, a, n, ex.counts.data(), y);
   ops.moe_unpermute(s.combined, y, a.map, a.probs_g);
   ops.synchronize();
-  c.ep.reduce_scatter(s.combined.f(), out.f(), R * d.hidden);
+  c.ep.reduce_scatter(s.combined.data, out.data, R * d.hidden, out.dtype);
 }
 
 void allgather_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor dout, Tensor dx) {
@@ -204,18 +211,18 @@ void allgather_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, Moe
   const int64_t R = d.rows(), k = d.moe_topk, n = a.exchange.rows;
   const int64_t* counts = a.exchange.counts.data();
   ops.synchronize();
-  c.ep.all_gather(dout.data, s.gathered.data, R * d.hidden, DType::kF32);
+  c.ep.all_gather(dout.data, s.gathered.data, R * d.hidden, dout.dtype);
   // Recompute the local experts' outputs for d(probs), then d(y) in their place.
   const Tensor y = s.y_perm.rows(0, n), dy = s.dx_perm.rows(0, n);
-  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked(c.eparams, p.fc2), counts, d.local_experts(),
+  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked_params(p.fc2), counts, d.local_experts(),
                      backend::GroupedForm::kForward, 0.0f);
   ops.moe_unpermute_bwd(dy, s.dprobs_g, s.gathered, y, a.map, a.probs_g);
   ops.synchronize();
-  c.ep.reduce_scatter(s.dprobs_g.f(), s.dprobs.f(), R * k);
+  c.ep.reduce_scatter(s.dprobs_g.data, s.dprobs.data, R * k, DType::kF32);
   experts_backward(c, p, a, s, n, counts, dy, y);  // y's rows now hold d(x_perm)
   ops.moe_permute_bwd(s.combined, y, a.map);
   ops.synchronize();
-  c.ep.reduce_scatter(s.combined.f(), dx.f(), R * d.hidden);
+  c.ep.reduce_scatter(s.combined.data, dx.data, R * d.hidden, dx.dtype);
 }
 
 // --- alltoall dispatcher -----------------------------------------------------------------
@@ -262,40 +269,39 @@ void alltoall_plan(const MoeContext& c, MoeActs& a) {
 // s.received.
 void alltoall_dispatch(const MoeContext& c, const MoeActs& a, MoeScratch& s, Tensor local) {
   const Exchange& ex = a.exchange;
-  const int64_t H = c.dims.hidden;
-  const float* send = local.f();
+  const void* send = local.data;
   if (c.ep.etp() > 1) {  // every ETP rank of an expert-parallel rank gets its block
-    float* stage = s.stage.f();
+    int64_t at = 0;
     for (int64_t q = 0; q < c.ep.size(); ++q) {
       const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
-      const int64_t n = ex.block_rows[r] * H;
-      c.ops.device_copy(stage, local.f() + ex.block_start[r] * H, static_cast<size_t>(n) * sizeof(float));
-      stage += n;
+      const int64_t n = ex.block_rows[r];
+      c.ops.device_copy(s.stage.rows(at, n).data, local.rows(ex.block_start[r], n).data,
+                        local.rows(0, n).bytes());
+      at += n;
     }
-    send = s.stage.f();
+    send = s.stage.data;
   }
-  c.ep.all_to_all(send, ex.send.data(), s.received.f(), ex.recv.data());
+  c.ep.all_to_all(send, ex.send.data(), s.received.data, ex.recv.data(), local.dtype);
 }
 
 // The reverse: s.received holds each received row's result; they travel back and, summed
 // over the ETP ranks that computed parts of them, land in `local`.
 void alltoall_combine(const MoeContext& c, const MoeActs& a, MoeScratch& s, Tensor local) {
   const Exchange& ex = a.exchange;
-  const int64_t H = c.dims.hidden;
   if (c.ep.etp() == 1) {
-    c.ep.all_to_all(s.received.f(), ex.recv.data(), local.f(), ex.send.data());
+    c.ep.all_to_all(s.received.data, ex.recv.data(), local.data, ex.send.data(), local.dtype);
     return;
   }
-  c.ep.all_to_all(s.received.f(), ex.recv.data(), s.stage.f(), ex.send.data());
+  c.ep.all_to_all(s.received.data, ex.recv.data(), s.stage.data, ex.send.data(), local.dtype);
   // Members come ETP-fastest: the first ETP rank of each expert-parallel rank sets the sum.
-  const float* part = s.stage.f();
+  int64_t at = 0;
   for (int64_t q = 0; q < c.ep.size(); ++q) {
     const size_t r = static_cast<size_t>(c.ep.peer_ep(q));
     const int64_t n = ex.block_rows[r];
-    const Tensor dst = local.rows(ex.block_start[r], n), src = Tensor::f32(const_cast<float*>(part), {n, H});
+    const Tensor dst = local.rows(ex.block_start[r], n), src = s.stage.rows(at, n);
     if (q % c.ep.etp() == 0) c.ops.copy(dst, src);
     else c.ops.add_inplace(dst, src);
-    part += n * H;
+    at += n;
   }
 }
 
@@ -354,7 +360,7 @@ void local_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScra
   // Recompute the experts' outputs the probabilities multiplied (for d(probs)); d(y) then
   // overwrites them once d(probs) has read them.
   const Tensor y = s.y_perm.rows(0, n), dy = s.dx_perm.rows(0, n);
-  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked(c.eparams, p.fc2), counts, c.dims.local_experts(),
+  ops.grouped_matmul(y, a.act_out.rows(0, n), c.stacked_params(p.fc2), counts, c.dims.local_experts(),
                      backend::GroupedForm::kForward, 0.0f);
   ops.moe_unpermute_bwd(dy, s.dprobs, dout, y, a.rows, a.probs);
   experts_backward(c, p, a, s, n, counts, dy, y);  // y's rows now hold d(x_perm)

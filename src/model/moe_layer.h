@@ -114,10 +114,10 @@ struct MoeScratch {
   std::vector<float> host_dscores;  // the load-balancing gradient, built on the host
 };
 
-// Reserves a layer's MoE activations and the shared scratch through `f32`/`i32`, which plan
-// tensors of a shape inside the model's arena.
-template <typename F32, typename I32>
-void plan_moe(const GPTDims& d, MoeActs& a, F32 f32, I32 i32) {
+// Reserves a layer's MoE activations and the shared scratch through `act` (the compute
+// dtype), `f32` and `i32`, which plan tensors of a shape inside the model's arena.
+template <typename Act, typename F32, typename I32>
+void plan_moe(const GPTDims& d, MoeActs& a, Act act, F32 f32, I32 i32) {
   const int64_t R = d.rows(), T = d.tokens(), E = d.num_experts, k = d.moe_topk, g = d.moe_group();
   const int64_t rows = g > 1 ? d.max_received_rows(R) : d.max_expert_rows(R);
   f32(a.logits, {R, E});
@@ -126,47 +126,47 @@ void plan_moe(const GPTDims& d, MoeActs& a, F32 f32, I32 i32) {
   f32(a.probs, {R, k});
   f32(a.scores, {R, E});
   i32(a.rows, {R, k});
-  f32(a.x_perm, {rows, d.hidden});
-  f32(a.fc1_out, {rows, d.moe_fc1_width()});
-  f32(a.act_out, {rows, d.local_moe_ffn()});
+  act(a.x_perm, {rows, d.hidden});
+  act(a.fc1_out, {rows, d.moe_fc1_width()});
+  act(a.act_out, {rows, d.local_moe_ffn()});
   if (d.shared_ffn > 0) {
-    f32(a.shared_fc1_out, {T, d.shared_fc1_width()});
-    f32(a.shared_act_out, {T, d.local_shared_ffn()});
+    act(a.shared_fc1_out, {T, d.shared_fc1_width()});
+    act(a.shared_act_out, {T, d.local_shared_ffn()});
   }
   if (g > 1 && !d.alltoall) {
     i32(a.map, {g * R, k});
     f32(a.probs_g, {g * R, k});
   } else if (g > 1) {
     i32(a.map, {rows, 1});
-    f32(a.y_local, {d.max_expert_rows(R), d.hidden});
+    act(a.y_local, {d.max_expert_rows(R), d.hidden});
   }
 }
-template <typename F32, typename I32>
-void plan_moe_scratch(const GPTDims& d, MoeScratch& s, F32 f32, I32 i32) {
+template <typename Act, typename F32, typename I32>
+void plan_moe_scratch(const GPTDims& d, MoeScratch& s, Act act, F32 f32, I32 i32) {
   const int64_t R = d.rows(), E = d.num_experts, k = d.moe_topk, g = d.moe_group();
   const int64_t rows = g > 1 ? d.max_received_rows(R) : d.max_expert_rows(R);
-  f32(s.y_perm, {rows, d.hidden});
-  f32(s.dact, {rows, d.local_moe_ffn()});
-  f32(s.dfc1, {rows, d.moe_fc1_width()});
-  f32(s.dx_perm, {rows, d.hidden});
+  act(s.y_perm, {rows, d.hidden});
+  act(s.dact, {rows, d.local_moe_ffn()});
+  act(s.dfc1, {rows, d.moe_fc1_width()});
+  act(s.dx_perm, {rows, d.hidden});
   f32(s.dlogits, {R, E});
   f32(s.dscores, {R, E});
   f32(s.dprobs, {R, k});
   if (d.shared_ffn > 0) {
-    f32(s.shared_out, {R, d.hidden});
-    f32(s.dshared_act, {d.tokens(), d.local_shared_ffn()});
-    f32(s.dshared_fc1, {d.tokens(), d.shared_fc1_width()});
+    act(s.shared_out, {R, d.hidden});
+    act(s.dshared_act, {d.tokens(), d.local_shared_ffn()});
+    act(s.dshared_fc1, {d.tokens(), d.shared_fc1_width()});
   }
   if (g > 1 && !d.alltoall) {
-    f32(s.gathered, {g * R, d.hidden});
-    f32(s.combined, {g * R, d.hidden});
+    act(s.gathered, {g * R, d.hidden});
+    act(s.combined, {g * R, d.hidden});
     i32(s.rows_g, {g * R, k});
     i32(s.indices_g, {g * R, k});
     f32(s.dprobs_g, {g * R, k});
   } else if (g > 1) {
-    f32(s.local, {d.max_expert_rows(R), d.hidden});
-    f32(s.received, {rows, d.hidden});
-    if (d.etp > 1) f32(s.stage, {d.etp * d.max_expert_rows(R), d.hidden});
+    act(s.local, {d.max_expert_rows(R), d.hidden});
+    act(s.received, {rows, d.hidden});
+    if (d.etp > 1) act(s.stage, {d.etp * d.max_expert_rows(R), d.hidden});
   }
 }
 
@@ -176,21 +176,22 @@ struct MoeContext {
   backend::Ops& ops;
   const GPTDims& dims;
   const ParamRegistry& reg;
-  float* params;
+  void* params;  // the unit's parameters in dims.compute (their compute copy under bf16)
   float* grads;
   int64_t base;
   const ParamRegistry& ereg;
-  float* eparams;
+  void* eparams;  // the expert unit's, likewise
   float* egrads;
   int64_t ebase;
   const parallel::TensorParallel& tp;
   const parallel::ExpertParallel& ep;
   Tensor full, partial;  // [T, H] each under sequence parallelism (the shared expert's)
-  Tensor P(int i) const { return reg.view(params, base, i); }
+  Tensor P(int i) const { return reg.view(params, dims.compute, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
   // This rank's experts' weights stacked: [local experts, out, in] starting at expert
-  // parameter `first`, inside eparams or egrads.
-  Tensor stacked(float* area, int first) const;
+  // parameter `first`: their compute copies, or their gradients.
+  Tensor stacked_params(int first) const;
+  Tensor stacked_grads(int first) const;
 };
 
 // x [R, H] (the pre-MLP norm's output) -> out [R, H] (overwritten). training: compute the

@@ -51,12 +51,16 @@ int ParamRegistry::find(const std::string& name) const {
 Tensor ParamRegistry::view(float* base, int index) const { return view(base, 0, index); }
 
 Tensor ParamRegistry::view(float* range, int64_t range_begin, int index) const {
+  return view(range, DType::kF32, range_begin, index);
+}
+
+Tensor ParamRegistry::view(void* range, DType dtype, int64_t range_begin, int index) const {
   if (index < 0) return Tensor();
   const ParamInfo& p = params_[index];
   MPT_ASSERT(p.offset >= range_begin);
   Tensor t;
-  t.data = range + (p.offset - range_begin);
-  t.dtype = DType::kF32;
+  t.data = static_cast<char*>(range) + static_cast<size_t>(p.offset - range_begin) * dtype_size(dtype);
+  t.dtype = dtype;
   t.ndim = static_cast<int>(p.shape.size());
   for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
   return t;

@@ -101,6 +101,8 @@ class ParamRegistry {
   // The same inside a buffer holding only the flat range that starts at `range_begin`
   // (one unit of the model; see param_storage.h).
   Tensor view(float* range, int64_t range_begin, int index) const;
+  // The same in a buffer of `dtype` elements laid out alike (a bf16 compute copy).
+  Tensor view(void* range, DType dtype, int64_t range_begin, int index) const;
   // Pads the layout so the next parameter starts at a multiple of `multiple` elements.
   void pad_to(int64_t multiple);
 

@@ -79,12 +79,13 @@ struct LayerScratch {
   MoeScratch moe;    // models with MoE layers only
 };
 
-// params/grads hold the layer's unit: the flat range starting at `base`.
+// params/grads hold the layer's unit: the flat range starting at `base`; params in
+// dims.compute (the compute copy under bf16), grads always fp32.
 struct LayerContext {
   backend::Ops& ops;
   const GPTDims& dims;
   const ParamRegistry& reg;
-  float* params;
+  void* params;
   float* grads;
   int64_t base;
   Tensor positions;  // i32 [T]: each token's position in its sequence
@@ -95,11 +96,11 @@ struct LayerContext {
   float aux_scale = 1.0f;  // MoE: the weight of the router's losses in backward
   // MoE layers: the layer's expert unit (this rank's experts) and the token-exchange group.
   const ParamRegistry* ereg = nullptr;
-  float* eparams = nullptr;
+  void* eparams = nullptr;
   float* egrads = nullptr;
   int64_t ebase = 0;
   const parallel::ExpertParallel* ep = nullptr;
-  Tensor P(int i) const { return reg.view(params, base, i); }
+  Tensor P(int i) const { return reg.view(params, dims.compute, base, i); }
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };
 

@@ -18,7 +18,8 @@
 // runs the ring in the reverse direction (blocks go to rank r-1): step i holds block
 // (r + i) mod CP with its dK/dV accumulator, adds this rank's share computed from the final
 // out and lse, and passes both on; after the last step each accumulator reaches its owner.
-// Bytes sent per rank per layer and micro-batch, with KV = 2 * tokens * kv_width * 4:
+// Bytes sent per rank per layer and micro-batch, with KV = 2 * tokens * kv_width * (4 for f32,
+// 2 for bf16):
 // forward (CP-1) * KV, backward (CP-1) * KV + CP * KV.
 //
 // All-gather ("all_gather"): the K/V of the whole sequence is all-gathered (and put in
@@ -57,15 +58,15 @@ class ContextParallel {
   // The SeqPositions of this rank's local positions (identity at one rank).
   backend::SeqPositions local_positions(int64_t local_seq) const;
 
-  // f32 elements of workspace attention_forward/backward need for local attention `d`.
-  // 0 at one rank.
-  int64_t workspace_numel(const backend::AttentionDims& d) const;
+  // Bytes of workspace attention_forward/backward need for local attention `d` with q, k,
+  // v, out and their gradients in `dtype` (f32 or bf16; lse is always f32). 0 at one rank.
+  int64_t workspace_bytes(const backend::AttentionDims& d, DType dtype) const;
 
   // Causal self-attention of this rank's queries over the whole sequence's keys. d describes
   // the local tensors: seq_q = seq_kv = S / size() local positions, causal; its dropout
   // fields as for a one-rank call (positions and mask_seq are set here). q, k, v, out, lse
-  // are laid out as for Ops::attention_fwd. workspace: at least workspace_numel(d) f32
-  // elements of scratch; nothing in it needs to survive from one call to the next (the
+  // are laid out as for Ops::attention_fwd, all in one dtype. workspace: at least
+  // workspace_bytes(d, dtype) bytes of scratch (any dtype); nothing in it needs to survive from one call to the next (the
   // backward works from q, k, v, out and lse alone). A collective over the group.
   void attention_forward(backend::Ops& ops, Tensor workspace, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                          const backend::AttentionDims& d) const;

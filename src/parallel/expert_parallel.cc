@@ -43,15 +43,15 @@ void ExpertParallel::all_gather(const void* in, void* out, int64_t count, DType 
   group_->all_gather(in, out, count, dtype);
 }
 
-void ExpertParallel::reduce_scatter(const float* in, float* out, int64_t count) const {
+void ExpertParallel::reduce_scatter(const void* in, void* out, int64_t count, DType dtype) const {
   MPT_ASSERT(group_ != nullptr);
-  group_->reduce_scatter(in, out, count, DType::kF32, dist::ReduceOp::kSum);
+  group_->reduce_scatter(in, out, count, dtype, dist::ReduceOp::kSum);
 }
 
-void ExpertParallel::all_to_all(const float* in, const int64_t* send_counts, float* out,
-                                const int64_t* recv_counts) const {
+void ExpertParallel::all_to_all(const void* in, const int64_t* send_counts, void* out, const int64_t* recv_counts,
+                                DType dtype) const {
   MPT_ASSERT(group_ != nullptr);
-  group_->all_to_all(in, send_counts, out, recv_counts, DType::kF32);
+  group_->all_to_all(in, send_counts, out, recv_counts, dtype);
 }
 
 }  // namespace mpt::parallel

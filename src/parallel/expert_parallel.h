@@ -58,9 +58,10 @@ class ExpertParallel {
   // in[count] of each member -> out[size() * count], block p from member p.
   void all_gather(const void* in, void* out, int64_t count, DType dtype) const;
   // in[size() * count] -> out[count]: the sum over members of block rank().
-  void reduce_scatter(const float* in, float* out, int64_t count) const;
+  void reduce_scatter(const void* in, void* out, int64_t count, DType dtype) const;
   // send_counts[p] elements to member p, recv_counts[p] from it (see Communicator).
-  void all_to_all(const float* in, const int64_t* send_counts, float* out, const int64_t* recv_counts) const;
+  void all_to_all(const void* in, const int64_t* send_counts, void* out, const int64_t* recv_counts,
+                  DType dtype) const;
 
  private:
   dist::Communicator* group_ = nullptr;

@@ -18,8 +18,8 @@ Tensor TensorParallel::enter(Tensor x, Tensor full) const {
 
 Pending TensorParallel::enter_async(Tensor x, Tensor full) const {
   if (!sp_) return Pending();
-  MPT_ASSERT(full.numel() == x.numel() * size());
-  return Pending(comm_->all_gather_async(x.data, full.data, x.numel(), DType::kF32));
+  MPT_ASSERT(full.numel() == x.numel() * size() && full.dtype == x.dtype);
+  return Pending(comm_->all_gather_async(x.data, full.data, x.numel(), x.dtype));
 }
 
 Pending TensorParallel::enter_backward_async(Tensor dfull, Tensor dx) const {
@@ -29,10 +29,10 @@ Pending TensorParallel::enter_backward_async(Tensor dfull, Tensor dx) const {
   }
   if (!sp_) {
     MPT_ASSERT(dfull.data == dx.data);
-    return Pending(comm_->all_reduce_async(dfull.data, dfull.numel(), DType::kF32, dist::ReduceOp::kSum));
+    return Pending(comm_->all_reduce_async(dfull.data, dfull.numel(), dfull.dtype, dist::ReduceOp::kSum));
   }
-  MPT_ASSERT(dfull.numel() == dx.numel() * size());
-  return Pending(comm_->reduce_scatter_async(dfull.data, dx.data, dx.numel(), DType::kF32, dist::ReduceOp::kSum));
+  MPT_ASSERT(dfull.numel() == dx.numel() * size() && dfull.dtype == dx.dtype);
+  return Pending(comm_->reduce_scatter_async(dfull.data, dx.data, dx.numel(), dx.dtype, dist::ReduceOp::kSum));
 }
 
 void TensorParallel::leave(Tensor partial, Tensor out) const {
@@ -42,22 +42,22 @@ void TensorParallel::leave(Tensor partial, Tensor out) const {
   }
   if (!sp_) {
     MPT_ASSERT(partial.data == out.data);
-    comm_->all_reduce(partial.data, partial.numel(), DType::kF32, dist::ReduceOp::kSum);
+    comm_->all_reduce(partial.data, partial.numel(), partial.dtype, dist::ReduceOp::kSum);
     return;
   }
-  MPT_ASSERT(partial.numel() == out.numel() * size());
-  comm_->reduce_scatter(partial.data, out.data, out.numel(), DType::kF32, dist::ReduceOp::kSum);
+  MPT_ASSERT(partial.numel() == out.numel() * size() && partial.dtype == out.dtype);
+  comm_->reduce_scatter(partial.data, out.data, out.numel(), out.dtype, dist::ReduceOp::kSum);
 }
 
 Tensor TensorParallel::leave_backward(Tensor dout, Tensor full) const {
   if (!sp_) return dout;
-  MPT_ASSERT(full.numel() == dout.numel() * size());
-  comm_->all_gather(dout.data, full.data, dout.numel(), DType::kF32);
+  MPT_ASSERT(full.numel() == dout.numel() * size() && full.dtype == dout.dtype);
+  comm_->all_gather(dout.data, full.data, dout.numel(), dout.dtype);
   return full;
 }
 
 void TensorParallel::all_reduce(Tensor x, dist::ReduceOp op) const {
-  if (comm_) comm_->all_reduce(x.data, x.numel(), DType::kF32, op);
+  if (comm_) comm_->all_reduce(x.data, x.numel(), x.dtype, op);
 }
 
 SequenceParallelGrads::SequenceParallelGrads(const model::ParamRegistry& registry,

@@ -30,7 +30,8 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   ops = make_backend(place);
   const bool on_gpu = std::string(ops->name()).rfind("cuda", 0) == 0;
   log.info(str("mptrain: backend ", ops->name(), on_gpu ? str(" (", backend::cuda_device_summary(), ")") : std::string(),
-               ops->host_memory() ? "" : ", device memory"));
+               ops->host_memory() ? "" : ", device memory",
+               config::uses_bf16(recipe) ? ", bf16 mixed precision (fp32 master weights and gradients)" : ", fp32"));
   dims = model::make_dims(recipe);
   whole_reg = model::whole_model_registry(dims);
   num_microbatches = recipe.derived.num_microbatches;
@@ -228,16 +229,16 @@ void Engine::Impl::build_chunks() {
   // Pipeline messages in the backend's memory: two receive buffers, one send buffer per
   // chunk and slot.
   pipe_buffers = std::make_unique<Arena>(ops.get());
-  const size_t msg = static_cast<size_t>(dims.rows() * dims.hidden) * sizeof(float);
+  const size_t msg = static_cast<size_t>(dims.rows() * dims.hidden) * dtype_size(dims.compute);
   size_t at[2] = {pipe_buffers->reserve(msg), pipe_buffers->reserve(msg)};
   std::vector<size_t> grad_at;
   for (Chunk& ch : chunks)
     for (size_t s = 0; s < ch.grad_buf.size(); ++s) grad_at.push_back(pipe_buffers->reserve(msg));
   pipe_buffers->allocate();
-  for (int b = 0; b < 2; ++b) recv_stage[b] = pipe_buffers->at<float>(at[b]);
+  for (int b = 0; b < 2; ++b) recv_stage[b] = pipe_buffers->at<uint8_t>(at[b]);
   size_t g = 0;
   for (Chunk& ch : chunks)
-    for (float*& buf : ch.grad_buf) buf = pipe_buffers->at<float>(grad_at[g++]);
+    for (void*& buf : ch.grad_buf) buf = pipe_buffers->at<uint8_t>(grad_at[g++]);
   mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
 }
 
@@ -332,7 +333,12 @@ StepResult Engine::Impl::step(const HostBatch* batch) {
     data_wait = train_loader->last_wait_s();
   }
 
-  for (Chunk& ch : chunks) ch.model->zero_grads();
+  for (Chunk& ch : chunks) {
+    ch.model->zero_grads();
+    // The master weights may have changed since the last pass (a step, a load, an init):
+    // bf16 compute copies are cast again at first use.
+    ch.model->params_changed();
+  }
   double loss_sum = 0;
   moe_sums = MoeSums{};
   reset_slots();

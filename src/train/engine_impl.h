@@ -78,7 +78,7 @@ struct Engine::Impl {
     std::vector<int64_t> free_slots;    // activation slots not holding a micro-batch
     std::vector<int64_t> slot_of;       // micro-batch -> slot while in flight
     std::vector<std::shared_ptr<dist::Work>> out_send;  // per slot: its output's send
-    std::vector<float*> grad_buf;                       // per slot: d(input) being sent (backend memory)
+    std::vector<void*> grad_buf;                        // per slot: d(input) being sent (backend memory)
     std::vector<std::shared_ptr<dist::Work>> grad_send;
   };
 
@@ -111,7 +111,7 @@ struct Engine::Impl {
     std::shared_ptr<dist::Work> work;
   };
   PostedRecv posted[2];
-  float* recv_stage[2] = {nullptr, nullptr};  // backend memory, [R,H] each
+  void* recv_stage[2] = {nullptr, nullptr};  // backend memory, [R,H] each in the compute dtype
   std::unique_ptr<Arena> pipe_buffers;        // recv_stage and every chunk's grad_buf
   // Host staging of a micro-batch's inputs, copied into a model slot.
   std::vector<int32_t> in_ids, in_labels;
@@ -281,7 +281,7 @@ struct Engine::Impl {
   void post_recv(int64_t index, const parallel::PipelineAction& a);
 
   // The message for action `index`, posting its receive now if it was not posted ahead.
-  float* take_recv(int64_t index, const parallel::PipelineAction& a);
+  void* take_recv(int64_t index, const parallel::PipelineAction& a);
 
   // One pipeline action (number `index` of the step). Sends are posted asynchronously and
   // waited on only when their buffer is reused.

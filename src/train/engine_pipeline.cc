@@ -64,11 +64,11 @@ void Engine::Impl::post_recv(int64_t index, const parallel::PipelineAction& a) {
   PostedRecv& p = posted[index % 2];
   MPT_ASSERT(!p.work);
   p.index = index;
-  p.work = pp_comm->recv_async(recv_stage[index % 2], dims.rows() * dims.hidden, DType::kF32,
+  p.work = pp_comm->recv_async(recv_stage[index % 2], dims.rows() * dims.hidden, dims.compute,
                                a.forward ? prev_stage() : next_stage(), tag(a.forward, a.chunk, a.microbatch));
 }
 
-float* Engine::Impl::take_recv(int64_t index, const parallel::PipelineAction& a) {
+void* Engine::Impl::take_recv(int64_t index, const parallel::PipelineAction& a) {
   PostedRecv& p = posted[index % 2];
   if (p.index != index || !p.work) post_recv(index, a);
   p.work->wait();
@@ -88,7 +88,7 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
   load_microbatch(m, slot, a.microbatch, batch);
   if (!m.chunk().pre_process) {
     const Tensor in = m.chunk_input(slot);
-    const float* msg = take_recv(index, a);
+    const void* msg = take_recv(index, a);
     ops->device_copy(in.data, msg, in.bytes());
   }
   // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
@@ -115,7 +115,7 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
     const Tensor out = m.chunk_output(slot);
     const int64_t to_chunk = pp_rank == pp_size - 1 ? a.chunk + 1 : a.chunk;
     ch.out_send[static_cast<size_t>(slot)] =
-        pp_comm->send_async(out.data, out.numel(), DType::kF32, next_stage(), tag(true, to_chunk, a.microbatch));
+        pp_comm->send_async(out.data, out.numel(), out.dtype, next_stage(), tag(true, to_chunk, a.microbatch));
   }
 }
 
@@ -126,7 +126,7 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
   for (Part* part : {&ch.dense, &ch.experts})
     if (part->dp) part->dp->set_last_microbatch(index == ch.last_backward);
   Tensor dout;
-  if (!m.chunk().post_process) dout = Tensor::f32(take_recv(index, a), {dims.rows(), dims.hidden});
+  if (!m.chunk().post_process) dout = Tensor(take_recv(index, a), dims.compute, {dims.rows(), dims.hidden});
   const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
   // Gradients are averaged over dp-cp ranks, but context-parallel ranks hold parts of one
   // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
@@ -142,7 +142,7 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
     const Tensor din = m.input_grad();
     ops->device_copy(ch.grad_buf[s], din.data, din.bytes());
     const int64_t to_chunk = pp_rank == 0 ? a.chunk - 1 : a.chunk;
-    ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s], din.numel(), DType::kF32, prev_stage(),
+    ch.grad_send[s] = pp_comm->send_async(ch.grad_buf[s], din.numel(), din.dtype, prev_stage(),
                                           tag(false, to_chunk, a.microbatch));
   }
   if (ch.out_send[s]) {
@@ -175,6 +175,7 @@ double Engine::Impl::evaluate() {
             "validation needs validation.eval_interval set when the engine is built");
   const int64_t iters = recipe.validation.eval_iters;
   double total = 0;
+  for (Chunk& ch : chunks) ch.model->params_changed();
   if (valid_loader->position() != consumed_valid_samples) valid_loader->seek(consumed_valid_samples);
   for (int64_t i = 0; i < iters; ++i) {
     const data::RankBatch& vb = valid_loader->next();

@@ -1,7 +1,8 @@
 // Whole training steps on the GPU (MPT_BACKEND=cuda) against the CPU oracle: recipes/tiny.toml
 // in fp32 for 3 steps, one rank, then multi-rank layouts sharing the one GPU (their
 // collectives staged through host memory over gloo, as NCCL refuses two ranks on one
-// device) against the one-rank GPU run. Skipped without a GPU.
+// device) against the one-rank GPU run; then bf16 mixed precision: its loss curve against
+// fp32's, against the CPU's bf16 run, and its layouts against one rank. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -14,11 +15,12 @@
 namespace mpt::train {
 namespace {
 
-std::vector<testing::RankRun> run_on(const char* backend, int64_t world, const std::vector<std::string>& overrides) {
+std::vector<testing::RankRun> run_on(const char* backend, int64_t world, const std::vector<std::string>& overrides,
+                                     int64_t steps = 3) {
   ::setenv("MPT_BACKEND", backend, 1);
   std::vector<testing::RankRun> r;
   try {
-    r = testing::run(world, overrides, 3, {"decoder.layers.0.self_attention.linear_qkv.weight"});
+    r = testing::run(world, overrides, steps, {"decoder.layers.0.self_attention.linear_qkv.weight"});
   } catch (...) {
     ::unsetenv("MPT_BACKEND");
     throw;
@@ -59,6 +61,58 @@ TEST(CudaEngine, LayoutsOnOneGpuMatchTheOneRankGpuRun) {
   std::vector<std::string> ep = moe;
   ep.push_back("model.expert_model_parallel_size=2");
   expect_close_runs(run_on("cuda", 2, ep), moe_one, "EP=2");
+}
+
+const std::string kBf16 = "mixed_precision=bf16_mixed";
+
+// Each step's loss and gradient norm within the given relative tolerances.
+void expect_within(const std::vector<testing::RankRun>& got, const testing::RankRun& want, double loss_tol,
+                   double norm_tol, const std::string& what) {
+  for (size_t k = 0; k < got.size(); ++k) {
+    ASSERT_EQ(got[k].losses.size(), want.losses.size());
+    for (size_t i = 0; i < want.losses.size(); ++i) {
+      EXPECT_LT(testing::rel(got[k].losses[i], want.losses[i]), loss_tol)
+          << what << " rank " << k << " step " << i + 1 << ": " << got[k].losses[i] << " vs " << want.losses[i];
+      EXPECT_LT(testing::rel(got[k].norms[i], want.norms[i]), norm_tol)
+          << what << " rank " << k << " grad norm, step " << i + 1;
+    }
+  }
+}
+
+// bf16 training of the tiny recipe follows the fp32 curve (within 1%, as on the CPU, where
+// it is within 0.4%) and learns as much.
+TEST(CudaEngine, Bf16TracksTheFp32LossCurve) {
+  MPT_SKIP_WITHOUT_GPU();
+  const testing::RankRun fp32 = run_on("cuda", 1, {}, 10)[0];
+  const std::vector<testing::RankRun> bf16 = run_on("cuda", 1, {kBf16}, 10);
+  expect_within(bf16, fp32, 1e-2, 1e-1, "bf16 against fp32 on the GPU");
+  const double fp32_drop = fp32.losses.front() - fp32.losses.back();
+  const double bf16_drop = bf16[0].losses.front() - bf16[0].losses.back();
+  ASSERT_GT(fp32_drop, 0.1);
+  EXPECT_NEAR(bf16_drop, fp32_drop, 0.05 * fp32_drop);
+}
+
+// The GPU's bf16 kernels against the CPU's bf16 reference (the same roundings; sums in
+// other orders can round a value to the neighbouring bf16).
+TEST(CudaEngine, Bf16StepsMatchTheCpuBf16) {
+  MPT_SKIP_WITHOUT_GPU();
+  const testing::RankRun cpu = run_on("cpu", 1, {kBf16})[0];
+  expect_within(run_on("cuda", 1, {kBf16}), cpu, 2e-3, 2e-2, "bf16 GPU against bf16 CPU");
+}
+
+TEST(CudaEngine, Bf16LayoutsOnOneGpuMatchTheOneRankGpuRun) {
+  MPT_SKIP_WITHOUT_GPU();
+  const testing::RankRun one = run_on("cuda", 1, {kBf16})[0];
+  expect_within(run_on("cuda", 2, {kBf16, "model.tensor_model_parallel_size=2", "model.sequence_parallel=true"}), one,
+                1e-3, 1e-2, "bf16 TP=2");
+  expect_within(run_on("cuda", 2, {kBf16, "model.pipeline_model_parallel_size=2"}), one, 1e-3, 1e-2, "bf16 PP=2");
+  expect_within(run_on("cuda", 2, {kBf16, "model.context_parallel_size=2"}), one, 1e-3, 1e-2, "bf16 CP=2");
+  const std::vector<std::string> moe = {kBf16, "model.num_moe_experts=8", "model.moe_ffn_hidden_size=176",
+                                        "model.moe_aux_loss_coeff=1e-2", "model.moe_shared_expert_intermediate_size=176"};
+  const testing::RankRun moe_one = run_on("cuda", 1, moe)[0];
+  std::vector<std::string> ep = moe;
+  ep.push_back("model.expert_model_parallel_size=2");
+  expect_within(run_on("cuda", 2, ep), moe_one, 1e-3, 1e-2, "bf16 EP=2");
 }
 
 }  // namespace

@@ -303,14 +303,14 @@ TEST(ConfigFinalize, ExpertRulesOfMegatron) {
 
 TEST(ConfigFinalize, NotSupportedYetIsReportedWithTheRest) {
   const std::string msg =
-      problems_with({"model.qk_layernorm=true", "mixed_precision=bf16_mixed", "ddp.overlap_param_gather=true",
+      problems_with({"model.qk_layernorm=true", "mixed_precision=fp16_mixed", "ddp.overlap_param_gather=true",
                      "ddp.check_for_nan_in_grad=true", "optimizer.optimizer=sgd", "model.num_moe_experts=4",
                      "model.add_bias_linear=false", "model.moe_router_load_balancing_type=sinkhorn",
                      "checkpoint.most_recent_k=0", "logger.timing_log_level=1", "model.hidden_dropout=2"});
   EXPECT_TRUE(has(msg, "override 'model.qk_layernorm=true': model.qk_layernorm: query/key layernorm is not supported "
                        "yet"))
       << msg;
-  EXPECT_TRUE(has(msg, "mixed_precision: the mixed-precision preset \"bf16_mixed\" is not supported yet")) << msg;
+  EXPECT_TRUE(has(msg, "mixed_precision: the mixed-precision preset \"fp16_mixed\" is not supported yet")) << msg;
   EXPECT_TRUE(has(msg, "ddp.overlap_param_gather: this data-parallel setting is not supported yet")) << msg;
   EXPECT_FALSE(has(msg, "ddp.check_for_nan_in_grad")) << msg;
   EXPECT_TRUE(has(msg, "optimizer.optimizer: the optimizer \"sgd\" is not supported yet")) << msg;
@@ -331,6 +331,23 @@ TEST(ConfigFinalize, NotSupportedYetIsReportedWithTheRest) {
   finalize(r, 1);  // the fp32 preset and the two plain DDP switches are built
 }
 
+TEST(ConfigFinalize, Bf16MixedPrecisionIsBuiltWithFp32Gradients) {
+  for (const char* how : {"mixed_precision=bf16_mixed", "mixed_precision.bf16=true", "model.bf16=true"}) {
+    Recipe r = valid();
+    apply_overrides(r, {how});
+    finalize(r, 1);
+    EXPECT_TRUE(uses_bf16(r)) << how;
+  }
+  Recipe plain = valid();
+  finalize(plain, 1);
+  EXPECT_FALSE(uses_bf16(plain));
+  EXPECT_TRUE(has(problems_with({"mixed_precision.bf16=true", "mixed_precision.grad_reduce_in_fp32=false"}),
+                  "mixed_precision.grad_reduce_in_fp32: gradient reduction in bf16 (gradients are accumulated and "
+                  "reduced in fp32) is not supported yet"));
+  EXPECT_TRUE(has(problems_with({"mixed_precision=fp32", "model.bf16=true"}),
+                  "model.bf16: asks for bf16 but the recipe's mixed precision is fp32"));
+}
+
 TEST(ConfigFinalize, ManyProblemsAtOnceEachWithItsLine) {
   const char* text = R"([model]
 num_layers = 3
@@ -340,7 +357,7 @@ vocab_size = 100
 normalization = "BatchNorm"
 hidden_dropout = -0.5
 pipeline_model_parallel_size = 2
-bf16 = true
+fp16 = true
 [train]
 micro_batch_size = 2
 global_batch_size = 3
@@ -357,7 +374,7 @@ min_lr = 0.2
   EXPECT_TRUE(has(msg, "many.toml:2: model.num_layers: must be divisible by model.pipeline_model_parallel_size")) << msg;
   EXPECT_TRUE(has(msg, "many.toml:12: train.global_batch_size: must be divisible by")) << msg;
   EXPECT_TRUE(has(msg, "many.toml:16: optimizer.min_lr: must be <= optimizer.lr")) << msg;
-  EXPECT_TRUE(has(msg, "many.toml:9: model.bf16: bf16 training is not supported yet")) << msg;
+  EXPECT_TRUE(has(msg, "many.toml:9: model.fp16: fp16 training is not supported yet")) << msg;
   EXPECT_FALSE(has(msg, "dataset.")) << msg;
   EXPECT_GE(count_lines(msg), 7u) << msg;
 }

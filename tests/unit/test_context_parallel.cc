@@ -25,6 +25,9 @@ using dist::testing::world_comm;
 using test::random_vector;
 using test::view;
 
+// Workspace sizes in f32 elements (the areas are multiples of 16 bytes).
+int64_t ws_numel(const ContextParallel& cp, const AttentionDims& d) { return cp.workspace_bytes(d, DType::kF32) / 4; }
+
 struct Case {
   int64_t cp;
   CpCommType type;
@@ -129,14 +132,14 @@ void check_against_one_call(const Case& c) {
     std::vector<float> q = mine(w.q, qw), k = mine(w.k, kw), v = mine(w.v, kw), dout = mine(w.dout, qw);
     std::vector<float> out(q.size()), lse(static_cast<size_t>(tokens * c.heads));
     std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-    std::vector<float> workspace(static_cast<size_t>(cp.workspace_numel(d)));
+    std::vector<float> workspace(static_cast<size_t>(ws_numel(cp, d)));
 
     const int64_t before = comm->bytes_sent();
-    cp.attention_forward(*ops, view(workspace, {cp.workspace_numel(d)}), view(out, {tokens, qw}),
+    cp.attention_forward(*ops, view(workspace, {ws_numel(cp, d)}), view(out, {tokens, qw}),
                          view(lse, {tokens, c.heads}), view(q, {tokens, qw}), view(k, {tokens, kw}),
                          view(v, {tokens, kw}), d);
     const int64_t after_forward = comm->bytes_sent();
-    cp.attention_backward(*ops, view(workspace, {cp.workspace_numel(d)}), view(dq, {tokens, qw}),
+    cp.attention_backward(*ops, view(workspace, {ws_numel(cp, d)}), view(dq, {tokens, qw}),
                           view(dk, {tokens, kw}), view(dv, {tokens, kw}), view(dout, {tokens, qw}),
                           view(q, {tokens, qw}), view(k, {tokens, kw}), view(v, {tokens, kw}),
                           view(out, {tokens, qw}), view(lse, {tokens, c.heads}), d);
@@ -193,7 +196,7 @@ TEST(ContextParallelSplit, RankKeepsChunksRAndTwoCpMinusOneMinusR) {
   const ContextParallel one;
   EXPECT_EQ(one.position(5, 8), 5);
   EXPECT_EQ(one.local_positions(8).at(7), 7);
-  EXPECT_EQ(one.workspace_numel(dims_of(Case{1, CpCommType::kP2P}, 8)), 0);
+  EXPECT_EQ(ws_numel(one, dims_of(Case{1, CpCommType::kP2P}, 8)), 0);
 }
 
 TEST(ContextParallelConfig, ParsesCommTypes) {
@@ -218,7 +221,7 @@ TEST(ContextParallelErrors, RejectsBadArgumentsBeforeAnyMessage) {
       const int64_t tokens = 6 * c.batch, qw = c.heads * c.head_dim, kw = c.groups * c.head_dim;
       std::vector<float> q(tokens * qw), k(tokens * kw), v(tokens * kw), out(tokens * qw), lse(tokens * c.heads);
       const AttentionDims good = dims_of(c, 6);
-      std::vector<float> ws(static_cast<size_t>(cp.workspace_numel(good)));
+      std::vector<float> ws(static_cast<size_t>(ws_numel(cp, good)));
       auto forward = [&](const AttentionDims& d, int64_t ws_numel) {
         cp.attention_forward(*ops, view(ws, {ws_numel}), view(out, {tokens, qw}), view(lse, {tokens, c.heads}),
                              view(q, {tokens, qw}), view(k, {tokens, kw}), view(v, {tokens, kw}), d);
@@ -229,7 +232,7 @@ TEST(ContextParallelErrors, RejectsBadArgumentsBeforeAnyMessage) {
                               view(k, {tokens, kw}), view(v, {tokens, kw}), view(out, {tokens, qw}),
                               view(lse, {tokens, c.heads}), d);
       };
-      const int64_t enough = cp.workspace_numel(good);
+      const int64_t enough = ws_numel(cp, good);
       ASSERT_GT(enough, 0);
       auto expect_rejected = [&](const Error& e, const char* part) {
         EXPECT_EQ(e.status(), Status::kInvalidArgument) << e.what();
@@ -278,7 +281,7 @@ TEST(ContextParallelOneRank, IsThePlainOpBitForBit) {
   const AttentionDims d = dims_of(c, seq);
   auto check = [&](const ContextParallel& cp) {
     EXPECT_EQ(cp.size(), 1);
-    EXPECT_EQ(cp.workspace_numel(d), 0);
+    EXPECT_EQ(ws_numel(cp, d), 0);
     auto ops = backend::make_cpu_ops(1);
     Whole in = w;
     std::vector<float> out(w.out.size()), lse(w.lse.size()), dq(w.dq.size()), dk(w.dk.size()), dv(w.dv.size());

@@ -73,5 +73,20 @@ TEST(DeviceEmulation, ExpertParallelLayoutsAreBitIdentical) {
                    "EP2 x TP2+SP allgather");
 }
 
+// bf16 mixed precision: conversions, compute copies of the weights and bf16 messages stay
+// in backend memory too.
+TEST(DeviceEmulation, Bf16LayoutsAreBitIdentical) {
+  expect_identical(1, {"mixed_precision=bf16_mixed"}, "bf16 one rank");
+  expect_identical(4,
+                   {"mixed_precision=bf16_mixed", "model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
+                    "model.pipeline_model_parallel_size=2"},
+                   "bf16 TP2+SP x PP2");
+  expect_identical(2, {"mixed_precision=bf16_mixed", "model.context_parallel_size=2"}, "bf16 CP2");
+  expect_identical(2, {"mixed_precision=bf16_mixed", "ddp.data_parallel_sharding_strategy=optim_grads_params"},
+                   "bf16 FSDP DP2");
+  expect_identical(2, plus(kMoe, {"mixed_precision=bf16_mixed", "model.expert_model_parallel_size=2"}),
+                   "bf16 EP2 alltoall");
+}
+
 }  // namespace
 }  // namespace mpt::train

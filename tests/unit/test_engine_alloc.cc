@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "config/recipe.h"
 #include "train/engine.h"
@@ -31,9 +32,10 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 namespace mpt::train {
 namespace {
 
-void expect_steady_state_allocates_nothing(const char* recipe) {
+void expect_steady_state_allocates_nothing(const char* recipe, const std::vector<std::string>& overrides = {}) {
   config::Recipe r = config::load_recipe_file(std::string(MPT_SOURCE_DIR "/recipes/") + recipe);
   config::apply_overrides(r, {"train.train_iters=10", "model.num_layers=2", "validation.eval_interval=null"});
+  config::apply_overrides(r, overrides);
   config::finalize(r, 1);
   Engine e(r, Logger([](LogLevel, const std::string&) {}));
   e.train_step();
@@ -44,6 +46,13 @@ void expect_steady_state_allocates_nothing(const char* recipe) {
 }
 
 TEST(EngineMemory, SteadyStateStepAllocatesNothing) { expect_steady_state_allocates_nothing("tiny.toml"); }
+
+// bf16 mixed precision: the compute copies of the weights and the backend's conversion
+// buffers are reused step after step.
+TEST(EngineMemory, SteadyStateBf16StepAllocatesNothing) {
+  expect_steady_state_allocates_nothing("tiny.toml", {"mixed_precision=bf16_mixed"});
+  expect_steady_state_allocates_nothing("tiny_moe.toml", {"mixed_precision=bf16_mixed"});
+}
 
 // The MoE layer's host-side routing keeps its work space between micro-batches too.
 TEST(EngineMemory, SteadyStateMixtureOfExpertsStepAllocatesNothing) {

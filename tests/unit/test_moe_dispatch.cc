@@ -121,8 +121,8 @@ class Layer {
       i32_store_.emplace_back(static_cast<size_t>(t.numel()), -7);
       t.data = i32_store_.back().data();
     };
-    plan_moe(d_, acts_, f32, i32);
-    plan_moe_scratch(d_, scratch_, f32, i32);
+    plan_moe(d_, acts_, f32, f32, i32);
+    plan_moe_scratch(d_, scratch_, f32, f32, i32);
   }
   Layer(const Layer&) = delete;
   Layer& operator=(const Layer&) = delete;

@@ -36,6 +36,12 @@ void check_i32(const char* op, const char* arg, const Tensor& t) {
   check_view(op, arg, t);
 }
 
+void check_float(const char* op, const char* arg, const Tensor& t) {
+  MPT_CHECK(t.dtype == DType::kF32 || t.dtype == DType::kBF16, Status::kInvalidArgument, op, ": ", arg,
+            " must be F32 or BF16, got ", describe(t));
+  check_view(op, arg, t);
+}
+
 void check_numel(const char* op, const char* arg, const Tensor& t, int64_t expected) {
   MPT_CHECK(t.numel() == expected, Status::kInvalidArgument, op, ": ", arg, " ", describe(t), " must hold ",
             expected, " elements");

@@ -15,6 +15,8 @@ std::string describe(const Tensor& t);
 // Throws unless t is F32 (or I32) with a sane shape and data behind every element.
 void check_f32(const char* op, const char* arg, const Tensor& t);
 void check_i32(const char* op, const char* arg, const Tensor& t);
+// Throws unless t is F32 or BF16 with a sane shape and data behind every element.
+void check_float(const char* op, const char* arg, const Tensor& t);
 
 // Throws unless t holds exactly `expected` elements.
 void check_numel(const char* op, const char* arg, const Tensor& t, int64_t expected);

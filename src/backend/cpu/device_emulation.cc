@@ -56,6 +56,7 @@ class EmulatedDeviceOps final : public Ops {
     if (bytes) std::memmove(untag(dst), untag(src), bytes);
   }
 
+  void cast(Tensor dst, Tensor src) override { inner_->cast(U(dst), U(src)); }
   void fill(Tensor x, float value) override { inner_->fill(U(x), value); }
   void copy(Tensor dst, Tensor src) override { inner_->copy(U(dst), U(src)); }
   void add(Tensor out, Tensor a, Tensor b) override { inner_->add(U(out), U(a), U(b)); }

@@ -5,6 +5,7 @@
 
 #include "backend/cpu/check.h"
 #include "backend/cpu/threading.h"
+#include "core/bf16.h"
 
 namespace mpt::backend::cpu {
 
@@ -33,6 +34,30 @@ double chunked_sum(int64_t n, Term term) {
     for (int64_t c = 0; c < nc; ++c) total += partial[c];
   }
   return total;
+}
+
+// Element i as an fp32 value: F32 as it is, BF16 widened (exactly).
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const uint16_t* p, int64_t i) { return bf16_to_f32(p[i]); }
+
+// Calls f with x's elements as a typed pointer (x is F32 or BF16).
+template <typename F>
+decltype(auto) with_elements(const Tensor& x, F f) {
+  if (x.dtype == DType::kBF16) return f(static_cast<const uint16_t*>(x.data));
+  return f(static_cast<const float*>(x.data));
+}
+
+template <typename T>
+double sum_squares_of(const T* p, int64_t n) {
+  return chunked_sum(n, [p](int64_t i) {
+    const double v = load(p, i);
+    return v * v;
+  });
+}
+
+template <typename A, typename B>
+double dot_of(const A* pa, const B* pb, int64_t n) {
+  return chunked_sum(n, [pa, pb](int64_t i) { return static_cast<double>(load(pa, i)) * load(pb, i); });
 }
 
 }  // namespace
@@ -94,30 +119,33 @@ void scale(Tensor x, float s) {
 }
 
 double sum_squares(Tensor x) {
-  check_f32("sum_squares", "x", x);
-  const float* p = x.f();
-  return chunked_sum(x.numel(), [p](int64_t i) {
-    const double v = p[i];
-    return v * v;
-  });
+  check_float("sum_squares", "x", x);
+  return with_elements(x, [&](auto p) { return sum_squares_of(p, x.numel()); });
 }
 
 double dot(Tensor a, Tensor b) {
-  check_f32("dot", "a", a);
-  check_f32("dot", "b", b);
+  check_float("dot", "a", a);
+  check_float("dot", "b", b);
   check_numel("dot", "b", b, a.numel());
-  const float *pa = a.f(), *pb = b.f();
-  return chunked_sum(a.numel(), [pa, pb](int64_t i) { return static_cast<double>(pa[i]) * pb[i]; });
+  return with_elements(a, [&](auto pa) {
+    return with_elements(b, [&](auto pb) { return dot_of(pa, pb, a.numel()); });
+  });
 }
 
 bool all_finite(Tensor x) {
-  check_f32("all_finite", "x", x);
-  const auto* bits = static_cast<const uint32_t*>(x.data);
+  check_float("all_finite", "x", x);
   const int64_t n = x.numel();
   uint32_t bad = 0;
   // An exponent of all ones is Inf or NaN; testing bits keeps the loop vectorisable.
+  if (x.dtype == DType::kBF16) {
+    const auto* bits = static_cast<const uint16_t*>(x.data);
 #pragma omp parallel for schedule(static) if(n >= kMinParallelWork) reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f80u) == 0x7f80u);
+  } else {
+    const auto* bits = static_cast<const uint32_t*>(x.data);
+#pragma omp parallel for schedule(static) if(n >= kMinParallelWork) reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  }
   return bad == 0;
 }
 

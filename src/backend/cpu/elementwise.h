@@ -12,7 +12,7 @@ void add(Tensor out, Tensor a, Tensor b);      // out may alias a or b
 void add_inplace(Tensor y, Tensor x);          // y += x
 void scale(Tensor x, float s);                 // x *= s
 // Sums over fixed 64K-element chunks, each in double, combined in index order: the
-// result does not depend on the number of threads.
+// result does not depend on the number of threads. These three read F32 or BF16 (widened).
 double sum_squares(Tensor x);
 double dot(Tensor a, Tensor b);
 bool all_finite(Tensor x);
