@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests also use python3 (an independent writer of indexed-dataset fixtures) and
-# iproute2 (network namespaces standing in for two hosts).
+# The tests also use python3 (an independent writer of indexed-dataset fixtures and the
+# Python binding), iproute2 (network namespaces standing in for two hosts), and cargo,
+# rustc and golang-go (the Rust and Go bindings, built against the installed library).
 packages=(build-essential cmake pkg-config libtomlplusplus-dev libopenblas-dev nlohmann-json3-dev libgtest-dev libgloo-dev
-          python3 iproute2)
+          python3 iproute2 cargo rustc golang-go)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,3 @@
+module mptrain
+
+go 1.19
