@@ -34,6 +34,33 @@ Logger console_logger(bool quiet) {
 
 }  // namespace
 
+std::optional<std::vector<std::string>> plan_command_line(int argc, const char* const* argv) {
+  std::string launch_option;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "plan") {
+      if (!launch_option.empty())
+        throw UsageError(launch_option + " starts ranks for 'train' and 'config', not for 'plan'");
+      return std::vector<std::string>(argv + i, argv + argc);
+    }
+    if (arg == "-q" || arg == "--quiet" || arg.starts_with("--threads=")) continue;
+    if (arg == "--threads") {
+      ++i;
+      continue;
+    }
+    bool launch = false;
+    for (const std::string name : {"--nproc-per-node", "--master-addr", "--master-port"}) {
+      if (arg != name && !arg.starts_with(name + "=")) continue;
+      launch = true;
+      launch_option = name;
+      if (arg == name) ++i;  // its value
+    }
+    if (launch) continue;
+    return std::nullopt;  // another command, option or a recipe
+  }
+  return std::nullopt;
+}
+
 int run_config(const Invocation& inv) {
   const std::string text = config::to_toml(resolved_recipe(inv));
   std::fwrite(text.data(), 1, text.size(), stdout);

@@ -1,5 +1,6 @@
-// mptrain: train a transformer from a TOML recipe, print the resolved recipe, plan its
-// pipeline schedule, prepare and inspect indexed datasets, or inspect a checkpoint.
+// mptrain: train a transformer from a TOML recipe, print the resolved recipe, plan a run
+// (memory, communication, layouts, pipeline schedule), prepare and inspect indexed datasets,
+// or inspect a checkpoint.
 // With --nproc-per-node N it launches N ranks of itself (src/cli/launcher.h).
 // Exit status: 0 success, 1 rejected input or failed training (or a failed rank), 2 bad
 // command line, 128 + the signal when a launch was stopped by SIGINT or SIGTERM.
@@ -67,11 +68,8 @@ int launch_ranks(const mpt::cli::Invocation& inv) {
 
 int run(int argc, char** argv) {
   using mpt::cli::Command;
-  if (argc > 1 && std::string(argv[1]) == "plan") {
-    mpt::cli::Invocation plan;
-    plan.rank_arguments.assign(argv + 1, argv + argc);
-    return mpt::cli::run_plan(plan);
-  }
+  if (const std::optional<std::vector<std::string>> plan = mpt::cli::plan_command_line(argc, argv))
+    return mpt::cli::run_plan(*plan);
   const mpt::cli::Invocation inv = mpt::cli::parse_command_line(argc, argv);
   switch (inv.command) {
     case Command::kHelp:

@@ -1,41 +1,20 @@
-// `mptrain plan --pipeline`: the pipeline schedule a recipe implies, drawn as a unit-time
-// timeline per stage, with its bubble fraction and the activations each stage keeps.
-//
-// The recipe is resolved as `mptrain config` resolves it, for a world of tp * pp * cp * dp
-// ranks (dp from --dp), so every rule of the recipe applies; --schedule can then ask for a
-// schedule the sizes do not allow, which is refused naming the rule.
-#include <algorithm>
+// `mptrain plan RECIPE`: memory, communication, step time and MFU of a recipe on a cluster
+// (train/plan.h), every valid layout ranked (--search), every process group (--groups), as
+// text or JSON; and `mptrain plan --pipeline`, the pipeline timeline (plan_pipeline.cc).
+// This file parses the arguments and dispatches; nothing is trained.
 #include <cerrno>
-#include <cstdint>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <optional>
-#include <string>
-#include <vector>
 
 #include "cli/commands.h"
-#include "config/recipe.h"
+#include "cli/plan_cli.h"
 #include "core/error.h"
-#include "parallel/pipeline_layout.h"
-#include "parallel/pipeline_schedule.h"
 
 namespace mpt::cli {
 namespace {
 
 using parallel::ScheduleKind;
-using parallel::ScheduleSpec;
-
-// A timeline wider than this many time units is summarised, not drawn.
-constexpr int64_t kMaxDrawnTimeUnits = 400;
-
-struct PlanArguments {
-  bool help = false;
-  bool pipeline = false;
-  std::optional<ScheduleKind> schedule;  // --schedule; none: chosen from the recipe
-  int64_t data_parallel_size = 1;        // --dp N
-  std::string recipe_path;
-  std::vector<std::string> overrides;
-};
 
 ScheduleKind parse_schedule(const std::string& text) {
   for (ScheduleKind kind : {ScheduleKind::kNone, ScheduleKind::kGPipe, ScheduleKind::k1F1B, ScheduleKind::kInterleaved})
@@ -43,20 +22,40 @@ ScheduleKind parse_schedule(const std::string& text) {
   throw UsageError("--schedule expects none, gpipe, 1f1b or interleaved, got '" + text + "'");
 }
 
-int64_t parse_dp(const std::string& text) {
+int64_t parse_int(const std::string& option, const std::string& text, int64_t lo, int64_t hi) {
   errno = 0;
   char* end = nullptr;
   const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || errno != 0 || *end != '\0' || v < 1 || v > (1 << 20))
-    throw UsageError("--dp expects an integer in 1.." + std::to_string(1 << 20) + ", got '" + text + "'");
+  if (text.empty() || errno != 0 || *end != '\0' || v < lo || v > hi)
+    throw UsageError(option + " expects an integer in " + std::to_string(lo) + ".." + std::to_string(hi) + ", got '" +
+                     text + "'");
   return v;
 }
 
-// args: the command line after the program name, starting with "plan".
+std::string number_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.10g", v);
+  return buf;
+}
+
+// A number above `lo` (or at least `lo` when `inclusive`), at most `hi`.
+double parse_number(const std::string& option, const std::string& text, double lo, bool inclusive, double hi) {
+  errno = 0;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  const bool low_ok = inclusive ? v >= lo : v > lo;
+  if (text.empty() || errno != 0 || *end != '\0' || !std::isfinite(v) || !low_ok || v > hi)
+    throw UsageError(option + " expects a number " + (inclusive ? ">= " : "> ") + number_text(lo) + " and <= " +
+                     number_text(hi) + ", got '" + text + "'");
+  return v;
+}
+
+// args: the command line from "plan" on.
 PlanArguments parse_plan_arguments(const std::vector<std::string>& args) {
   PlanArguments out;
   bool options_done = false;
   std::vector<std::string> positionals;
+  std::vector<std::string> pipeline_only, plan_only;  // options given, by name
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (options_done || arg.empty() || arg[0] != '-' || arg == "-") {
@@ -71,6 +70,7 @@ PlanArguments parse_plan_arguments(const std::vector<std::string>& args) {
       if (arg.starts_with(name + "=")) return arg.substr(name.size() + 1);
       return std::nullopt;
     };
+    train::Hardware& hw = out.hardware;
     if (arg == "--") {
       options_done = true;
     } else if (arg == "-h" || arg == "--help") {
@@ -79,14 +79,58 @@ PlanArguments parse_plan_arguments(const std::vector<std::string>& args) {
       out.pipeline = true;
     } else if (auto s = value_of("--schedule")) {
       out.schedule = parse_schedule(*s);
+      pipeline_only.push_back("--schedule");
     } else if (auto dp = value_of("--dp")) {
-      out.data_parallel_size = parse_dp(*dp);
+      out.data_parallel_size = parse_int("--dp", *dp, 1, 1 << 20);
+      pipeline_only.push_back("--dp");
+    } else if (auto n = value_of("--gpus")) {
+      out.gpus = parse_int("--gpus", *n, 1, 1 << 20);
+      plan_only.push_back("--gpus");
+    } else if (auto g = value_of("--gpu-memory")) {
+      hw.gpu_memory_bytes = parse_number("--gpu-memory", *g, 0, false, 1 << 20) * (1 << 30);
+      plan_only.push_back("--gpu-memory");
+    } else if (auto n = value_of("--gpus-per-node")) {
+      hw.gpus_per_node = parse_int("--gpus-per-node", *n, 1, 1024);
+      plan_only.push_back("--gpus-per-node");
+    } else if (auto p = value_of("--peak-tflops")) {
+      hw.peak_flops = parse_number("--peak-tflops", *p, 0, false, 1e6) * 1e12;
+      out.peak_given = true;
+      plan_only.push_back("--peak-tflops");
+    } else if (auto e = value_of("--compute-efficiency")) {
+      hw.compute_efficiency = parse_number("--compute-efficiency", *e, 0, false, 1);
+      plan_only.push_back("--compute-efficiency");
+    } else if (auto b = value_of("--intra-node-gbps")) {
+      hw.intra_node_bytes_per_s = parse_number("--intra-node-gbps", *b, 0, false, 1e6) * 1e9;
+      plan_only.push_back("--intra-node-gbps");
+    } else if (auto b = value_of("--inter-node-gbps")) {
+      hw.inter_node_bytes_per_s = parse_number("--inter-node-gbps", *b, 0, false, 1e6) * 1e9;
+      plan_only.push_back("--inter-node-gbps");
+    } else if (auto l = value_of("--latency-us")) {
+      hw.collective_latency_s = parse_number("--latency-us", *l, 0, true, 1e6) * 1e-6;
+      plan_only.push_back("--latency-us");
+    } else if (arg == "--search") {
+      out.search = true;
+      plan_only.push_back(arg);
+    } else if (arg == "--groups") {
+      out.groups = true;
+      plan_only.push_back(arg);
+    } else if (auto r = value_of("--rank")) {
+      out.rank = parse_int("--rank", *r, 0, (1 << 20) - 1);
+      plan_only.push_back("--rank");
+    } else if (arg == "--json") {
+      out.json = true;
+      plan_only.push_back(arg);
     } else {
       throw UsageError("unknown option '" + arg + "' of 'plan'");
     }
   }
   if (out.help) return out;
-  if (!out.pipeline) throw UsageError("plan needs what to plan: --pipeline");
+  if (out.pipeline && !plan_only.empty())
+    throw UsageError(plan_only.front() + " is not an option of 'plan --pipeline' (which draws the schedule only)");
+  if (!out.pipeline && !pipeline_only.empty())
+    throw UsageError(pipeline_only.front() + " needs --pipeline (the schedule's timeline)");
+  if (out.search && out.groups)
+    throw UsageError("--search ranks other layouts and --groups lists the recipe's groups: ask one at a time");
   if (positionals.empty()) throw UsageError("plan needs the recipe file (RECIPE.toml)");
   out.recipe_path = positionals[0];
   for (size_t k = 1; k < positionals.size(); ++k) {
@@ -98,47 +142,44 @@ PlanArguments parse_plan_arguments(const std::vector<std::string>& args) {
   return out;
 }
 
-// The recipe with its overrides, finalized for a world of tp * pp * cp * dp ranks.
-config::Recipe planned_recipe(const PlanArguments& args) {
-  config::Recipe recipe = config::load_recipe_file(args.recipe_path);
-  config::apply_overrides(recipe, args.overrides);
-  const config::ModelConfig& m = recipe.model;
-  // Sizes below 1 are finalize()'s to report; 1 keeps the world size meaningful meanwhile.
-  const auto size = [](int64_t n) { return std::max<int64_t>(n, 1); };
-  const int64_t world = size(m.tensor_model_parallel_size) * size(m.pipeline_model_parallel_size) *
-                        size(m.context_parallel_size) * args.data_parallel_size;
-  config::finalize(recipe, world);
-  return recipe;
+void print(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
 }
-
-// "[0-1] [4-5]": the layers of each chunk of one stage, in chunk order.
-std::string stage_layers(const config::Recipe& recipe, int64_t stage) {
-  const config::ModelConfig& m = recipe.model;
-  const parallel::PipelineSplit split{m.num_layers, m.pipeline_model_parallel_size,
-                                      m.virtual_pipeline_model_parallel_size.value_or(1),
-                                      m.num_layers_in_first_pipeline_stage, m.num_layers_in_last_pipeline_stage};
-  std::string text;
-  for (int64_t c = 0; c < split.chunks; ++c) {
-    const parallel::ChunkLayers layers = parallel::chunk_layers(split, stage, c);
-    text += c == 0 ? "[" : " [";
-    if (layers.count() == 1) text += std::to_string(layers.begin);
-    if (layers.count() > 1) text += str(layers.begin, "-", layers.end - 1);
-    text += "]";
-  }
-  return text;
-}
-
-ScheduleKind default_schedule(int64_t stages, int64_t chunks) {
-  if (chunks > 1) return ScheduleKind::kInterleaved;
-  return stages > 1 ? ScheduleKind::k1F1B : ScheduleKind::kNone;
-}
-
-std::string plural(int64_t n, const char* one, const char* many) { return str(n, " ", n == 1 ? one : many); }
 
 }  // namespace
 
 std::string plan_usage_text() {
   return R"(Plan:
+  mptrain plan RECIPE.toml [section.key=value ...] [--gpus N] [--gpu-memory GiB]
+               [--gpus-per-node N] [--search | --groups [--rank R]] [--json] [model options]
+            What the recipe costs on a cluster, before anything runs. Per pipeline stage,
+            one GPU's memory: parameters (fp32 master weights and the bf16 compute copies),
+            gradients and optimizer state as the sharding strategy holds them, activations
+            by the per-layer formula for every micro-batch in flight; the bytes each GPU
+            sends per step over each parallel dimension (dp, edp, tp, cp, ep, pp, the tied
+            embedding) and whether its groups cross nodes; an estimated step time, bubble,
+            throughput and MFU. The recipe is checked as `config` checks it, for N GPUs.
+  --gpus N              The world size (default: the smallest the layout allows, the
+                        product of its parallel sizes; the data-parallel size is N over it).
+  --gpu-memory GiB      Memory per GPU the plan must fit in (default 80).
+  --gpus-per-node N     GPUs per node (default 8): groups spanning nodes use the network.
+  --search              Every layout of N GPUs (TP within a node, SP whenever TP > 1, PP,
+                        CP, EP, the recipe's virtual stages or none) that passes the recipe's
+                        rules and fits, ranked by estimated throughput, and why every family
+                        of layouts (TP, PP, EP) that does not was excluded.
+  --groups              Every process group as rank lists (tp, cp, dp, dp-cp, pp, tp-cp,
+                        tp-dp-cp, tp-pp, embedding, position-embedding, etp, ep, etp-ep,
+                        edp) and one rank's coordinates and groups.
+  --rank R              The rank --groups describes (default 0).
+  --json                The plan (groups included), or the search, as one JSON document.
+  Model options (the estimate's stated model; defaults: an H100 SXM node):
+  --peak-tflops X       Peak per GPU (default 989 for bf16 mixed precision, 67 for fp32).
+  --compute-efficiency F  Fraction of peak GEMMs and attention reach (default 0.7).
+  --intra-node-gbps X   GB/s per GPU inside a node (default 360, NVLink).
+  --inter-node-gbps X   GB/s per GPU between nodes (default 40, 400 Gb/s InfiniBand).
+  --latency-us X        Fixed cost of each collective or message (default 20).
+
   mptrain plan --pipeline RECIPE.toml [section.key=value ...] [--schedule NAME] [--dp N]
             Print the pipeline schedule the recipe implies (nothing is trained): the layout,
             each stage's compute in unit time steps ("F3"/"B3": forward/backward of
@@ -155,61 +196,40 @@ std::string plan_usage_text() {
 )";
 }
 
-int run_plan(const Invocation& inv) {
-  const PlanArguments args = parse_plan_arguments(inv.rank_arguments);
+int run_plan(const std::vector<std::string>& command_line) {
+  const PlanArguments args = parse_plan_arguments(command_line);
   if (args.help) {
-    std::fputs(plan_usage_text().c_str(), stdout);
+    print(plan_usage_text());
     return 0;
   }
-  const config::Recipe recipe = planned_recipe(args);
-  const config::ModelConfig& m = recipe.model;
-  const config::Derived& d = recipe.derived;
-  const int64_t p = m.pipeline_model_parallel_size, v = m.virtual_pipeline_model_parallel_size.value_or(1);
-  const int64_t microbatches = d.num_microbatches;
-  const int64_t group = m.microbatch_group_size_per_vp_stage.value_or(p);
+  if (args.pipeline) return run_plan_pipeline(args);
 
-  const ScheduleKind kind = args.schedule.value_or(default_schedule(p, v));
-  const ScheduleSpec spec{kind, p, v, microbatches, group};
-  try {
-    parallel::check_schedule(spec);
-  } catch (const Error& e) {
-    fail(Status::kInvalidConfig, recipe.path, ": ", e.what(), " (P = model.pipeline_model_parallel_size ", p,
-         ", V = ", v, ", M = train.global_batch_size / (train.micro_batch_size * data-parallel size) = ",
-         microbatches, ")");
-  }
+  config::Recipe recipe = config::load_recipe_file(args.recipe_path);
+  config::apply_overrides(recipe, args.overrides);
+  train::Hardware hw = args.hardware;
+  if (!args.peak_given) hw.peak_flops = train::default_peak_flops(config::uses_bf16(recipe));
+  const int64_t world = args.gpus.value_or(train::smallest_world(recipe));
 
-  const int64_t micro_batch_size = recipe.train.micro_batch_size.value_or(0);
-  const std::string layout =
-      str("layout: world ", d.world_size, " = tp ", m.tensor_model_parallel_size, " x pp ", p, " x cp ",
-          m.context_parallel_size, " x dp ", d.data_parallel_size, "; ",
-          plural(microbatches, "micro-batch", "micro-batches"), " of ", micro_batch_size, " per step (global batch ",
-          microbatches * micro_batch_size * d.data_parallel_size, ")");
-  std::printf("%s\n", layout.c_str());
-  std::string schedule = str("schedule: ", parallel::schedule_name(kind), ", P=", p, " V=", v, " M=", microbatches);
-  if (kind == ScheduleKind::kInterleaved) schedule += str(" G=", group);
-  std::printf("%s\n", schedule.c_str());
-
-  const parallel::Simulation sim = parallel::simulate(spec);
-  if (sim.makespan <= kMaxDrawnTimeUnits) {
-    std::fputs(parallel::render_timeline(spec).c_str(), stdout);
-  } else {
-    int64_t idle = 0, busy = 0;
-    for (int64_t x : sim.idle) idle += x;
-    for (int64_t x : sim.busy) busy += x;
-    std::printf("timeline: %lld time units per stage, not drawn (more than %lld)\n",
-                static_cast<long long>(sim.makespan), static_cast<long long>(kMaxDrawnTimeUnits));
-    std::printf("bubble fraction: %g (idle %lld / busy %lld time units)\n", sim.bubble_fraction(),
-                static_cast<long long>(idle), static_cast<long long>(busy));
+  if (args.search) {
+    const train::SearchResult search = train::search_layouts(recipe, world, hw);
+    print(args.json ? search_json(search) + "\n" : search_text(search));
+    return 0;
   }
-  std::string in_flight = "micro-batches in flight (most per chunk):";
-  std::string layers = "layers (by chunk):";
-  for (int64_t r = 0; r < p; ++r) {
-    const int64_t most = parallel::max_in_flight(parallel::pipeline_schedule(spec, r), v);
-    in_flight += str(r == 0 ? " " : ", ", "stage ", r, " ", most);
-    layers += str(r == 0 ? " " : ", ", "stage ", r, " ", stage_layers(recipe, r));
+  const train::Plan plan = train::plan_recipe(recipe, world, hw);
+  const dist::ParallelState layout(plan.sizes);
+  MPT_CHECK(args.rank < world, Status::kInvalidArgument, "plan --rank ", args.rank, ": outside the world of ", world,
+            " ranks");
+  if (args.json) {
+    print(plan_json(plan, layout, args.rank) + "\n");
+    return 0;
   }
-  std::printf("%s\n%s\n", in_flight.c_str(), layers.c_str());
-  std::fflush(stdout);
+  const std::string note = args.gpus ? "" : " (the smallest world the layout allows; --gpus N for more)";
+  std::string text = plan_text(plan, note);
+  if (args.groups) {
+    text += '\n';
+    text += groups_text(layout, args.rank);
+  }
+  print(text);
   return 0;
 }
 

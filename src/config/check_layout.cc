@@ -2,12 +2,42 @@
 // the sizes derived from them: DP, ETP, EDP and the number of micro-batches.
 #include <numeric>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "config/finalize_internal.h"
 #include "core/error.h"
 
 namespace mpt::config {
 namespace {
+
+// The ranks a layout needs: lcm(TP*PP*CP, ETP*EP*PP) (the expert layout only with experts).
+int64_t ranks_needed(const Checker& c) {
+  const ModelConfig& m = c.r.model;
+  const int64_t tp = m.tensor_model_parallel_size, pp = m.pipeline_model_parallel_size;
+  int64_t need = tp * pp * m.context_parallel_size;
+  if (m.num_moe_experts)
+    need = std::lcm(need, m.expert_tensor_parallel_size.value_or(tp) * m.expert_model_parallel_size * pp);
+  return need;
+}
+
+// What to do about a world the layout does not divide: how many ranks it needs, and which of
+// `keys` (name, value) to lower instead.
+std::string world_advice(const Checker& c, const std::vector<std::pair<std::string, int64_t>>& keys) {
+  const int64_t need = ranks_needed(c);
+  std::string names;
+  for (const auto& [key, value] : keys) {
+    if (value <= 1) continue;
+    names += str(names.empty() ? "" : ", ", "model.", key, " (", value, ")");
+  }
+  std::string advice = c.world_size < need
+                           ? str(": the recipe's layout needs at least ", need, " ranks (a multiple of ", need,
+                                 "), not ", c.world_size, "; launch ", need)
+                           : str(": the recipe's layout needs a multiple of ", need, " ranks (", need, ", ", 2 * need,
+                                 ", ...), not ", c.world_size, "; launch such a number");
+  if (!names.empty()) advice += str(", or lower ", names, " until their product divides ", c.world_size);
+  return advice;
+}
 
 void check_pipeline(Checker& c) {
   const ModelConfig& m = c.r.model;
@@ -97,7 +127,9 @@ void check_experts(Checker& c) {
     c.fail("model.expert_model_parallel_size",
            str("world size ", c.world_size, " is not divisible by expert_tensor_parallel_size * "
                "expert_model_parallel_size * pipeline_model_parallel_size = ", etp, " * ", ep, " * ", pp, " = ",
-               expert_model_size));
+               expert_model_size,
+               world_advice(c, {{"expert_tensor_parallel_size", etp}, {"expert_model_parallel_size", ep},
+                                {"pipeline_model_parallel_size", pp}})));
   }
   if (!m.num_moe_experts) return;
   const int64_t experts = *m.num_moe_experts;
@@ -184,7 +216,9 @@ void check_layout(Checker& c) {
       c.fail("model.tensor_model_parallel_size",
              str("world size ", c.world_size, " is not divisible by tensor_model_parallel_size * "
                  "pipeline_model_parallel_size * context_parallel_size = ", tp, " * ", pp, " * ", cp, " = ",
-                 model_size));
+                 model_size,
+                 world_advice(c, {{"tensor_model_parallel_size", tp}, {"pipeline_model_parallel_size", pp},
+                                  {"context_parallel_size", cp}})));
     }
   }
   if (tp >= 1) {

@@ -90,12 +90,16 @@ err_has "train.global_batch_size: must be divisible by train.micro_batch_size * 
 # Command-line errors exit 2.
 run 2 plan --pipeline "$recipe" --schedule zigzag
 err_has "--schedule expects none, gpipe, 1f1b or interleaved, got 'zigzag'"
-run 2 plan "$recipe"
-err_has "plan needs what to plan: --pipeline"
 run 2 plan --pipeline
+err_has "plan needs the recipe file (RECIPE.toml)"
 run 2 plan --pipeline "$recipe" --dp 0
 run 2 plan --pipeline "$recipe" --frobnicate
 run 2 plan --pipeline "$recipe" not-an-override
+# Options of the cluster plan are not the timeline's, and the other way round.
+run 2 plan --pipeline "$recipe" --gpus 4
+err_has "--gpus is not an option of 'plan --pipeline'"
+run 2 plan "$recipe" --dp 2
+err_has "--dp needs --pipeline"
 
 # The help lists the command; `plan --help` prints its part.
 run 0 --help
