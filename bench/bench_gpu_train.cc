@@ -38,9 +38,10 @@
 // synchronised step; the caching allocator keeps what it takes, so this is the high-water
 // mark of everything the run holds (allocator blocks with their size-class rounding, the
 // cuBLASLt workspace, loaded kernels), the counterpart of torch.cuda.max_memory_reserved.
+// allocator_peak_bytes is the caching allocator's high-water mark of memory handed out
+// (MemoryReport.backend_peak_bytes), the counterpart of torch.cuda.max_memory_allocated.
 // accounted_bytes is the engine's own MemoryReport (parameters, gradients, optimizer state,
-// the planned activations, the backend's work buffers), the counterpart of
-// torch.cuda.max_memory_allocated; the CUDA backend does not expose its allocator's peak.
+// the planned activations, the backend's work buffers).
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -322,6 +323,7 @@ void time_run(const Options& o, const mpt::config::Recipe& r) {
   j["mfu_palm"] = j["flops_per_step_palm"].get<double>() / step_median / peak;
   j["peak_device_bytes"] = gpu ? json(used_peak - used_before) : json(nullptr);
   j["accounted_bytes"] = accounted;
+  j["allocator_peak_bytes"] = gpu ? json(m.backend_peak_bytes) : json(nullptr);
   j["memory"] = {{"params", m.params_bytes},
                  {"grads", m.grads_bytes},
                  {"optimizer", m.optimizer_bytes},

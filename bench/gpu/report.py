@@ -43,7 +43,7 @@ def gib(v):
 
 def row(j):
     return [j["model"], j["impl"], str(j["micro_batch"]), f"{j['tokens_per_s']:,.0f}", f"{j['step_ms_median']:.1f}",
-            gib(j.get("peak_device_bytes")), gib(j.get("accounted_bytes")), f"{100 * j['mfu']:.1f}%",
+            gib(j.get("peak_device_bytes")), gib(j.get("allocator_peak_bytes") or j.get("accounted_bytes")), f"{100 * j['mfu']:.1f}%",
             f"{100 * j['mfu_palm']:.1f}%", f"{j['loss_first']:.3f} -> {j['loss_last']:.3f}", str(j["timed_steps"])]
 
 
@@ -138,7 +138,8 @@ def main():
     peaks = sorted({j["peak_tflops"] for j in lines if j.get("status") == "ok"})
     head = (f"device: {'; '.join(devices) or '-'}; MFU against {', '.join(f'{p:g}' for p in peaks) or '-'} "
             "TFLOP/s (dense bf16 peak); peak GiB: device memory in use (cudaMemGetInfo) above the start, "
-            "alloc GiB: mptrain's accounted memory / torch.cuda.max_memory_allocated")
+            "alloc GiB: the caching allocator's peak (mptrain's; its account on the CPU) / "
+            "torch.cuda.max_memory_allocated")
     print(head)
     print(text_table(rows) if rows else "(no timed run)")
     for n in notes:

@@ -84,6 +84,9 @@ class Ops : public MemoryResource {
   // Bytes of work buffers the backend keeps between calls, as of now (they grow to the
   // largest call seen, e.g. the CPU attention's score blocks).
   virtual int64_t workspace_bytes() const { return 0; }
+  // The most of this backend's memory in use at once so far (allocate() minus release(), as
+  // its allocator counts it), or 0 where it is not tracked (host-memory backends).
+  virtual int64_t peak_bytes() const { return 0; }
 
   // --- where tensors live -------------------------------------------------------------
   // The memory this backend computes on: host memory for the CPU, device memory for a GPU.

@@ -233,6 +233,8 @@ CudaOps::~CudaOps() { release_resources(device_, stream_, alloc_, lt_, pinned_);
 
 void CudaOps::synchronize() { MPT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
+int64_t CudaOps::peak_bytes() const { return static_cast<int64_t>(alloc_->peak_bytes_in_use()); }
+
 int64_t CudaOps::workspace_bytes() const {
   return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + pinned_bytes_);
 }

@@ -43,6 +43,7 @@ class CudaOps final : public backend::Ops {
   const char* name() const override { return name_; }
   void synchronize() override;
   int64_t workspace_bytes() const override;
+  int64_t peak_bytes() const override;  // the caching allocator's peak in use
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 

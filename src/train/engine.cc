@@ -308,6 +308,7 @@ MemoryReport Engine::Impl::memory() const {
     m.activations_peak_bytes += ch.model->activations_bytes();
   }
   m.backend_workspace_bytes = ops->workspace_bytes();
+  m.backend_peak_bytes = ops->peak_bytes();
   return m;
 }
 

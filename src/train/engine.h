@@ -49,6 +49,9 @@ struct MemoryReport {
   int64_t activations_peak_bytes = 0;
   // The backend's own work buffers as of now (Ops::workspace_bytes), outside the above.
   int64_t backend_workspace_bytes = 0;
+  // The most backend memory in use at once so far, as its allocator counts it (the GPU's
+  // caching allocator: everything above plus transient buffers); 0 on the CPU.
+  int64_t backend_peak_bytes = 0;
 };
 
 class Engine {
