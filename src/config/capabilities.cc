@@ -30,10 +30,9 @@ void check_capabilities(Checker& c) {
             "model.moe_router_load_balancing_type",
             str("the load-balancing type ", toml_quote(m.moe_router_load_balancing_type)));
   }
-  unbuilt(m.recompute_granularity.has_value(), "model.recompute_granularity", "activation recompute");
-  unbuilt(m.recompute_method.has_value(), "model.recompute_method", "activation recompute");
-  unbuilt(m.recompute_num_layers.has_value(), "model.recompute_num_layers", "activation recompute");
-  unbuilt(!m.recompute_modules.empty(), "model.recompute_modules", "activation recompute");
+  for (const std::string& module : m.recompute_modules)
+    unbuilt(module == "mla_up_proj", "model.recompute_modules",
+            "recomputing \"mla_up_proj\" (multi-latent attention)");
   unbuilt(m.apply_residual_connection_post_layernorm, "model.apply_residual_connection_post_layernorm",
           "the residual connection after the layernorm");
   unbuilt(m.qk_layernorm, "model.qk_layernorm", "query/key layernorm");

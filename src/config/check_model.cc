@@ -1,9 +1,11 @@
 // Cross-key rules of the model architecture (TransformerConfig's __post_init__ checks),
 // and the model sizes every later stage reads from Derived.
+#include <algorithm>
 #include <string>
 
 #include "config/finalize_internal.h"
 #include "core/error.h"
+#include "parallel/pipeline_layout.h"
 
 namespace mpt::config {
 namespace {
@@ -48,6 +50,26 @@ void check_moe(Checker& c) {
   }
 }
 
+// The layers of the largest model chunk (a pipeline stage's, or a virtual stage's with
+// interleaving), or 0 when the pipeline split is broken (check_layout reports that).
+int64_t largest_chunk_layers(const ModelConfig& m) {
+  parallel::PipelineSplit split;
+  split.num_layers = m.num_layers;
+  split.stages = m.pipeline_model_parallel_size;
+  split.chunks = m.virtual_pipeline_model_parallel_size.value_or(1);
+  split.first = m.num_layers_in_first_pipeline_stage;
+  split.last = m.num_layers_in_last_pipeline_stage;
+  if (split.num_layers < 1 || split.stages < 1 || split.chunks < 1) return 0;
+  int64_t largest = 0;
+  try {
+    for (int64_t stage = 0; stage < split.stages; ++stage)
+      largest = std::max(largest, parallel::chunk_layers(split, stage, 0).count());
+  } catch (const Error&) {
+    return 0;
+  }
+  return largest;
+}
+
 void check_recompute(Checker& c) {
   const ModelConfig& m = c.r.model;
   const std::string granularity = m.recompute_granularity.value_or("");
@@ -69,6 +91,25 @@ void check_recompute(Checker& c) {
   if (m.recompute_num_layers && m.num_layers > 0 && *m.recompute_num_layers > m.num_layers) {
     c.fail("model.recompute_num_layers",
            str("must be <= model.num_layers (", m.num_layers, "), got ", *m.recompute_num_layers));
+  } else if (m.recompute_num_layers && granularity == "full") {
+    // Megatron counts recompute_num_layers within each model chunk (uniform: layers per
+    // group; block: layers recomputed per chunk).
+    const int64_t chunk = largest_chunk_layers(m);
+    if (chunk > 0 && *m.recompute_num_layers > chunk) {
+      c.fail("model.recompute_num_layers",
+             str("must be <= the layers of a model chunk (", chunk, ": model.num_layers ", m.num_layers,
+                 " over pipeline_model_parallel_size ", m.pipeline_model_parallel_size,
+                 " x virtual_pipeline_model_parallel_size ", m.virtual_pipeline_model_parallel_size.value_or(1),
+                 "), got ", *m.recompute_num_layers));
+    }
+  }
+  // The MoE modules need an MoE MLP to act on.
+  const bool moe = m.num_moe_experts && *m.num_moe_experts > 0;
+  for (const std::string& module : m.recompute_modules) {
+    if ((module == "moe" || module == "moe_act" || module == "shared_experts") && !moe)
+      c.fail("model.recompute_modules", str(toml_quote(module), " needs model.num_moe_experts"));
+    if (module == "shared_experts" && moe && !m.moe_shared_expert_intermediate_size)
+      c.fail("model.recompute_modules", "\"shared_experts\" needs model.moe_shared_expert_intermediate_size");
   }
 }
 

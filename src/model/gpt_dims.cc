@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace mpt::model {
 
@@ -14,7 +17,64 @@ backend::Activation parse_activation(const std::string& name) {
   if (name == "squared_relu") return backend::Activation::kSquaredRelu;
   fail(Status::kInvalidConfig, "model.activation_func: unknown activation '", name, "'");
 }
+
+Recompute parse_recompute(const config::ModelConfig& m) {
+  Recompute rc;
+  const std::string granularity = m.recompute_granularity.value_or("");
+  if (granularity == "full") {
+    MPT_CHECK(m.recompute_method && m.recompute_num_layers, Status::kInvalidConfig,
+              "model.recompute_granularity: \"full\" needs model.recompute_method and model.recompute_num_layers");
+    rc.full = *m.recompute_method == "block" ? Recompute::Full::kBlock : Recompute::Full::kUniform;
+    rc.num_layers = *m.recompute_num_layers;
+    MPT_CHECK(rc.num_layers >= 1, Status::kInvalidConfig, "model.recompute_num_layers: must be >= 1, got ",
+              rc.num_layers);
+    return rc;
+  }
+  if (granularity != "selective") return rc;
+  rc.selective = true;
+  const std::vector<std::string> fallback = {"core_attn"};  // Megatron's default list
+  for (const std::string& name : m.recompute_modules.empty() ? fallback : m.recompute_modules) {
+    if (name == "core_attn") rc.core_attn = true;
+    else if (name == "layernorm") rc.layernorm = true;
+    else if (name == "mlp") rc.mlp = true;
+    else if (name == "moe") rc.moe = true;
+    else if (name == "moe_act") rc.moe_act = true;
+    else if (name == "shared_experts") rc.shared_experts = true;
+    else if (name == "mla_up_proj")
+      fail(Status::kInvalidConfig, "model.recompute_modules: \"mla_up_proj\" needs multi-latent attention, which is "
+           "not supported yet");
+    else
+      fail(Status::kInvalidConfig, "model.recompute_modules: unknown module '", name, "'; valid: \"core_attn\", "
+           "\"layernorm\", \"mlp\", \"moe\", \"moe_act\", \"shared_experts\"");
+  }
+  return rc;
+}
 }  // namespace
+
+Recompute::Group Recompute::group(int64_t i, int64_t layers) const {
+  if (full == Full::kUniform) {
+    const int64_t begin = i / num_layers * num_layers;
+    return {begin, std::min(begin + num_layers, layers)};
+  }
+  if (full == Full::kBlock && i < num_layers) return {i, i + 1};
+  return {};
+}
+
+std::string Recompute::describe() const {
+  if (full == Full::kUniform)
+    return str("full (uniform, groups of ", num_layers, num_layers == 1 ? " layer)" : " layers)");
+  if (full == Full::kBlock)
+    return num_layers == 1 ? "full (block, the first layer of each chunk)"
+                           : str("full (block, the first ", num_layers, " layers of each chunk)");
+  if (!selective) return "none";
+  std::string parts;
+  const std::pair<bool, const char*> modules[] = {{core_attn, "core_attn"}, {layernorm, "layernorm"}, {mlp, "mlp"},
+                                                  {moe, "moe"}, {moe_act, "moe_act"},
+                                                  {shared_experts, "shared_experts"}};
+  for (const auto& [on, name] : modules)
+    if (on) parts += str(parts.empty() ? "" : ", ", name);
+  return "selective (" + parts + ")";
+}
 
 GPTDims make_dims(const config::Recipe& r) {
   MPT_CHECK(r.finalized, Status::kInternal, "make_dims needs a finalized recipe");
@@ -70,6 +130,7 @@ GPTDims make_dims(const config::Recipe& r) {
     g.etp = d.expert_tensor_parallel_size;
     g.alltoall = m.moe_token_dispatcher_type == "alltoall";
   }
+  g.recompute = parse_recompute(m);
   return g;
 }
 

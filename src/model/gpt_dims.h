@@ -2,11 +2,44 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "backend/ops.h"
 #include "config/recipe.h"
 
 namespace mpt::model {
+
+// Activation recompute, resolved from Megatron's recompute_granularity / recompute_method /
+// recompute_num_layers / recompute_modules: what a micro-batch does not keep from forward to
+// backward and backward regenerates. Dropout masks are keyed by position, so a forward run
+// again draws the same masks and the gradients are the same bits as without recompute.
+struct Recompute {
+  // Full granularity: whole layers run their forward again in backward from a kept input.
+  // uniform: the layers of each model chunk in groups of num_layers, only each group's input
+  // kept; block: the first num_layers layers of each chunk, each from its kept input.
+  enum class Full { kNone, kUniform, kBlock };
+  Full full = Full::kNone;
+  int64_t num_layers = 0;
+  // Selective granularity: recompute_modules, in every layer. "core_attn" drops nothing: the
+  // flash-style attention keeps only its output and log-sum-exp, and its backward regenerates
+  // the probabilities already (Megatron's fused attention is the same).
+  bool selective = false;
+  bool core_attn = false;
+  bool layernorm = false;       // both norms' outputs and statistics, from the norms' inputs
+  bool mlp = false;             // a dense MLP's fc1 and activation outputs, from norm2_out
+  bool moe = false;             // an MoE MLP entirely (router, routing, exchange, experts)
+  bool moe_act = false;         // the routed experts' activation output, from their fc1 output
+  bool shared_experts = false;  // the shared expert's fc1 and activation outputs
+  // Local layer i of a chunk of `layers` layers under full recompute: the local layers
+  // [begin, end) it runs again with in backward (begin == end: it keeps its activations).
+  struct Group {
+    int64_t begin = 0, end = 0;
+    bool recomputed() const { return end > begin; }
+  };
+  Group group(int64_t i, int64_t layers) const;
+  // "full (uniform, groups of 2 layers)", "selective (core_attn, mlp)", "none".
+  std::string describe() const;
+};
 
 struct GPTDims {
   int64_t num_layers = 0;
@@ -73,6 +106,8 @@ struct GPTDims {
   int64_t ep = 1, ep_rank = 0;
   int64_t etp = 1, etp_rank = 0;
   bool alltoall = false;  // moe_token_dispatcher_type
+
+  Recompute recompute;
 
   bool is_moe_layer(int64_t layer) const { return num_experts > 0 && layer % moe_layer_freq == 0; }
   int64_t moe_group() const { return ep * etp; }

@@ -10,10 +10,49 @@ namespace mpt::model {
 namespace {
 enum Site : uint64_t { kEmbedding = 1000001 };
 
-// Plans a tensor inside an arena; resolved to a pointer once the arena is allocated.
-struct Planned {
-  Tensor* t;
-  size_t offset;
+// Plans tensors inside the activation arena: each slot's own tensors, or tensors in one
+// region every slot shares for what recompute drops after forward and regenerates in
+// backward. The region is laid out again from its start for each layer (selective) or group
+// of layers (full), so it is as large as the largest of them.
+class ActPlanner {
+ public:
+  ActPlanner(Arena& arena, DType compute) : arena_(arena), compute_(compute) {}
+  // Where the next tensors go: the slot (kept) or the shared region.
+  void keep() { shared_ = false; }
+  void share() { shared_ = true; }
+  // The shared region starts over: the tensors that follow reuse it.
+  void restart_shared() { cursor_ = 0; }
+  void act(Tensor& t, std::initializer_list<int64_t> shape) { place(t, compute_, shape); }
+  void f32(Tensor& t, std::initializer_list<int64_t> shape) { place(t, DType::kF32, shape); }
+  void i32(Tensor& t, std::initializer_list<int64_t> shape) { place(t, DType::kI32, shape); }
+  // Reserves the shared region, allocates the arena once and points every tensor into it.
+  void allocate() {
+    const size_t region = arena_.reserve(region_);
+    arena_.allocate();
+    for (const Planned& p : plan_) p.t->data = arena_.at<uint8_t>(p.shared ? region + p.offset : p.offset);
+  }
+
+ private:
+  struct Planned {
+    Tensor* t;
+    size_t offset;
+    bool shared;
+  };
+  void place(Tensor& t, DType dtype, std::initializer_list<int64_t> shape) {
+    t = Tensor(nullptr, dtype, shape);
+    if (!shared_) {
+      plan_.push_back({&t, arena_.reserve(t.bytes()), false});
+      return;
+    }
+    plan_.push_back({&t, cursor_, true});
+    cursor_ += (t.bytes() + Arena::kAlign - 1) / Arena::kAlign * Arena::kAlign;  // as the arena rounds
+    region_ = std::max(region_, cursor_);
+  }
+  Arena& arena_;
+  DType compute_;
+  std::vector<Planned> plan_;
+  bool shared_ = false;
+  size_t cursor_ = 0, region_ = 0;
 };
 
 parallel::ChunkLayers whole_model(const GPTDims& d) { return parallel::ChunkLayers{0, d.num_layers, true, true}; }
@@ -123,6 +162,10 @@ GPTModel::GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions o)
             Status::kInvalidConfig, "experts ", d.num_experts, ", expert ffn ", d.moe_ffn, " and shared expert ffn ",
             d.shared_ffn, " must divide by expert-parallel ", d.ep, ", expert-tensor-parallel ", d.etp,
             " and tensor-parallel ", d.tp, " sizes");
+  MPT_CHECK(d.recompute.full == Recompute::Full::kNone || d.recompute.num_layers >= 1, Status::kInvalidConfig,
+            "full activation recompute needs model.recompute_num_layers >= 1, got ", d.recompute.num_layers);
+  MPT_CHECK(d.recompute.full == Recompute::Full::kNone || !d.recompute.selective, Status::kInvalidConfig,
+            "activation recompute is either full or selective, not both");
   MPT_CHECK(o.unit_align > 0 && o.unit_align % ParamRegistry::kAlign == 0, Status::kInvalidArgument,
             "unit alignment ", o.unit_align, " must be a positive multiple of ", ParamRegistry::kAlign);
   MPT_CHECK(o.slots >= 1, Status::kInvalidArgument, "a model needs at least one activation slot, got ", o.slots);
@@ -171,84 +214,107 @@ GPTModel::SlotActs& GPTModel::slot_at(int64_t s) {
 
 void GPTModel::plan_activations() {
   const GPTDims& d = dims_;
+  const Recompute& rc = d.recompute;
   const int64_t T = d.tokens(), R = d.rows(), L = chunk_.count();
-  std::vector<Planned> plan;
-  auto f32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
-    t = Tensor(nullptr, DType::kF32, shape);
-    plan.push_back({&t, acts_.reserve(t.bytes())});
+  ActPlanner plan(acts_, d.compute);
+  // Each tensor a layer keeps goes to the slot, or to the shared region when backward
+  // regenerates it (dropped: the whole layer is recomputed, or its selective module is).
+  auto place = [&](bool dropped) {
+    if (dropped) plan.share();
+    else plan.keep();
   };
-  auto i32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
-    t = Tensor(nullptr, DType::kI32, shape);
-    plan.push_back({&t, acts_.reserve(t.bytes())});
-  };
-  // Activations and their gradients, in the compute dtype.
-  auto act = [&](Tensor& t, std::initializer_list<int64_t> shape) {
-    t = Tensor(nullptr, d.compute, shape);
-    plan.push_back({&t, acts_.reserve(t.bytes())});
+  auto plan_layer = [&](LayerActs& a, int64_t i, bool whole) {
+    place(whole || rc.layernorm);
+    plan.act(a.norm1_out, {R, d.hidden});
+    if (d.layernorm) plan.f32(a.norm1_mean, {R});
+    plan.f32(a.norm1_rstd, {R});
+    place(whole);
+    plan.act(a.q, {T, d.attn_width()});
+    plan.act(a.k, {T, d.kv_width()});
+    plan.act(a.v, {T, d.kv_width()});
+    plan.act(a.attn_out, {T, d.attn_width()});
+    plan.f32(a.lse, {T, d.local_heads()});
+    plan.act(a.resid_mid, {R, d.hidden});
+    place(whole || rc.layernorm);
+    plan.act(a.norm2_out, {R, d.hidden});
+    if (d.layernorm) plan.f32(a.norm2_mean, {R});
+    plan.f32(a.norm2_rstd, {R});
+    if (d.is_moe_layer(chunk_.begin + i)) {
+      auto act = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+        place(whole || moe_recomputed(rc, a.moe, t));
+        plan.act(t, shape);
+      };
+      auto f32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+        place(whole || moe_recomputed(rc, a.moe, t));
+        plan.f32(t, shape);
+      };
+      auto i32 = [&](Tensor& t, std::initializer_list<int64_t> shape) {
+        place(whole || moe_recomputed(rc, a.moe, t));
+        plan.i32(t, shape);
+      };
+      plan_moe(d, a.moe, act, f32, i32);
+    } else {
+      place(whole || rc.mlp);
+      plan.act(a.fc1_out, {T, d.fc1_width()});
+      plan.act(a.act_out, {T, d.local_ffn()});
+    }
   };
   for (SlotActs& s : slots_) {
-    i32(s.ids, {T});
-    i32(s.labels, {T});
-    f32(s.loss_mask, {T});
-    f32(s.grad_scale, {T});
+    plan.keep();
+    plan.i32(s.ids, {T});
+    plan.i32(s.labels, {T});
+    plan.f32(s.loss_mask, {T});
+    plan.f32(s.grad_scale, {T});
     s.residual.resize(static_cast<size_t>(L + 1));
-    for (auto& r : s.residual) act(r, {R, d.hidden});
     s.layers.resize(static_cast<size_t>(L));
-    for (auto& a : s.layers) {
-      act(a.norm1_out, {R, d.hidden});
-      if (d.layernorm) f32(a.norm1_mean, {R});
-      f32(a.norm1_rstd, {R});
-      act(a.q, {T, d.attn_width()});
-      act(a.k, {T, d.kv_width()});
-      act(a.v, {T, d.kv_width()});
-      act(a.attn_out, {T, d.attn_width()});
-      f32(a.lse, {T, d.local_heads()});
-      act(a.resid_mid, {R, d.hidden});
-      act(a.norm2_out, {R, d.hidden});
-      if (d.layernorm) f32(a.norm2_mean, {R});
-      f32(a.norm2_rstd, {R});
-    }
     for (int64_t i = 0; i < L; ++i) {
-      LayerActs& a = s.layers[static_cast<size_t>(i)];
-      if (d.is_moe_layer(chunk_.begin + i)) {
-        plan_moe(d, a.moe, act, f32, i32);
-      } else {
-        act(a.fc1_out, {T, d.fc1_width()});
-        act(a.act_out, {T, d.local_ffn()});
-      }
+      const Recompute::Group g = rc.group(i, L);
+      // Full recompute: a group keeps its input; the inputs of its other layers and every
+      // layer's activations are regenerated. Selective: each layer's dropped parts.
+      if (g.recomputed() ? i == g.begin : rc.selective) plan.restart_shared();
+      place(g.recomputed() && i > g.begin);
+      plan.act(s.residual[static_cast<size_t>(i)], {R, d.hidden});
+      plan_layer(s.layers[static_cast<size_t>(i)], i, g.recomputed());
     }
+    plan.keep();
+    plan.act(s.residual.back(), {R, d.hidden});  // the chunk's output
     if (chunk_.post_process) {
-      act(s.final_out, {R, d.hidden});
-      if (d.layernorm) f32(s.final_mean, {R});
-      f32(s.final_rstd, {R});
-      f32(s.logits, {T, d.local_vocab()});
-      f32(s.row_max, {T});
-      f32(s.sumexp_target, {2, T});
-      f32(s.token_loss, {T});
+      plan.act(s.final_out, {R, d.hidden});
+      if (d.layernorm) plan.f32(s.final_mean, {R});
+      plan.f32(s.final_rstd, {R});
+      plan.f32(s.logits, {T, d.local_vocab()});
+      plan.f32(s.row_max, {T});
+      plan.f32(s.sumexp_target, {2, T});
+      plan.f32(s.token_loss, {T});
     }
   }
-  i32(positions_, {T});
+  plan.keep();
+  plan.i32(positions_, {T});
   LayerScratch& s = scratch_;
-  act(s.qkv, {T, d.qkv_width()});
-  act(s.branch, {R, d.hidden});
-  act(s.dnorm, {R, d.hidden});
-  act(s.dact, {T, d.local_ffn()});
-  act(s.dfc1, {T, d.fc1_width()});
-  act(s.dattn, {T, d.attn_width()});
-  act(s.dq, {T, d.attn_width()});
-  act(s.dk, {T, d.kv_width()});
-  act(s.dv, {T, d.kv_width()});
+  plan.act(s.qkv, {T, d.qkv_width()});
+  plan.act(s.branch, {R, d.hidden});
+  plan.act(s.dnorm, {R, d.hidden});
+  plan.act(s.dact, {T, d.local_ffn()});
+  plan.act(s.dfc1, {T, d.fc1_width()});
+  plan.act(s.dattn, {T, d.attn_width()});
+  plan.act(s.dq, {T, d.attn_width()});
+  plan.act(s.dk, {T, d.kv_width()});
+  plan.act(s.dv, {T, d.kv_width()});
   if (d.sequence_parallel) {
-    act(s.full, {T, d.hidden});
-    act(s.partial, {T, d.hidden});
+    plan.act(s.full, {T, d.hidden});
+    plan.act(s.partial, {T, d.hidden});
   }
-  if (cp_.size() > 1) f32(s.cp_work, {(cp_.workspace_bytes(attention_dims(d, 0), d.compute) + 3) / 4});
+  if (cp_.size() > 1) plan.f32(s.cp_work, {(cp_.workspace_bytes(attention_dims(d, 0), d.compute) + 3) / 4});
   bool any_moe = false;
   for (int64_t i = chunk_.begin; i < chunk_.end; ++i) any_moe = any_moe || d.is_moe_layer(i);
-  if (any_moe) plan_moe_scratch(d, s.moe, act, f32, i32);
-  act(dres_, {R, d.hidden});
-  acts_.allocate();
-  for (auto& p : plan) p.t->data = acts_.at<uint8_t>(p.offset);
+  if (any_moe) {
+    auto act = [&](Tensor& t, std::initializer_list<int64_t> shape) { plan.act(t, shape); };
+    auto f32 = [&](Tensor& t, std::initializer_list<int64_t> shape) { plan.f32(t, shape); };
+    auto i32 = [&](Tensor& t, std::initializer_list<int64_t> shape) { plan.i32(t, shape); };
+    plan_moe_scratch(d, s.moe, act, f32, i32);
+  }
+  plan.act(dres_, {R, d.hidden});
+  plan.allocate();
   if (chunk_.post_process)
     for (SlotActs& a : slots_) {
       a.sumexp = Tensor::f32(a.sumexp_target.f(), {T});
@@ -407,6 +473,22 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   return sums;
 }
 
+void GPTModel::recompute_group(SlotActs& a, const Recompute::Group& g, uint64_t key) {
+  ParamStorage& st = *storage_;
+  for (int64_t i = g.begin; i < g.end; ++i) {
+    const int u = layer_unit(i);
+    const size_t li = static_cast<size_t>(i);
+    const LayerContext c = layer_context(dims_, i, unit_params(u), nullptr, true, 1.0f);
+    // The group's output is kept already; the recomputed copy goes to d(norm), which is
+    // free until the layer's backward (forward does not use it).
+    const Tensor out = i + 1 < g.end ? a.residual[li + 1] : scratch_.dnorm;
+    layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], out,
+                  mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
+    st.params_done(u);
+    expert_unit_done(i, false);
+  }
+}
+
 void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor output_grad, float aux_scale) {
   const GPTDims& d = dims_;
   SlotActs& a = slot_at(slot);
@@ -446,6 +528,8 @@ void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor out
   }
 
   for (int64_t i = chunk_.count() - 1; i >= 0; --i) {
+    const Recompute::Group g = d.recompute.group(i, chunk_.count());
+    if (g.recomputed() && i == g.end - 1) recompute_group(a, g, key);
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     const LayerContext c = layer_context(d, i, unit_params(u), st.unit_grads(u), true, aux_scale);

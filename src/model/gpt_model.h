@@ -79,7 +79,7 @@ struct ModelOptions {
   parallel::ExpertParallel ep;
   std::optional<parallel::ChunkLayers> chunk;  // the layers this model holds; default all
   // Sets of saved activations: micro-batches whose forward has run and backward has not
-  // (a pipeline schedule keeps several in flight).
+  // (a pipeline schedule keeps several in flight). What each keeps depends on dims.recompute.
   int64_t slots = 1;
 };
 
@@ -158,6 +158,7 @@ class GPTModel {
   struct SlotActs {
     Tensor ids, labels, loss_mask, grad_scale;  // [T]
     std::vector<Tensor> residual;               // [L+1] x [R,H]: each local layer's input, then the output
+    // Layers' activations; those recompute drops point into the region all slots share.
     std::vector<LayerActs> layers;
     Tensor final_out, final_mean, final_rstd;   // [R,H], [R], [R]
     Tensor logits;                              // [T, Vp / TP]; becomes dlogits in backward
@@ -167,7 +168,12 @@ class GPTModel {
     double mask_sum = 0;                        // the loss mask's sum, from load_input
   };
   SlotActs& slot_at(int64_t s);
+  // Every slot keeps what d.recompute keeps; what it drops lives in one region all slots
+  // share (see ActPlanner in gpt_model.cc).
   void plan_activations();
+  // Full recompute: runs the forward of local layers [g.begin, g.end) again from the group's
+  // kept input, with the same dropout masks, before backward walks them.
+  void recompute_group(SlotActs& a, const Recompute::Group& g, uint64_t dropout_key);
   int layer_unit(int64_t i) const { return static_cast<int>(i) + (chunk_.pre_process ? 1 : 0); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // The context layer i (local) runs with; params/grads: its unit's areas (grads null in

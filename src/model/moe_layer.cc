@@ -87,6 +87,12 @@ void route_tokens(const int32_t* indices, const float* probs, int64_t tokens, in
   r.total_rows = next_row;
 }
 
+bool moe_recomputed(const Recompute& rc, const MoeActs& a, const Tensor& t) {
+  if (rc.moe) return true;
+  if (rc.moe_act && &t == &a.act_out) return true;
+  return rc.shared_experts && (&t == &a.shared_fc1_out || &t == &a.shared_act_out);
+}
+
 Tensor MoeContext::stacked_params(int first) const {
   const ParamInfo& p = ereg.at(first);
   const DType t = dims.compute;
@@ -430,6 +436,18 @@ void moe_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratc
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
   const int64_t R = d.rows(), E = d.num_experts, k = d.moe_topk;
+
+  // Recompute regenerates what forward dropped ("moe" has rerun all of forward already).
+  const bool redo_act = d.recompute.moe_act && !d.recompute.moe;
+  const bool redo_shared = d.recompute.shared_experts && !d.recompute.moe && d.shared_ffn > 0;
+  if (redo_act) {
+    const int64_t n = c.ep.size() == 1 ? a.routing.total_rows : a.exchange.rows;
+    ops.activation_fwd(a.act_out.rows(0, n), a.fc1_out.rows(0, n), d.activation, d.gated);
+  }
+  if (redo_shared) {
+    column_parallel_forward(ops, c.tp, a.shared_fc1_out, x, c.P(p.shared_fc1), Tensor(), c.full);
+    ops.activation_fwd(a.shared_act_out, a.shared_fc1_out, d.activation, d.gated);
+  }
 
   // Shared expert: its input gradient waits in s.shared_out.
   if (d.shared_ffn > 0) {

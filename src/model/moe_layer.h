@@ -96,6 +96,12 @@ struct MoeActs {
   double aux_loss = 0, z_loss = 0;    // this rank's share of the micro-batch's values (0 when off)
 };
 
+// Whether `t`, a member of `a`, is dropped after forward and regenerated in backward under
+// rc's selective modules: every member with "moe" (layer_backward runs moe_forward again);
+// the experts' activation output with "moe_act"; the shared expert's fc1 and activation
+// outputs with "shared_experts" (moe_backward regenerates those two).
+bool moe_recomputed(const Recompute& rc, const MoeActs& a, const Tensor& t);
+
 // Scratch shared by every MoE layer of a model.
 struct MoeScratch {
   Tensor y_perm;         // [max rows, H]; its gradient in backward
@@ -198,7 +204,8 @@ struct MoeContext {
 // load-balancing and z-losses.
 void moe_forward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor out,
                  bool training);
-// dout [R, H] -> dx [R, H] (overwritten); parameter gradients accumulate. aux_scale: the
+// dout [R, H] -> dx [R, H] (overwritten); parameter gradients accumulate; regenerates first
+// what "moe_act" and "shared_experts" recompute dropped. aux_scale: the
 // weight of this micro-batch's load-balancing and z-losses in the objective (Megatron's
 // MoEAuxLossAutoScaler scale, 1 / micro-batches, times CP).
 void moe_backward(const MoeContext& c, const MoeParams& p, MoeActs& a, MoeScratch& s, Tensor x, Tensor dout, Tensor dx,

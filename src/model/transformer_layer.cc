@@ -162,6 +162,8 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
   auto G = [&](int i) { return c.G(i); };
+  // Selective recompute regenerates what forward dropped just before backward reads it.
+  const Recompute& rc = d.recompute;
 
   // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))).
   Tensor dbranch = s.branch;
@@ -169,9 +171,16 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
     dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut));
   else
     ops.copy(dbranch, dres);
+  if (rc.layernorm) norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
   if (p.moe) {
+    // The whole MoE MLP runs again (routing and exchange included); its output is not needed.
+    if (rc.moe) moe_forward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, s.dnorm, c.training);
     moe_backward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, dbranch, s.dnorm, c.aux_scale);
   } else {
+    if (rc.mlp) {
+      column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
+      ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
+    }
     row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
     ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);
     column_parallel_backward(ops, c.tp, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w), s.full,
@@ -193,6 +202,7 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   }
   Tensor dqkv = s.qkv;
   ops.qkv_merge(dqkv, s.dq, s.dk, s.dv, d.local_groups(), d.heads / d.groups, d.head_dim);
+  if (rc.layernorm) norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
   column_parallel_backward(ops, c.tp, s.dnorm, G(p.qkv_w), G(p.qkv_b), dqkv, a.norm1_out, P(p.qkv_w), s.full,
                            s.partial);
   norm_backward(c, p.norm1_w, p.norm1_b, dres, s.dnorm, x, a.norm1_mean, a.norm1_rstd);

@@ -204,13 +204,22 @@ ChunkActivations chunk_activations(const Context& c, const ChunkModel& ch) {
   const int64_t n = std::max<int64_t>(c.recompute_num_layers, 1);
   if (c.recompute_granularity == "full" && c.recompute_method == "uniform") {
     // Groups of n layers keep only their input; backward re-runs one group at a time.
+    // The re-run's tensors go to one region all micro-batches share: the largest group's
+    // layers with the inputs of all but its first.
     stream = (L + n - 1) / n + 1;
-    for (int64_t i = 0; i < std::min(n, L); ++i) a.recompute_working += layers[static_cast<size_t>(i)] + residual;
+    for (int64_t g = 0; g < L; g += n) {
+      int64_t group = 0;
+      for (int64_t i = g; i < std::min(g + n, L); ++i) group += layers[static_cast<size_t>(i)] + (i > g ? residual : 0);
+      a.recompute_working = std::max(a.recompute_working, group);
+    }
   } else if (c.recompute_granularity == "full") {
-    // block: the first n layers keep only their input.
+    // block: the first n layers keep only their input; one of them at a time is re-run, in a
+    // region the size of the largest.
     for (int64_t i = std::min(n, L); i < L; ++i) kept += layers[static_cast<size_t>(i)];
-    if (L > 0) a.recompute_working = a.largest_layer;
+    for (int64_t i = 0; i < std::min(n, L); ++i)
+      a.recompute_working = std::max(a.recompute_working, layers[static_cast<size_t>(i)]);
   } else {
+    // Selective recompute is not modelled: planned as keeping everything (an upper bound).
     for (int64_t x : layers) kept += x;
   }
   if (ch.layers.post_process) a.head = head_bytes(d);

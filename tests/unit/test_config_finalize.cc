@@ -389,7 +389,6 @@ TEST(ConfigFinalize, PresetCannotBeEditedKeyByKey) {
 TEST(ConfigFinalize, RecomputeRules) {
   const std::string msg = problems_with({"model.recompute_granularity=full"});
   EXPECT_TRUE(has(msg, "model.recompute_granularity: \"full\" needs model.recompute_method")) << msg;
-  EXPECT_TRUE(has(msg, "model.recompute_granularity: activation recompute is not supported yet")) << msg;
   EXPECT_TRUE(has(problems_with({"model.recompute_method=block"}),
                   "model.recompute_method: needs model.recompute_granularity = \"full\""));
 }

@@ -54,6 +54,20 @@ TEST(EngineMemory, SteadyStateBf16StepAllocatesNothing) {
   expect_steady_state_allocates_nothing("tiny_moe.toml", {"mixed_precision=bf16_mixed"});
 }
 
+// Activation recompute regenerates into buffers planned once; a recomputed MoE layer routes
+// again into its slot's host-side work space.
+TEST(EngineMemory, SteadyStateRecomputeStepAllocatesNothing) {
+  const std::vector<std::string> full = {"model.recompute_granularity=full", "model.recompute_method=uniform",
+                                         "model.recompute_num_layers=2"};
+  expect_steady_state_allocates_nothing("tiny.toml", full);
+  expect_steady_state_allocates_nothing("tiny_moe.toml", full);
+  expect_steady_state_allocates_nothing(
+      "tiny_moe.toml", {"model.recompute_granularity=selective",
+                        "model.recompute_modules=[\"layernorm\",\"moe\"]"});
+  expect_steady_state_allocates_nothing("tiny.toml", {"model.recompute_granularity=selective",
+                                                      "model.recompute_modules=[\"layernorm\",\"mlp\"]"});
+}
+
 // The MoE layer's host-side routing keeps its work space between micro-batches too.
 TEST(EngineMemory, SteadyStateMixtureOfExpertsStepAllocatesNothing) {
   expect_steady_state_allocates_nothing("tiny_moe.toml");

@@ -140,6 +140,16 @@ TEST(PlanEngine, Bf16TensorAndSequenceParallel) {
                                               "mixed_precision=bf16_mixed"});
 }
 
+// Full recompute: the kept group inputs and the shared re-run region.
+TEST(PlanEngine, FullRecompute) {
+  expect_plan_matches_engine("tiny.toml", 1, {"model.recompute_granularity=full", "model.recompute_method=uniform",
+                                              "model.recompute_num_layers=1"});
+  expect_plan_matches_engine("tiny.toml", 2, {"model.pipeline_model_parallel_size=2", "model.recompute_granularity=full",
+                                              "model.recompute_method=uniform", "model.recompute_num_layers=2"});
+  expect_plan_matches_engine("tiny.toml", 2, {"model.pipeline_model_parallel_size=2", "model.recompute_granularity=full",
+                                              "model.recompute_method=block", "model.recompute_num_layers=1"});
+}
+
 TEST(PlanEngine, TiedOutputLayerAcrossStages) {
   // The last stage's copy of the embedding: its sharded gradient is gathered over dp-cp
   // before the embedding group sums it, and FSDP keeps a third gathered unit for it.
