@@ -117,58 +117,45 @@ __device__ void load_tile(float* dst, In src, int64_t ld, int rows, int head_dim
   }
 }
 
-// acc[m][n] += sum_k A[ty + 16m][k] * B[tx + 16n][k]   (A B^T; A, B row-major in shared)
+// acc[m][n] += sum_k A[(ty + 16m) * a_m + k * a_k] * B[(tx + 16n) * b_n + k * b_k]: a
+// register tile of a product of two matrices in shared memory, read through strides so one
+// loop serves the three forms below (after inlining the unit strides fold away).
 template <int M, int N>
-__device__ __forceinline__ void product_abt(float (&acc)[M][N], const float* A, int lda, const float* B, int ldb,
-                                            int K, int ty, int tx) {
+__device__ __forceinline__ void product(float (&acc)[M][N], const float* A, int a_m, int a_k, const float* B, int b_n,
+                                        int b_k, int K, int ty, int tx) {
 #pragma unroll 4
   for (int k = 0; k < K; ++k) {
     float x[M], y[N];
 #pragma unroll
-    for (int m = 0; m < M; ++m) x[m] = A[(ty + 16 * m) * lda + k];
+    for (int m = 0; m < M; ++m) x[m] = A[(ty + 16 * m) * a_m + k * a_k];
 #pragma unroll
-    for (int n = 0; n < N; ++n) y[n] = B[(tx + 16 * n) * ldb + k];
+    for (int n = 0; n < N; ++n) y[n] = B[(tx + 16 * n) * b_n + k * b_k];
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int n = 0; n < N; ++n) acc[m][n] = fmaf(x[m], y[n], acc[m][n]);
   }
+}
+
+// acc[m][n] += sum_k A[ty + 16m][k] * B[tx + 16n][k]   (A B^T; A, B row-major in shared)
+template <int M, int N>
+__device__ __forceinline__ void product_abt(float (&acc)[M][N], const float* A, int lda, const float* B, int ldb,
+                                            int K, int ty, int tx) {
+  product(acc, A, lda, 1, B, ldb, 1, K, ty, tx);
 }
 
 // acc[m][n] += sum_k A[ty + 16m][k] * B[k][tx + 16n]   (A B)
 template <int M, int N, int K>
 __device__ __forceinline__ void product_ab(float (&acc)[M][N], const float* A, int lda, const float* B, int ldb,
                                            int ty, int tx) {
-#pragma unroll 4
-  for (int k = 0; k < K; ++k) {
-    float x[M], y[N];
-#pragma unroll
-    for (int m = 0; m < M; ++m) x[m] = A[(ty + 16 * m) * lda + k];
-#pragma unroll
-    for (int n = 0; n < N; ++n) y[n] = B[k * ldb + tx + 16 * n];
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int n = 0; n < N; ++n) acc[m][n] = fmaf(x[m], y[n], acc[m][n]);
-  }
+  product(acc, A, lda, 1, B, 1, ldb, K, ty, tx);
 }
 
 // acc[m][n] += sum_k A[k][ty + 16m] * B[k][tx + 16n]   (A^T B)
 template <int M, int N, int K>
 __device__ __forceinline__ void product_atb(float (&acc)[M][N], const float* A, int lda, const float* B, int ldb,
                                             int ty, int tx) {
-#pragma unroll 4
-  for (int k = 0; k < K; ++k) {
-    float x[M], y[N];
-#pragma unroll
-    for (int m = 0; m < M; ++m) x[m] = A[k * lda + ty + 16 * m];
-#pragma unroll
-    for (int n = 0; n < N; ++n) y[n] = B[k * ldb + tx + 16 * n];
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int n = 0; n < N; ++n) acc[m][n] = fmaf(x[m], y[n], acc[m][n]);
-  }
+  product(acc, A, 1, lda, B, 1, ldb, K, ty, tx);
 }
 
 template <int M, int N>
