@@ -41,7 +41,8 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   build_chunks();
   schedule = optim::LRSchedule::from_recipe(recipe);
   log.info(str("mptrain: ", whole_reg.num_parameters(), " parameters, ",
-               num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step"));
+               num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step",
+               dims.recompute.describe() == "none" ? std::string() : ", recompute " + dims.recompute.describe()));
   DataStreams streams = make_streams(recipe, rows * recipe.derived.data_parallel_size);
   for (const std::string& line : streams.log_lines) log.info(str("mptrain: data ", line));
   data::LoaderLayout ll;
