@@ -181,6 +181,34 @@ struct Tiles {
 };
 
 // Forward: block = (query tile, batch b, head h); heavy (late) causal query tiles start first.
+// The query tile a block of the forward and dQ kernels owns: block = (query tile, batch b,
+// head h), tiles taken last first so the longest causal rows start first; its rows, offsets,
+// the keys it sees and its dropout stream.
+struct QueryTile {
+  int64_t b, h, q0, ldq, ldk, q_off, kv_off, kv_end;
+  int q_rows;
+  uint64_t stream;
+};
+
+template <int BQ>
+__device__ __forceinline__ QueryTile query_tile(const Args& a) {
+  QueryTile t;
+  const int64_t pairs = a.batch * a.heads, q_tiles = (a.seq_q + BQ - 1) / BQ;
+  const int64_t bh = blockIdx.x % pairs;
+  t.b = bh / a.heads;
+  t.h = bh % a.heads;
+  const int64_t g = t.h / (a.heads / a.groups);
+  t.q0 = (q_tiles - 1 - blockIdx.x / pairs) * BQ;
+  t.q_rows = static_cast<int>(min(static_cast<int64_t>(BQ), a.seq_q - t.q0));
+  t.ldq = a.batch * a.heads * a.head_dim;
+  t.ldk = a.batch * a.groups * a.head_dim;
+  t.q_off = t.q0 * t.ldq + (t.b * a.heads + t.h) * a.head_dim;
+  t.kv_off = (t.b * a.groups + g) * a.head_dim;
+  t.kv_end = a.causal ? min(a.seq_kv, t.q0 + t.q_rows + (a.seq_kv - a.seq_q)) : a.seq_kv;
+  t.stream = a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + t.h, t.b) : 0;
+  return t;
+}
+
 template <int DMAX, int BQ, int BK>
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
   using T = Tiles<DMAX, BQ, BK>;
@@ -195,16 +223,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(Args a) {
   float* row_sum = row_rescale + BQ;   // [BQ] final softmax denominators
 
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16, warp = tid / 32, lane = tid % 32;
-  const int64_t pairs = a.batch * a.heads, q_tiles = (a.seq_q + BQ - 1) / BQ;
-  const int64_t bh = blockIdx.x % pairs, qt = q_tiles - 1 - blockIdx.x / pairs;
-  const int64_t b = bh / a.heads, h = bh % a.heads, g = h / (a.heads / a.groups);
-  const int64_t q0 = qt * BQ;
-  const int q_rows = static_cast<int>(min(static_cast<int64_t>(BQ), a.seq_q - q0));
-  const int64_t ldq = a.batch * a.heads * a.head_dim, ldk = a.batch * a.groups * a.head_dim;
-  const int64_t q_off = q0 * ldq + (b * a.heads + h) * a.head_dim, kv_off = (b * a.groups + g) * a.head_dim;
-  const int64_t kv_end = a.causal ? min(a.seq_kv, q0 + q_rows + (a.seq_kv - a.seq_q)) : a.seq_kv;
-  const uint64_t stream =
-      a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + h, b) : 0;
+  const QueryTile qt = query_tile<BQ>(a);
+  const int64_t b = qt.b, h = qt.h, q0 = qt.q0, ldq = qt.ldq, ldk = qt.ldk, q_off = qt.q_off, kv_off = qt.kv_off;
+  const int64_t kv_end = qt.kv_end;
+  const int q_rows = qt.q_rows;
+  const uint64_t stream = qt.stream;
 
   load_tile<BQ, DMAX>(qs, a.q.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
   // Running max and sum of the rows this warp owns (rows warp + kWarps t), in every lane.
@@ -350,16 +373,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(Args a) {
   float* di_s = lse_s + BQ;       // [BQ]
 
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-  const int64_t pairs = a.batch * a.heads, q_tiles = (a.seq_q + BQ - 1) / BQ;
-  const int64_t bh = blockIdx.x % pairs, qt = q_tiles - 1 - blockIdx.x / pairs;
-  const int64_t b = bh / a.heads, h = bh % a.heads, g = h / (a.heads / a.groups);
-  const int64_t q0 = qt * BQ;
-  const int q_rows = static_cast<int>(min(static_cast<int64_t>(BQ), a.seq_q - q0));
-  const int64_t ldq = a.batch * a.heads * a.head_dim, ldk = a.batch * a.groups * a.head_dim;
-  const int64_t q_off = q0 * ldq + (b * a.heads + h) * a.head_dim, kv_off = (b * a.groups + g) * a.head_dim;
-  const int64_t kv_end = a.causal ? min(a.seq_kv, q0 + q_rows + (a.seq_kv - a.seq_q)) : a.seq_kv;
-  const uint64_t stream =
-      a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + h, b) : 0;
+  const QueryTile qt = query_tile<BQ>(a);
+  const int64_t b = qt.b, h = qt.h, q0 = qt.q0, ldq = qt.ldq, ldk = qt.ldk, q_off = qt.q_off, kv_off = qt.kv_off;
+  const int64_t kv_end = qt.kv_end;
+  const int q_rows = qt.q_rows;
+  const uint64_t stream = qt.stream;
 
   load_tile<BQ, DMAX>(qs, a.q.at(q_off), ldq, q_rows, a.head_dim, a.vec4);
   load_tile<BQ, DMAX>(gs, a.dout.at(q_off), ldq, q_rows, a.head_dim, a.vec4);

@@ -163,10 +163,8 @@ void CudaOps::attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v
   const char* op = "attention_fwd";
   check_dims(op, d);
   check_qkv(op, d, q, k, v, {"q", "k", "v"});
-  check_float(op, "out", out);
-  check_numel(op, "out", out, q.numel());
-  check_f32(op, "lse", lse);
-  check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
+  check_float(op, "out", out, q.numel());
+  check_f32(op, "lse", lse, d.seq_q * d.batch * d.heads);
 
   Args a = make_args(d, {&q, &k, &v, &out});
   a.q = in_view(q);
@@ -189,12 +187,9 @@ void CudaOps::attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
   const char* op = "attention_bwd";
   check_dims(op, d);
   check_qkv(op, d, q, k, v, {"q", "k", "v"});
-  check_float(op, "out", out);
-  check_numel(op, "out", out, q.numel());
-  check_float(op, "dout", dout);
-  check_numel(op, "dout", dout, q.numel());
-  check_f32(op, "lse", lse);
-  check_numel(op, "lse", lse, d.seq_q * d.batch * d.heads);
+  check_float(op, "out", out, q.numel());
+  check_float(op, "dout", dout, q.numel());
+  check_f32(op, "lse", lse, d.seq_q * d.batch * d.heads);
   check_qkv(op, d, dq, dk, dv, {"dq", "dk", "dv"});
 
   // D_i = dout_i . out_i per (token, head) row, laid out like lse.

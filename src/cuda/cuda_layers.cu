@@ -306,8 +306,7 @@ __global__ void dropout_kernel(Out dst, In src, int64_t n, uint64_t first, float
 
 void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p, uint64_t key, int64_t row_offset) {
   check_float(op, "output", dst);
-  check_float(op, "input", src);
-  check_numel(op, "input", src, dst.numel());
+  check_float(op, "input", src, dst.numel());
   MPT_CHECK(p >= 0 && p < 1, Status::kInvalidArgument, op, ": p ", p, " must be in [0, 1)");
   MPT_CHECK(row_offset >= 0, Status::kInvalidArgument, op, ": row_offset ", row_offset, " must be non-negative");
   const int64_t n = dst.numel();
@@ -329,16 +328,12 @@ void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p
 void CudaOps::layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
   const char* op = "layernorm_fwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_float(op, "out", out);
-  check_numel(op, "out", out, x.numel());
-  check_f32(op, "mean", mean);
-  check_numel(op, "mean", mean, rows);
-  check_f32(op, "rstd", rstd);
-  check_numel(op, "rstd", rstd, rows);
+  check_float(op, "out", out, x.numel());
+  check_f32(op, "mean", mean, rows);
+  check_f32(op, "rstd", rstd, rows);
   const bool has_bias = bias.data != nullptr;
   if (has_bias) {
-    check_float(op, "bias", bias);
-    check_numel(op, "bias", bias, h);
+    check_float(op, "bias", bias, h);
   }
   if (rows == 0) return;
   layernorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
@@ -350,20 +345,14 @@ void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout
                             Tensor rstd) {
   const char* op = "layernorm_bwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_float(op, "dx", dx);
-  check_numel(op, "dx", dx, x.numel());
-  check_float(op, "dout", dout);
-  check_numel(op, "dout", dout, x.numel());
-  check_float(op, "dweight", dweight);
-  check_numel(op, "dweight", dweight, h);
-  check_f32(op, "mean", mean);
-  check_numel(op, "mean", mean, rows);
-  check_f32(op, "rstd", rstd);
-  check_numel(op, "rstd", rstd, rows);
+  check_float(op, "dx", dx, x.numel());
+  check_float(op, "dout", dout, x.numel());
+  check_float(op, "dweight", dweight, h);
+  check_f32(op, "mean", mean, rows);
+  check_f32(op, "rstd", rstd, rows);
   const bool has_bias = dbias.data != nullptr;
   if (has_bias) {
-    check_float(op, "dbias", dbias);
-    check_numel(op, "dbias", dbias, h);
+    check_float(op, "dbias", dbias, h);
   }
   if (rows == 0) return;
   norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
@@ -376,10 +365,8 @@ void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout
 void CudaOps::rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
   const char* op = "rmsnorm_fwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_float(op, "out", out);
-  check_numel(op, "out", out, x.numel());
-  check_f32(op, "rstd", rstd);
-  check_numel(op, "rstd", rstd, rows);
+  check_float(op, "out", out, x.numel());
+  check_f32(op, "rstd", rstd, rows);
   if (rows == 0) return;
   rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
       out_view(out), fp(rstd), in_view(x), in_view(weight), rows, h, eps);
@@ -389,14 +376,10 @@ void CudaOps::rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, floa
 void CudaOps::rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) {
   const char* op = "rmsnorm_bwd";
   const int64_t rows = norm_rows(op, x, weight), h = weight.numel();
-  check_float(op, "dx", dx);
-  check_numel(op, "dx", dx, x.numel());
-  check_float(op, "dout", dout);
-  check_numel(op, "dout", dout, x.numel());
-  check_float(op, "dweight", dweight);
-  check_numel(op, "dweight", dweight, h);
-  check_f32(op, "rstd", rstd);
-  check_numel(op, "rstd", rstd, rows);
+  check_float(op, "dx", dx, x.numel());
+  check_float(op, "dout", dout, x.numel());
+  check_float(op, "dweight", dweight, h);
+  check_f32(op, "rstd", rstd, rows);
   if (rows == 0) return;
   norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
       out_view(dx), in_view(dout), in_view(x), in_view(weight), nullptr, fp(rstd), rows, h);

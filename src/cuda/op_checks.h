@@ -66,6 +66,16 @@ inline void check_numel(const char* op, const char* arg, const Tensor& t, int64_
             expected, " elements");
 }
 
+// The dtype check and the element count together.
+inline void check_f32(const char* op, const char* arg, const Tensor& t, int64_t numel) {
+  check_f32(op, arg, t);
+  check_numel(op, arg, t, numel);
+}
+inline void check_float(const char* op, const char* arg, const Tensor& t, int64_t numel) {
+  check_float(op, arg, t);
+  check_numel(op, arg, t, numel);
+}
+
 // A tensor is read as [rows_of, last_dim] rows.
 inline int64_t last_dim(const Tensor& t) { return t.ndim == 0 ? 1 : t.shape[t.ndim - 1]; }
 inline int64_t rows_of(const Tensor& t) {
