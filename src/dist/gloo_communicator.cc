@@ -261,9 +261,13 @@ class Collectives {
       Header got{};
       Buffer recv = g_->post_recv(op, from, &got, sizeof(Header), kHeaderSlot);
       g_->wait(op, from, Direction::kRecv, *recv);
-      if (!same(got, expected))
+      if (!same(got, expected)) {
+        // Deliver this rank's own headers before the group is torn down, so that each peer
+        // names the mismatch too rather than only the lost connection.
+        for (auto& send : sends) g_->flush(*send);
         g_->fail_with(op, str("peer rank ", g_->world(from), " issued ", describe(got), " where this rank issued ",
                               describe(expected), " (every member must issue the same collectives in order)"));
+      }
     }
     for (size_t i = 0; i < sends.size(); ++i) g_->wait(op, to[i], Direction::kSend, *sends[i]);
   }

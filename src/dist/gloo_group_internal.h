@@ -8,6 +8,7 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/transport/unbound_buffer.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -147,6 +148,16 @@ struct Group {
       transport_failure(op, peer, dir, e);
     }
     if (!done) fail_with(op, str(dir_text(dir), " peer rank ", world(peer), ": the transfer was aborted"));
+  }
+
+  // Gives a posted send up to a second to complete before the group is torn down; any
+  // failure is left to the abort that follows.
+  void flush(gloo::transport::UnboundBuffer& buffer) {
+    try {
+      buffer.waitSend(std::chrono::milliseconds(std::min<int64_t>(1000, static_cast<int64_t>(timeout_s * 1000))));
+    } catch (const std::exception&) {
+      // lost or timed out: the abort names the failure
+    }
   }
 
   // Sends [send, send + send_bytes) to `to` while receiving into [recv, recv + recv_bytes)
