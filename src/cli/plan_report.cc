@@ -133,7 +133,7 @@ std::string plan_text(const train::Plan& p, const std::string& world_note) {
            peak.memory.in_flight == 1 ? "" : "es", " in flight x ", peak.chunks.size(), " chunk",
            peak.chunks.size() == 1 ? "" : "s", ", up to ", bytes_text(static_cast<double>(peak.memory.layer_activations)),
            " per layer and micro-batch", peak.post_process
-               ? str(", ", bytes_text(static_cast<double>(peak.memory.head_activations)), " for the head (fp32 logits)")
+               ? str(", ", bytes_text(static_cast<double>(peak.memory.head_activations)), " for the head (d(output); its logits run in row blocks)")
                : std::string(),
            ", working buffers ", bytes_text(static_cast<double>(peak.memory.working_buffers)), "\n");
 

@@ -64,6 +64,11 @@ void check_capabilities(Checker& c) {
 
   // Data, checkpoints, logging.
   unbuilt(r.logger.timing_log_level != 0, "logger.timing_log_level", "per-phase timing");
+  if (r.profiling.use_nsys_profiler)
+    c.fail("profiling.use_nsys_profiler",
+           "starting and stopping Nsight Systems at profiling.profile_step_start / profile_step_end (with NVTX "
+           "ranges) is not supported yet; run the whole job under `nsys profile` without a capture range, or set "
+           "profiling.timeline_dir for mptrain's own trace of compute and communication");
 }
 
 }  // namespace mpt::config

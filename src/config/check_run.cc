@@ -156,6 +156,31 @@ void check_checkpoint(Checker& c) {
     c.fail("checkpoint.most_recent_k", "-1 keeps every checkpoint; otherwise it must be at least 1, got 0");
 }
 
+void check_profiling(Checker& c) {
+  const ProfilingConfig& p = c.r.profiling;
+  if (p.use_pytorch_profiler)
+    c.fail("profiling.use_pytorch_profiler", "mptrain has no PyTorch to profile; set profiling.timeline_dir for a "
+                                             "Chrome trace of each rank's compute and communication");
+  if (p.profile_step_end <= p.profile_step_start)
+    c.fail("profiling.profile_step_end", str("must be greater than profiling.profile_step_start (",
+                                             p.profile_step_start, "), got ", p.profile_step_end));
+  for (size_t i = 0; i < p.profile_ranks.size(); ++i) {
+    const int64_t r = p.profile_ranks[i];
+    if (r >= c.world_size)
+      c.fail("profiling.profile_ranks", str("rank ", r, " is not in this run of ", c.world_size, " rank",
+                                            c.world_size == 1 ? "" : "s"));
+    for (size_t j = 0; j < i; ++j)
+      if (p.profile_ranks[j] == r) c.fail("profiling.profile_ranks", str("rank ", r, " is listed twice"));
+  }
+  if (p.timeline_dir && p.timeline_dir->empty())
+    c.fail("profiling.timeline_dir", "is empty; give a directory, or leave it unset for no timeline");
+  const std::optional<int64_t>& iters = c.r.train.train_iters;
+  if (p.timeline_dir && iters && p.profile_step_start >= *iters)
+    c.fail("profiling.profile_step_start", str("the timeline would start after iteration ", p.profile_step_start,
+                                               " but training stops at train.train_iters = ", *iters,
+                                               "; nothing would be recorded"));
+}
+
 }  // namespace
 
 void check_run(Checker& c) {
@@ -163,6 +188,7 @@ void check_run(Checker& c) {
   check_dataset(c);
   check_precision(c);
   check_checkpoint(c);
+  check_profiling(c);
 }
 
 }  // namespace mpt::config

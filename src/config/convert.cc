@@ -90,6 +90,20 @@ std::optional<Value> convert_node(const toml::node& node, const KeySpec& spec, s
       }
       break;
     }
+    case KeyType::kIntList: {
+      if (auto* i = node.as_integer()) return Value(std::vector<int64_t>{i->get()});
+      const toml::array* arr = node.as_array();
+      if (arr == nullptr) break;
+      std::vector<int64_t> list;
+      for (const toml::node& element : *arr) {
+        if (!element.is_integer()) {
+          error = str("expected ", type_phrase(spec.type), ", got an array holding ", describe_node(element));
+          return std::nullopt;
+        }
+        list.push_back(element.as_integer()->get());
+      }
+      return Value(std::move(list));
+    }
     case KeyType::kBlend: {
       const toml::array* arr = node.as_array();
       if (arr == nullptr) break;

@@ -69,7 +69,13 @@ void check_key_table(Checker& c) {
       double x = 0;
       if (auto* i = std::get_if<int64_t>(&v)) x = static_cast<double>(*i);
       if (auto* f = std::get_if<double>(&v)) x = *f;
-      if (!in_range(k, x)) c.fail(key, str("must be ", range_text(k), ", got ", render(v)));
+      if (auto* list = std::get_if<std::vector<int64_t>>(&v)) {
+        for (int64_t e : *list)
+          if (!in_range(k, static_cast<double>(e)))
+            c.fail(key, str("every element must be ", range_text(k), ", got ", e, " in ", render(v)));
+      } else if (!in_range(k, x)) {
+        c.fail(key, str("must be ", range_text(k), ", got ", render(v)));
+      }
     }
     if (!k.choices.empty() && v != k.default_value()) {
       std::vector<std::string> words;

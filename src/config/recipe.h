@@ -186,6 +186,18 @@ struct DistConfig {
   double distributed_timeout_minutes = 10.0;
 };
 
+// Bridge's ProfilingConfig, and mptrain's timeline of compute and communication.
+struct ProfilingConfig {
+  bool use_nsys_profiler = false;     // refused: no cudaProfilerStart / NVTX ranges yet
+  int64_t profile_step_start = 10;    // the steps after this many iterations are profiled ...
+  int64_t profile_step_end = 12;      // ... up to this iteration: steps start+1 .. end
+  bool use_pytorch_profiler = false;  // refused: there is no PyTorch
+  std::vector<int64_t> profile_ranks; // global ranks profiled; empty: every rank
+  // Where each profiled rank writes timeline_rank<R>.json, a Chrome trace of its profiled
+  // steps; unset: no timeline.
+  std::optional<std::string> timeline_dir;
+};
+
 struct MixedPrecisionConfig {
   std::optional<std::string> preset;  // `mixed_precision = "bf16_mixed"` at top level
   bool bf16 = false;
@@ -231,6 +243,7 @@ struct Recipe {
   RNGConfig rng;
   ValidationConfig validation;
   DistConfig dist;
+  ProfilingConfig profiling;
   MixedPrecisionConfig mixed_precision;
   std::map<std::string, Source> sources;  // "section.key" -> where it was set
   Derived derived;                        // valid after finalize()

@@ -38,6 +38,10 @@ template <>
 struct KeyTraits<std::vector<BlendItem>> {
   static constexpr KeyType type = KeyType::kBlend;
 };
+template <>
+struct KeyTraits<std::vector<int64_t>> {
+  static constexpr KeyType type = KeyType::kIntList;
+};
 
 template <typename T>
 struct Unwrap {
@@ -242,6 +246,13 @@ std::vector<KeySpec> build_table() {
 
       MPT_KEY(dist, distributed_backend).one_of({"auto", "nccl", "gloo"}),
       MPT_KEY(dist, distributed_timeout_minutes).above(0),
+
+      MPT_KEY(profiling, use_nsys_profiler),
+      MPT_KEY(profiling, profile_step_start).at_least(0),
+      MPT_KEY(profiling, profile_step_end).at_least(1),
+      MPT_KEY(profiling, use_pytorch_profiler),
+      MPT_KEY(profiling, profile_ranks).at_least(0),
+      MPT_KEY(profiling, timeline_dir),
 
       // `mixed_precision = "bf16_mixed"` at top level, or the [mixed_precision] table.
       make_key<&Recipe::mixed_precision, &MixedPrecisionConfig::preset>("", "mixed_precision")

@@ -15,10 +15,10 @@
 namespace mpt::config {
 
 // A key's value; std::monostate is an unset optional (Bridge's None).
-using Value =
-    std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<std::string>, std::vector<BlendItem>>;
+using Value = std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<std::string>,
+                           std::vector<BlendItem>, std::vector<int64_t>>;
 
-enum class KeyType { kBool, kInt, kFloat, kString, kStringList, kBlend };
+enum class KeyType { kBool, kInt, kFloat, kString, kStringList, kBlend, kIntList };
 
 struct KeySpec {
   std::string_view section;  // empty for a top-level key (`mixed_precision = "bf16_mixed"`)
@@ -30,7 +30,7 @@ struct KeySpec {
 
   // Rules checked by finalize() for every key alike.
   bool required = false;
-  std::optional<double> lo, hi;
+  std::optional<double> lo, hi;      // for a list of integers: each element
   bool lo_open = false, hi_open = false;
   std::vector<std::string_view> choices;  // allowed words (each element of a string list)
 

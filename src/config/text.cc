@@ -94,6 +94,11 @@ std::string render(const Value& v) {
       }
       return out + "]";
     }
+    std::string operator()(const std::vector<int64_t>& list) const {
+      std::string out = "[";
+      for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + std::to_string(list[i]);
+      return out + "]";
+    }
     std::string operator()(const std::vector<BlendItem>& blend) const {
       std::string out = "[";
       for (size_t i = 0; i < blend.size(); ++i) {
@@ -118,6 +123,7 @@ const char* type_phrase(KeyType type) {
     case KeyType::kString: return "a string";
     case KeyType::kStringList: return "a string or a list of strings";
     case KeyType::kBlend: return "a list of [prefix, weight] pairs";
+    case KeyType::kIntList: return "an integer or a list of integers";
   }
   return "a value";
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "core/timeline.h"
 
 namespace mpt::dist {
 
@@ -30,6 +31,15 @@ class Work {
   virtual ~Work() = default;
   // Blocks until done; rethrows the operation's error.
   virtual void wait() = 0;
+  // When the transport ran the operation, known once it has finished: from the moment its
+  // worker began it to the moment it ended (a send or receive: until wait() saw the
+  // transfer complete), for the profiling timeline. False, with start and end untouched,
+  // where the transport does not time its operations or before the operation has finished.
+  virtual bool times(TimePoint& start, TimePoint& end) const {
+    (void)start;
+    (void)end;
+    return false;
+  }
 };
 
 class Communicator {

@@ -289,12 +289,27 @@ class OpWork final : public Work {
   OpWork(std::shared_ptr<Group> group, const char* op, int64_t peer = -1, Direction dir = Direction::kSend)
       : group_(std::move(group)), op_(op), peer_(peer), dir_(dir) {}
 
+  // The worker begins the operation.
+  void start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    started_ = std::chrono::steady_clock::now();
+  }
+
   void finish(std::exception_ptr error, Buffer pending = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     error_ = std::move(error);
     pending_ = std::move(pending);
     done_ = true;
+    ended_ = std::chrono::steady_clock::now();
     cv_.notify_all();
+  }
+
+  bool times(TimePoint& start, TimePoint& end) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!done_ || pending_) return false;
+    start = started_;
+    end = ended_;
+    return true;
   }
 
   void wait() override {
@@ -307,7 +322,9 @@ class OpWork final : public Work {
     if (!pending_) return;
     try {
       group_->wait(op_, peer_, dir_, *pending_);
+      std::lock_guard<std::mutex> lock(mu_);
       pending_.reset();
+      ended_ = std::chrono::steady_clock::now();
     } catch (...) {
       error_ = std::current_exception();
       pending_.reset();
@@ -321,11 +338,12 @@ class OpWork final : public Work {
   int64_t peer_;
   Direction dir_;
   std::mutex wait_mu_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
   std::exception_ptr error_;
   Buffer pending_;
+  TimePoint started_, ended_;
 };
 
 class GlooCommunicator final : public Communicator {
@@ -480,6 +498,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   void execute(OpWork& work, const Task& task) {
+    work.start();
     try {
       Buffer pending = task();
       work.finish(nullptr, std::move(pending));

@@ -53,6 +53,7 @@ class StagedWork final : public Work {
       staging_.reset();
     }
   }
+  bool times(TimePoint& start, TimePoint& end) const override { return inner_->times(start, end); }
 
  private:
   std::shared_ptr<Work> inner_;

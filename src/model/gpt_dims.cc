@@ -148,4 +148,11 @@ int64_t GPTDims::expert_rows(int64_t tokens, int64_t experts) const {
   return pad_to_capacity ? capped : std::min(kept, capped);
 }
 
+int64_t GPTDims::loss_chunk() const {
+  const int64_t T = tokens();
+  if (loss_chunk_rows > 0) return std::min(loss_chunk_rows, T);
+  const int64_t fit = kLogitsBlockBytes / (4 * std::max<int64_t>(local_vocab(), 1));
+  return std::min(T, std::max<int64_t>(64, fit / 64 * 64));
+}
+
 }  // namespace mpt::model

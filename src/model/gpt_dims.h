@@ -109,6 +109,10 @@ struct GPTDims {
 
   Recompute recompute;
 
+  // The output layer and the cross-entropy run over row blocks of this many tokens, so that
+  // only one block's fp32 logits exist at a time (0: loss_chunk() picks the block).
+  int64_t loss_chunk_rows = 0;
+
   bool is_moe_layer(int64_t layer) const { return num_experts > 0 && layer % moe_layer_freq == 0; }
   int64_t moe_group() const { return ep * etp; }
   int64_t local_experts() const { return num_experts / ep; }
@@ -144,6 +148,11 @@ struct GPTDims {
   int64_t attn_width() const { return local_heads() * head_dim; }
   int64_t kv_width() const { return local_groups() * head_dim; }
   int64_t fc1_width() const { return gated ? 2 * local_ffn() : local_ffn(); }
+  // Tokens per block of the output layer and loss: loss_chunk_rows when set, else as many as
+  // keep one block's logits within kLogitsBlockBytes (whole multiples of 64 rows, at least
+  // 64), never more than tokens().
+  static constexpr int64_t kLogitsBlockBytes = int64_t{128} << 20;
+  int64_t loss_chunk() const;
 };
 
 GPTDims make_dims(const config::Recipe& recipe);

@@ -264,7 +264,6 @@ void GPTModel::plan_activations() {
     plan.i32(s.ids, {T});
     plan.i32(s.labels, {T});
     plan.f32(s.loss_mask, {T});
-    plan.f32(s.grad_scale, {T});
     s.residual.resize(static_cast<size_t>(L + 1));
     s.layers.resize(static_cast<size_t>(L));
     for (int64_t i = 0; i < L; ++i) {
@@ -278,18 +277,23 @@ void GPTModel::plan_activations() {
     }
     plan.keep();
     plan.act(s.residual.back(), {R, d.hidden});  // the chunk's output
-    if (chunk_.post_process) {
-      plan.act(s.final_out, {R, d.hidden});
-      if (d.layernorm) plan.f32(s.final_mean, {R});
-      plan.f32(s.final_rstd, {R});
-      plan.f32(s.logits, {T, d.local_vocab()});
-      plan.f32(s.row_max, {T});
-      plan.f32(s.sumexp_target, {2, T});
-      plan.f32(s.token_loss, {T});
-    }
+    if (chunk_.post_process) plan.act(s.dhead, {R, d.hidden});
   }
   plan.keep();
   plan.i32(positions_, {T});
+  if (chunk_.post_process) {
+    HeadScratch& h = head_;
+    const int64_t C = d.loss_chunk();
+    plan.act(h.normed, {R, d.hidden});
+    if (d.layernorm) plan.f32(h.mean, {R});
+    plan.f32(h.rstd, {R});
+    plan.f32(h.logits, {C, d.local_vocab()});
+    plan.f32(h.row_max, {C});
+    plan.f32(h.loss, {C});
+    plan.f32(h.grad_scale, {C});
+    plan.f32(h.sumexp_target, {2 * C});
+    plan.f32(h.loss_sum, {1});
+  }
   LayerScratch& s = scratch_;
   plan.act(s.qkv, {T, d.qkv_width()});
   plan.act(s.branch, {R, d.hidden});
@@ -315,11 +319,6 @@ void GPTModel::plan_activations() {
   }
   plan.act(dres_, {R, d.hidden});
   plan.allocate();
-  if (chunk_.post_process)
-    for (SlotActs& a : slots_) {
-      a.sumexp = Tensor::f32(a.sumexp_target.f(), {T});
-      a.target_logit = Tensor::f32(a.sumexp_target.f() + T, {T});
-    }
   local_positions_ = Tensor(positions_.i() + tp_.row_offset(T), DType::kI32, {R});
   runs_ = residual_row_runs(d, cp_, tp_);
 
@@ -400,10 +399,12 @@ void GPTModel::expert_unit_done(int64_t i, bool grads) {
   if (grads) expert_storage_->grads_done(eu);
 }
 
-GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) {
+GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot, LossWeights weights) {
   const GPTDims& d = training ? dims_ : eval_dims_;
-  const int64_t T = d.tokens();
   SlotActs& a = slot_at(slot);
+  MPT_CHECK(training || weights.grad == 0, Status::kInvalidArgument,
+            "an evaluation forward (no dropout) cannot be followed by backward: its gradient weight must be 0");
+  a.head_grads = false;
   ParamStorage& st = *storage_;
   st.begin_pass(training ? Pass::kForward : Pass::kEval);
   if (expert_storage_) expert_storage_->begin_pass(training ? Pass::kForward : Pass::kEval);
@@ -441,36 +442,100 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot) 
   }
   if (!chunk_.post_process) return sums;
 
+  head_forward(a, weights);
+  return sums;
+}
+
+double GPTModel::mask_sum(int64_t slot) {
+  SlotActs& a = slot_at(slot);
+  if (!ops_.host_memory()) return a.mask_sum;  // summed on the host by load_input
+  const float* m = a.loss_mask.f();            // input() may have filled the mask in place
+  double sum = 0;
+  for (int64_t t = 0; t < dims_.tokens(); ++t) sum += m[t];
+  return sum;
+}
+
+double GPTModel::take_loss() {
+  if (!chunk_.post_process) return 0;
+  float sum = 0;
+  ops_.to_host(&sum, head_.loss_sum.data, sizeof(float));
+  ops_.fill(head_.loss_sum, 0.0f);
+  return sum;
+}
+
+void GPTModel::reset_loss() {
+  if (chunk_.post_process) ops_.fill(head_.loss_sum, 0.0f);
+}
+
+void GPTModel::head_forward(SlotActs& a, const LossWeights& w) {
+  const GPTDims& d = dims_;
+  ParamStorage& st = *storage_;
+  HeadScratch& s = head_;
+  const bool grads = w.grad != 0;
   const int hu = head_unit();
   void* head = unit_params(hu);
-  Tensor h = a.residual.back();
+  const Tensor h = a.residual.back();
   if (d.layernorm)
-    ops_.layernorm_fwd(a.final_out, a.final_mean, a.final_rstd, h, P(hu, head, ids_.final_w),
-                       P(hu, head, ids_.final_b), d.norm_eps);
+    ops_.layernorm_fwd(s.normed, s.mean, s.rstd, h, P(hu, head, ids_.final_w), P(hu, head, ids_.final_b), d.norm_eps);
   else
-    ops_.rmsnorm_fwd(a.final_out, a.final_rstd, h, P(hu, head, ids_.final_w), d.norm_eps);
-  // The output layer is column-parallel over the vocabulary: this rank's logits only.
-  void* out_area = out_unit_ == hu ? head : unit_params(out_unit_);
-  column_parallel_forward(ops_, tp_, a.logits, a.final_out, P(out_unit_, out_area, out_param_), Tensor(),
-                          scratch_.full);
-  if (out_unit_ != hu) st.params_done(out_unit_);
-  st.params_done(hu);
+    ops_.rmsnorm_fwd(s.normed, s.rstd, h, P(hu, head, ids_.final_w), d.norm_eps);
 
-  // Vocab-parallel cross-entropy: the row max, then the sum of exponentials and the target
-  // logit, each reduced over tensor-parallel ranks; the whole logits never exist on one rank.
-  ops_.ce_row_max(a.row_max, a.logits, d.vocab_start(), d.vocab);
-  tp_.all_reduce(a.row_max, dist::ReduceOp::kMax);
-  ops_.ce_sumexp_target(a.sumexp, a.target_logit, a.logits, a.row_max, a.labels, d.vocab_start(), d.vocab);
-  tp_.all_reduce(a.sumexp_target, dist::ReduceOp::kSum);
-  ops_.ce_loss(a.token_loss, a.row_max, a.sumexp, a.target_logit);
-  sums.weighted_loss = ops_.dot(a.token_loss, a.loss_mask);
-  if (ops_.host_memory()) {  // input() may have filled the mask in place
-    const float* m = a.loss_mask.f();
-    for (int64_t t = 0; t < T; ++t) sums.mask_sum += m[t];
-  } else {
-    sums.mask_sum = a.mask_sum;  // summed on the host by load_input, no device read
+  // The output layer is column-parallel over the vocabulary: each rank computes its columns
+  // of the logits of every token, one row block at a time. The cross-entropy pieces of a
+  // block (row max, then sum of exponentials and target logit) are reduced over
+  // tensor-parallel ranks, so the whole logits never exist anywhere. With a gradient weight
+  // the block's d(logits) follows at once, and from it the block's share of d(weight) and of
+  // d(input): the logits are never kept for backward.
+  void* out_area = out_unit_ == hu ? head : unit_params(out_unit_);
+  const Tensor weight = P(out_unit_, out_area, out_param_);
+  Tensor dweight;
+  if (grads) dweight = G(out_unit_, out_unit_ == hu ? st.unit_grads(hu) : st.unit_grads(out_unit_), out_param_);
+  const Tensor x = tp_.enter(s.normed, scratch_.full);  // [T, H]
+  // d(input) before its tensor-parallel reduction: [T, H] (the reduce-scatter's input under
+  // sequence parallelism, else reduced in place).
+  const Tensor dx = d.sequence_parallel ? scratch_.partial : scratch_.dnorm;
+  const int64_t T = d.tokens(), C = d.loss_chunk();
+  for (int64_t t0 = 0; t0 < T; t0 += C) {
+    const int64_t n = std::min(C, T - t0);
+    const Tensor logits = s.logits.rows(0, n), row_max = s.row_max.rows(0, n), loss = s.loss.rows(0, n);
+    const Tensor sumexp_target = Tensor::f32(s.sumexp_target.f(), {2 * n});
+    const Tensor sumexp = Tensor::f32(s.sumexp_target.f(), {n}), target = Tensor::f32(s.sumexp_target.f() + n, {n});
+    const Tensor labels = a.labels.rows(t0, n), mask = a.loss_mask.rows(t0, n);
+    ops_.matmul(logits, x.rows(t0, n), weight, false, true, 1.0f, 0.0f);
+    ops_.ce_row_max(row_max, logits, d.vocab_start(), d.vocab);
+    tp_.all_reduce(row_max, dist::ReduceOp::kMax);
+    ops_.ce_sumexp_target(sumexp, target, logits, row_max, labels, d.vocab_start(), d.vocab);
+    tp_.all_reduce(sumexp_target, dist::ReduceOp::kSum);
+    ops_.ce_loss(loss, row_max, sumexp, target);
+    // loss_sum += w.loss * sum_t loss[t] mask[t], as a [1, n] x [n, 1] product on the device.
+    ops_.matmul(Tensor::f32(s.loss_sum.f(), {1, 1}), Tensor::f32(loss.f(), {1, n}), Tensor::f32(mask.f(), {n, 1}),
+                false, false, static_cast<float>(w.loss), 1.0f);
+    if (!grads) continue;
+    const Tensor grad_scale = s.grad_scale.rows(0, n);
+    ops_.copy(grad_scale, mask);
+    ops_.scale(grad_scale, w.grad);
+    ops_.ce_bwd(logits, logits, row_max, sumexp, labels, grad_scale, d.vocab_start(), d.vocab);
+    // logits = x W^T: d(x) = d(logits) W; dW += d(logits)^T x.
+    ops_.matmul(dx.rows(t0, n), logits, weight, false, false, 1.0f, 0.0f);
+    ops_.matmul(dweight, logits, x.rows(t0, n), true, false, 1.0f, 1.0f);
   }
-  return sums;
+  if (out_unit_ != hu) st.params_done(out_unit_);
+  a.head_grads = grads;
+  if (!grads) {
+    st.params_done(hu);
+    return;
+  }
+  tp_.enter_backward_async(dx, scratch_.dnorm).wait();
+  // The final norm's backward: d(last layer's output) into the slot, the norm's weights'
+  // gradients into the head unit (kept open until backward; see GPTModel::backward).
+  float* head_g = st.unit_grads(hu);
+  ops_.fill(a.dhead, 0.0f);
+  if (d.layernorm)
+    ops_.layernorm_bwd(a.dhead, G(hu, head_g, ids_.final_w), G(hu, head_g, ids_.final_b), scratch_.dnorm, h,
+                       P(hu, head, ids_.final_w), s.mean, s.rstd);
+  else
+    ops_.rmsnorm_bwd(a.dhead, G(hu, head_g, ids_.final_w), scratch_.dnorm, h, P(hu, head, ids_.final_w), s.rstd);
+  st.params_done(hu);
 }
 
 void GPTModel::recompute_group(SlotActs& a, const Recompute::Group& g, uint64_t key) {
@@ -489,38 +554,22 @@ void GPTModel::recompute_group(SlotActs& a, const Recompute::Group& g, uint64_t 
   }
 }
 
-void GPTModel::backward(float loss_scale, uint64_t key, int64_t slot, Tensor output_grad, float aux_scale) {
+void GPTModel::backward(uint64_t key, int64_t slot, Tensor output_grad, float aux_scale) {
   const GPTDims& d = dims_;
   SlotActs& a = slot_at(slot);
   ParamStorage& st = *storage_;
   st.begin_pass(Pass::kBackward);
   if (expert_storage_) expert_storage_->begin_pass(Pass::kBackward);
   if (chunk_.post_process) {
-    ops_.copy(a.grad_scale, a.loss_mask);
-    ops_.scale(a.grad_scale, loss_scale);
-    Tensor dlogits = a.logits;
-    ops_.ce_bwd(dlogits, a.logits, a.row_max, a.sumexp, a.labels, a.grad_scale, d.vocab_start(), d.vocab);
-    // logits = final_out @ W^T: dW += dlogits^T final_out; d(final_out) = dlogits @ W, reduced
-    // over tensor-parallel ranks. A tied weight in the embedding unit keeps that unit's
-    // gradients open until the embedding's own backward has added to them.
-    const int hu = head_unit();
-    void* head = unit_params(hu);
-    float* head_g = st.unit_grads(hu);
-    void* out_area = out_unit_ == hu ? head : unit_params(out_unit_);
-    float* out_grad = out_unit_ == hu ? head_g : st.unit_grads(out_unit_);
-    column_parallel_backward(ops_, tp_, scratch_.dnorm, G(out_unit_, out_grad, out_param_), Tensor(), dlogits,
-                             a.final_out, P(out_unit_, out_area, out_param_), scratch_.full, scratch_.partial);
-    if (out_unit_ != hu) st.params_done(out_unit_);
-    ops_.fill(dres_, 0.0f);
-    Tensor h = a.residual.back();
-    if (d.layernorm)
-      ops_.layernorm_bwd(dres_, G(hu, head_g, ids_.final_w), G(hu, head_g, ids_.final_b), scratch_.dnorm, h,
-                         P(hu, head, ids_.final_w), a.final_mean, a.final_rstd);
-    else
-      ops_.rmsnorm_bwd(dres_, G(hu, head_g, ids_.final_w), scratch_.dnorm, h, P(hu, head, ids_.final_w),
-                       a.final_rstd);
-    st.params_done(hu);
-    st.grads_done(hu);
+    // The output layer, loss and final norm ran their backward in forward: d(output of the
+    // last layer) is in the slot, their gradients in the head unit (and, for a tied output
+    // layer on the first stage, the embedding unit, whose gradients stay open until the
+    // embedding's own backward has added to them).
+    MPT_CHECK(a.head_grads, Status::kInvalidArgument, "backward of activation slot ", slot,
+              " needs a training forward with a gradient weight (LossWeights::grad)");
+    a.head_grads = false;
+    ops_.copy(dres_, a.dhead);
+    st.grads_done(head_unit());
   } else {
     MPT_CHECK(output_grad.data != nullptr && output_grad.numel() == dres_.numel(), Status::kInvalidArgument,
               "backward of a chunk without the loss needs d(output) of ", dres_.numel(), " elements");

@@ -83,6 +83,14 @@ struct ModelOptions {
   int64_t slots = 1;
 };
 
+// How a micro-batch's loss counts: `loss` weighs its sum over tokens of loss * mask in the
+// reported value (GPTModel::take_loss); `grad` weighs it in the objective backward
+// differentiates. grad 0: no backward follows the forward.
+struct LossWeights {
+  double loss = 1;
+  float grad = 0;
+};
+
 class GPTModel {
  public:
   GPTModel(const GPTDims& dims, backend::Ops& ops, ModelOptions options = {});
@@ -121,11 +129,16 @@ class GPTModel {
   Tensor chunk_input(int64_t slot) { return slot_at(slot).residual.front(); }
   Tensor chunk_output(int64_t slot) { return slot_at(slot).residual.back(); }
 
-  // Runs forward and keeps activations in `slot`. On the post-process chunk returns
-  // (sum over tokens of loss * mask, sum of mask); zeros elsewhere.
+  // The loss mask's sum over this slot's tokens on this rank (from the host copy: no device
+  // read). Set by load_input or, on a host-memory backend, read from input()'s buffers.
+  double mask_sum(int64_t slot = 0);
+
+  // Runs forward and keeps activations in `slot`. The chunk with the loss runs its output
+  // layer and cross-entropy in row blocks (dims.loss_chunk()) and, when weights.grad is set,
+  // their backward too, block by block: the whole logits never exist, and the slot keeps
+  // only d(output of the last layer) for backward. That backward accumulates the output
+  // layer's and final norm's gradients already. Returns the router's sums (MoE).
   struct LossSums {
-    double weighted_loss = 0;
-    double mask_sum = 0;
     // Mixture of experts, summed over this chunk's MoE layers (0 without): the router's
     // load-balancing loss and z-loss, and each layer's tokens-per-expert spread (the largest
     // expert's routed tokens over the mean).
@@ -133,13 +146,17 @@ class GPTModel {
     int64_t moe_layers = 0;
   };
   // training = false runs without dropout (evaluation).
-  LossSums forward(uint64_t dropout_key, bool training = true, int64_t slot = 0);
-  // Backward of loss_scale * sum(loss * mask) through `slot`'s activations; accumulates
-  // parameter gradients. A chunk without the loss takes d(output) [R, H] from the next
-  // stage; a chunk without the embedding leaves d(input) in input_grad().
-  // aux_scale: the weight of the MoE router's losses in the objective (1 / micro-batches).
-  void backward(float loss_scale, uint64_t dropout_key, int64_t slot = 0, Tensor output_grad = Tensor(),
-                float aux_scale = 1.0f);
+  LossSums forward(uint64_t dropout_key, bool training = true, int64_t slot = 0, LossWeights weights = {});
+  // The weighted losses summed on the device since the last call (one device read); 0 on a
+  // chunk without the loss.
+  double take_loss();
+  void reset_loss();  // drops them (no device read)
+  // Backward through `slot`'s activations; accumulates parameter gradients. The chunk with
+  // the loss needs a forward with weights.grad set; a chunk without it takes d(output)
+  // [R, H] from the next stage; a chunk without the embedding leaves d(input) in
+  // input_grad(). aux_scale: the weight of the MoE router's losses in the objective
+  // (1 / micro-batches).
+  void backward(uint64_t dropout_key, int64_t slot = 0, Tensor output_grad = Tensor(), float aux_scale = 1.0f);
   Tensor input_grad() { return dres_; }
 
   // Bytes held, experts and the bf16 compute copies included; and the experts' parameters
@@ -156,17 +173,26 @@ class GPTModel {
  private:
   // Activations one micro-batch keeps from its forward to its backward.
   struct SlotActs {
-    Tensor ids, labels, loss_mask, grad_scale;  // [T]
+    Tensor ids, labels, loss_mask;              // [T]
     std::vector<Tensor> residual;               // [L+1] x [R,H]: each local layer's input, then the output
     // Layers' activations; those recompute drops point into the region all slots share.
     std::vector<LayerActs> layers;
-    Tensor final_out, final_mean, final_rstd;   // [R,H], [R], [R]
-    Tensor logits;                              // [T, Vp / TP]; becomes dlogits in backward
-    Tensor row_max, token_loss;                 // [T]
-    Tensor sumexp_target;                       // [2,T]: sum of exponentials, then the target logit
-    Tensor sumexp, target_logit;                // its rows
+    Tensor dhead;                               // [R,H]: d(last layer's output), from forward
+    bool head_grads = false;                    // dhead holds this micro-batch's gradient
     double mask_sum = 0;                        // the loss mask's sum, from load_input
   };
+  // The output layer's and loss's working buffers, one set per chunk: the final norm's
+  // output and statistics, one row block's logits and cross-entropy pieces.
+  struct HeadScratch {
+    Tensor normed, mean, rstd;  // [R,H], [R], [R]
+    Tensor logits;              // [C, Vp / TP] fp32; becomes d(logits) in place
+    Tensor row_max, loss, grad_scale;  // [C]
+    Tensor sumexp_target;       // [2C]: a block's sums of exponentials, then its target logits
+    Tensor loss_sum;            // [1]: the weighted losses since take_loss()
+  };
+  // The output layer and cross-entropy of one micro-batch, in row blocks; with a gradient
+  // weight, their backward and the final norm's into a.dhead.
+  void head_forward(SlotActs& a, const LossWeights& w);
   SlotActs& slot_at(int64_t s);
   // Every slot keeps what d.recompute keeps; what it drops lives in one region all slots
   // share (see ActPlanner in gpt_model.cc).
@@ -214,6 +240,7 @@ class GPTModel {
   Tensor positions_;              // i32 [T]: each token's position in the whole sequence
   Tensor local_positions_;        // the rows of positions_ this rank holds (sequence parallelism)
   LayerScratch scratch_;
+  HeadScratch head_;
   Tensor dres_;                   // [R,H]
 };
 

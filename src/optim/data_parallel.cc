@@ -38,6 +38,15 @@ struct Bucket {
   int64_t numel() const { return end - begin; }
 };
 
+// A collective's name on the timeline, and the name of the compute thread's wait for it.
+struct CommName {
+  const char* op;
+  const char* wait;
+};
+constexpr CommName kGradAllReduce{"grad all-reduce", "wait grad all-reduce"};
+constexpr CommName kGradReduceScatter{"grad reduce-scatter", "wait grad reduce-scatter"};
+constexpr CommName kParamAllGather{"param all-gather", "wait param all-gather"};
+
 // A unit's reduce-scatter in flight (optim_grads, optim_grads_params).
 struct PendingGrad {
   int unit = 0, slot = 0;
@@ -56,6 +65,8 @@ struct DataParallel::Impl {
   std::vector<Bucket> buckets;   // ascending by begin
   std::vector<int> unit_bucket;  // unit -> bucket
   model::Pass pass = model::Pass::kForward;
+  Timeline* timeline = nullptr;  // null: not profiled
+  const char* lane = "";
 
   Arena arena;
   float* params_full = nullptr;  // no_shard, optim, optim_grads
@@ -77,6 +88,33 @@ struct DataParallel::Impl {
   Impl(const model::ParamRegistry& r, const std::vector<model::ParamUnit>& u, backend::Ops& o, dist::Communicator& c,
        const DataParallelConfig& config)
       : reg(r), units(u), ops(o), comm(c), cfg(config), arena(&o) {}
+
+  // Waits for `w` and drops it. While the timeline records, adds the collective as the
+  // transport ran it and the time this thread waited for it.
+  void finish(std::shared_ptr<dist::Work>& w, const CommName& what, const char* index_name, int index) {
+    if (!w) return;
+    if (timeline == nullptr || !timeline->recording()) {
+      w->wait();
+      w.reset();
+      return;
+    }
+    Span s;
+    s.start = std::chrono::steady_clock::now();
+    w->wait();
+    s.end = std::chrono::steady_clock::now();
+    s.name = what.wait;
+    s.lane = "compute";
+    s.kind = SpanKind::kWait;
+    s.index = index;
+    s.index_name = index_name;
+    timeline->add(s);
+    s.name = what.op;
+    s.lane = lane;
+    s.kind = SpanKind::kComm;
+    w->times(s.start, s.end);  // else what this thread saw
+    timeline->add(s);
+    w.reset();
+  }
 
   bool shards_grads() const { return cfg.sharding == Sharding::kOptimGrads || cfg.sharding == Sharding::kOptimGradsParams; }
   bool shards_params() const { return cfg.sharding == Sharding::kOptimGradsParams; }
@@ -108,10 +146,7 @@ struct DataParallel::Impl {
                 " (", cfg.param_slots, " slots)");
       start_gather(u, slot);
     }
-    if (auto& w = gathers[static_cast<size_t>(slot)]) {
-      w->wait();
-      w.reset();
-    }
+    finish(gathers[static_cast<size_t>(slot)], kParamAllGather, "unit", u);
     // Prefetch the unit the pass needs next.
     const int next = pass == model::Pass::kBackward ? u - 1 : u + 1;
     if (next >= 0 && next < static_cast<int>(units.size()) && unit_param_slot[static_cast<size_t>(next)] < 0) {
@@ -124,10 +159,7 @@ struct DataParallel::Impl {
   void release_params(int u) {
     const int slot = unit_param_slot[static_cast<size_t>(u)];
     if (slot < 0) return;
-    if (auto& w = gathers[static_cast<size_t>(slot)]) {
-      w->wait();
-      w.reset();
-    }
+    finish(gathers[static_cast<size_t>(slot)], kParamAllGather, "unit", u);
     param_slot_unit[static_cast<size_t>(slot)] = -1;
     unit_param_slot[static_cast<size_t>(u)] = -1;
   }
@@ -136,7 +168,7 @@ struct DataParallel::Impl {
   void complete_oldest() {
     PendingGrad p = std::move(pending.front());
     pending.pop_front();
-    p.work->wait();
+    finish(p.work, kGradReduceScatter, "unit", p.unit);
     const Bucket& b = unit_as_bucket(p.unit);
     const int64_t n = b.numel() / dp;
     ops.add_inplace(Tensor::f32(grad_shard + b.shard_offset, {n}), Tensor::f32(grad_rs[static_cast<size_t>(p.slot)], {n}));
@@ -345,9 +377,10 @@ void DataParallel::finish_grad_sync() {
               ") still waits for gradients at the end of the step");
     if (!b.work) m.launch(b);
   }
-  for (Bucket& b : m.buckets) {
-    b.work->wait();
-    b.work.reset();
+  const CommName& op = cfg_.sharding == Sharding::kNoShard ? kGradAllReduce : kGradReduceScatter;
+  for (size_t i = 0; i < m.buckets.size(); ++i) {
+    Bucket& b = m.buckets[i];
+    m.finish(b.work, op, "bucket", static_cast<int>(i));
     b.remaining = b.last_unit - b.first_unit + 1;
   }
 }
@@ -374,6 +407,11 @@ int64_t DataParallel::grads_bytes() const {
   if (m.grad_shard) n += m.owned_numel;
   n += static_cast<int64_t>(m.grad_slot.size()) * (m.max_unit + m.max_unit / m.dp);
   return n * 4;
+}
+
+void DataParallel::set_timeline(Timeline* timeline, const char* lane) {
+  impl_->timeline = timeline;
+  impl_->lane = lane;
 }
 
 int64_t DataParallel::num_buckets() const { return static_cast<int64_t>(impl_->buckets.size()); }
@@ -406,10 +444,8 @@ void DataParallel::finish_step() {
   for (Bucket& b : m.buckets)
     b.work = comm_.all_gather_async(m.params_full + m.shard_begin(b), m.params_full + b.begin, b.numel() / m.dp,
                                     DType::kF32);
-  for (Bucket& b : m.buckets) {
-    b.work->wait();
-    b.work.reset();
-  }
+  for (size_t i = 0; i < m.buckets.size(); ++i)
+    m.finish(m.buckets[i].work, kParamAllGather, "bucket", static_cast<int>(i));
 }
 
 void DataParallel::gather_owned(const float* owned_compact, float* whole) {

@@ -26,6 +26,7 @@
 
 #include "backend/ops.h"
 #include "core/arena.h"
+#include "core/timeline.h"
 #include "dist/communicator.h"
 #include "model/param_storage.h"
 #include "optim/adamw.h"
@@ -108,6 +109,9 @@ class DataParallel final : public model::ParamStorage {
   dist::Communicator& comm() { return comm_; }
   Sharding sharding() const { return cfg_.sharding; }
   int64_t num_buckets() const;
+  // Records this storage's collectives (bucket and unit reductions, parameter gathers) on
+  // `timeline` while it records, on lane `lane` (static text); null: not profiled.
+  void set_timeline(Timeline* timeline, const char* lane);
 
  private:
   struct Impl;

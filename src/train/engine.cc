@@ -37,6 +37,13 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   num_microbatches = recipe.derived.num_microbatches;
   rows = dims.micro_batch * num_microbatches;
   eod_id = recipe.derived.dataset_source == "corpus" ? data::kByteEod : static_cast<int32_t>(dims.vocab - 1);
+  {
+    // Room for a profiled step's spans: the actions, and per micro-batch and layer of this
+    // stage a few collectives, each a comm span and a wait.
+    const int64_t layers = dims.num_layers / recipe.model.pipeline_model_parallel_size + 1;
+    const size_t spans = static_cast<size_t>(64 + num_microbatches * (16 + 16 * layers));
+    profiler = StepProfiler::from_recipe(recipe, place.rank, spans, *ops);
+  }
   if (place.world_size > 1) start_distributed();
   build_chunks();
   schedule = optim::LRSchedule::from_recipe(recipe);
@@ -112,16 +119,21 @@ void Engine::Impl::start_distributed() {
     }
     return dist::make_staged_communicator(std::move(c), *ops);
   };
-  tp_comm = group(dist::GroupKind::kTp);
+  // Profiled: the tensor-, context-, pipeline- and expert-parallel collectives go on the
+  // timeline (the data-parallel storages record their own, naming buckets and units).
+  auto recorded = [&](std::unique_ptr<dist::Communicator> c, const char* lane) {
+    return profiler && c->size() > 1 ? record_collectives(std::move(c), profiler->timeline(), lane) : std::move(c);
+  };
+  tp_comm = recorded(group(dist::GroupKind::kTp), "tp comm");
   dp_comm = group(dist::GroupKind::kDpCp);
-  pp_comm = group(dist::GroupKind::kPp);
-  cp_comm = group(dist::GroupKind::kCp);
+  pp_comm = recorded(group(dist::GroupKind::kPp), "pp comm");
+  cp_comm = recorded(group(dist::GroupKind::kCp), "cp comm");
   pp_rank = layout->coords(place.rank).pp;
   pp_size = sizes.pp;
   if (dims.tied_output && pp_size > 1 && (pp_rank == 0 || pp_rank == pp_size - 1))
     emb_comm = group(dist::GroupKind::kEmbedding);
   if (dims.num_experts > 0) {
-    etp_ep_comm = group(dist::GroupKind::kEtpEp);
+    etp_ep_comm = recorded(group(dist::GroupKind::kEtpEp), "ep comm");
     edp_comm = group(dist::GroupKind::kEdp);
     etp_comm = group(dist::GroupKind::kEtp);
     ep_comm = group(dist::GroupKind::kEp);
@@ -195,6 +207,10 @@ void Engine::Impl::build_chunks() {
       ch.experts.storage = ch.model->expert_storage();
       ch.experts.slices = etp_comm && etp_comm->size() > 1 ? etp_comm.get() : nullptr;
     }
+    if (ch.dense.dp && profiler) {
+      ch.dense.dp->set_timeline(&profiler->timeline(), "dp-cp comm");
+      if (ch.experts.dp) ch.experts.dp->set_timeline(&profiler->timeline(), "edp comm");
+    }
     if (ch.dense.dp) {
       ch.dense.dp->init_parameters(seed);
       if (ch.experts.dp) ch.experts.dp->init_parameters(seed);
@@ -240,7 +256,6 @@ void Engine::Impl::build_chunks() {
   size_t g = 0;
   for (Chunk& ch : chunks)
     for (void*& buf : ch.grad_buf) buf = pipe_buffers->at<uint8_t>(grad_at[g++]);
-  mb_denom.assign(static_cast<size_t>(num_microbatches), 1.0);
 }
 
 optim::DataParallelConfig Engine::Impl::dp_config() const {
@@ -340,22 +355,28 @@ StepResult Engine::Impl::step(const HostBatch* batch) {
     // The master weights may have changed since the last pass (a step, a load, an init):
     // bf16 compute copies are cast again at first use.
     ch.model->params_changed();
+    ch.model->reset_loss();  // a step that failed part-way may have left losses behind
   }
-  double loss_sum = 0;
   moe_sums = MoeSums{};
   reset_slots();
+  Timeline* timeline = profiler ? profiler->begin_step(iteration) : nullptr;  // null: not profiled
   for (size_t i = 0; i < actions.size(); ++i) {
     const int64_t index = static_cast<int64_t>(i);
+    const parallel::PipelineAction& a = actions[i];
+    const Timeline::Point t0 = timeline ? timeline->now() : Timeline::Point();
     if (i + 1 < actions.size() && needs_recv(actions[i + 1])) post_recv(index + 1, actions[i + 1]);
-    if (actions[i].forward)
-      run_forward(actions[i], index, *data_batch, true, loss_sum);
+    if (a.forward)
+      run_forward(a, index, *data_batch, true);
     else
-      run_backward(actions[i], index);
+      run_backward(a, index);
+    if (timeline)
+      timeline->add_compute(a.forward ? "forward" : "backward", t0, timeline->now(), static_cast<int32_t>(a.microbatch),
+                            static_cast<int32_t>(a.chunk));
   }
   wait_sends();
   finalize_grads();
   // The loss lives on the last stage; every rank reports it.
-  const double lm_loss = dp_average(pp_sum(loss_sum) / static_cast<double>(num_microbatches));
+  const double lm_loss = dp_average(pp_sum(take_loss()) / static_cast<double>(num_microbatches));
   const double norm = grad_norm();
   MPT_CHECK(std::isfinite(lm_loss), Status::kNumerical, "iteration ", iteration + 1, ": lm loss is ", lm_loss,
             "; parameters were not updated");
@@ -367,14 +388,19 @@ StepResult Engine::Impl::step(const HostBatch* batch) {
   for (Chunk& ch : chunks)
     for (Part* part : {&ch.dense, &ch.experts}) {
       if (!part->reg) continue;
-      if (part->dp) {
+      const Timeline::Point t0 = timeline ? timeline->now() : Timeline::Point();
+      if (part->dp)
         part->optimizer->step(part->dp->owned_params(), part->dp->owned_grads(), norm, lr, wd);
-        part->dp->finish_step();
-      } else {
+      else
         part->optimizer->step(part->storage->full_params(), part->storage->full_grads(), norm, lr, wd);
-      }
+      if (timeline) timeline->add_compute("optimizer", t0, timeline->now());
+      if (part->dp) part->dp->finish_step();
     }
   ++iteration;
+  if (timeline) {
+    ops->synchronize();  // device times are known once the device has passed them
+    profiler->end_step(log);
+  }
   consumed_samples += rows * recipe.derived.data_parallel_size;
 
   StepResult r;
@@ -563,6 +589,7 @@ StepResult Engine::train() {
       !(r.checkpoint.save_interval && m.iteration % *r.checkpoint.save_interval == 0))
     m.save(*r.checkpoint.save, false);
   m.finish_pending_save();
+  m.flush_timeline();
   return last;
 }
 

@@ -46,6 +46,7 @@
 #include "train/host_batch.h"
 #include "train/metrics.h"
 #include "train/tensorboard.h"
+#include "train/timeline.h"
 
 namespace mpt::train {
 
@@ -116,7 +117,6 @@ struct Engine::Impl {
   // Host staging of a micro-batch's inputs, copied into a model slot.
   std::vector<int32_t> in_ids, in_labels;
   std::vector<float> in_mask;
-  std::vector<double> mb_denom;       // per micro-batch: its loss-mask sum (post-process chunk)
   // The MoE router's figures of the step so far, summed over this rank's layers and
   // micro-batches.
   struct MoeSums {
@@ -134,6 +134,8 @@ struct Engine::Impl {
   int64_t dp_rank = 0, dp_size = 1;
   int64_t saves = 0;             // checkpoint saves so far (keys their rendezvous)
   bool stopped_by_signal = false;  // the last train() ended on SIGTERM / SIGINT
+  // The [profiling] timeline of this rank; null when it is not profiled.
+  std::unique_ptr<StepProfiler> profiler;
 
   Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p);
 
@@ -227,12 +229,21 @@ struct Engine::Impl {
 
   // Waits for an asynchronous save in flight; rethrows its failure.
   void finish_pending_save();
+  // Writes the timeline recorded and not yet written (training stopped inside the window).
+  void flush_timeline() {
+    if (profiler) profiler->flush();
+  }
 
   // Saves at this step boundary: after the previous save has finished, a snapshot, written
   // now or (async) by a background thread while training goes on.
   std::string save(const std::string& save_dir, bool async);
 
   ~Impl() {
+    try {
+      flush_timeline();
+    } catch (const Error& e) {
+      log.error(e.what());
+    }
     if (!pending_save.valid()) return;
     try {
       finish_pending_save();
@@ -285,8 +296,10 @@ struct Engine::Impl {
 
   // One pipeline action (number `index` of the step). Sends are posted asynchronously and
   // waited on only when their buffer is reused.
-  void run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch, bool training,
-                   double& loss_sum);
+  void run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch, bool training);
+  // The micro-batch losses (each its token mean) summed since the last call, on the last
+  // stage (0 elsewhere), over the whole sequence under context parallelism: one device read.
+  double take_loss();
 
   void run_backward(const parallel::PipelineAction& a, int64_t index);
 

@@ -77,8 +77,8 @@ void* Engine::Impl::take_recv(int64_t index, const parallel::PipelineAction& a) 
   return recv_stage[index % 2];
 }
 
-void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch, bool training,
-                   double& loss_sum) {
+void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index, const data::RankBatch& batch,
+                               bool training) {
   Chunk& ch = chunks[static_cast<size_t>(a.chunk)];
   model::GPTModel& m = *ch.model;
   MPT_ASSERT(!ch.free_slots.empty());
@@ -94,29 +94,38 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
   // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
   // at every data-parallel layout.
   const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
-  model::GPTModel::LossSums s = m.forward(key, training, slot);
+  model::LossWeights weights;
+  if (m.chunk().post_process) {
+    // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
+    // parallelism the mean is over the whole sequence: the mask sums add over the group
+    // (host values: no device read).
+    double denom = m.mask_sum(slot);
+    if (cp.size() > 1) cp_comm->all_reduce(&denom, 1, DType::kF64, dist::ReduceOp::kSum);
+    denom = denom > 0 ? denom : 1.0;
+    weights.loss = 1.0 / denom;
+    // Gradients are averaged over dp-cp ranks, but context-parallel ranks hold parts of one
+    // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
+    if (training)
+      weights.grad = static_cast<float>(static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches)));
+  }
+  model::GPTModel::LossSums s = m.forward(key, training, slot, weights);
   moe_sums.aux += s.moe_aux_loss;
   moe_sums.z += s.moe_z_loss;
   moe_sums.spread += s.moe_spread;
   moe_sums.layers += static_cast<double>(s.moe_layers);
-  if (m.chunk().post_process) {
-    // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
-    // parallelism the mean is over the whole sequence: the sums add over the group.
-    if (cp.size() > 1) {
-      double sums[2] = {s.weighted_loss, s.mask_sum};
-      cp_comm->all_reduce(sums, 2, DType::kF64, dist::ReduceOp::kSum);
-      s.weighted_loss = sums[0];
-      s.mask_sum = sums[1];
-    }
-    const double denom = s.mask_sum > 0 ? s.mask_sum : 1.0;
-    mb_denom[static_cast<size_t>(a.microbatch)] = denom;
-    loss_sum += s.weighted_loss / denom;
-  } else {
+  if (!m.chunk().post_process) {
     const Tensor out = m.chunk_output(slot);
     const int64_t to_chunk = pp_rank == pp_size - 1 ? a.chunk + 1 : a.chunk;
     ch.out_send[static_cast<size_t>(slot)] =
         pp_comm->send_async(out.data, out.numel(), out.dtype, next_stage(), tag(true, to_chunk, a.microbatch));
   }
+}
+
+double Engine::Impl::take_loss() {
+  double loss = 0;
+  for (Chunk& ch : chunks) loss += ch.model->take_loss();
+  if (cp.size() > 1) cp_comm->all_reduce(&loss, 1, DType::kF64, dist::ReduceOp::kSum);
+  return loss;
 }
 
 void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index) {
@@ -128,14 +137,10 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
   Tensor dout;
   if (!m.chunk().post_process) dout = Tensor(take_recv(index, a), dims.compute, {dims.rows(), dims.hidden});
   const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
-  // Gradients are averaged over dp-cp ranks, but context-parallel ranks hold parts of one
-  // sequence's gradient, which add: their loss is scaled by the CP size, as Megatron does.
-  const double denom = mb_denom[static_cast<size_t>(a.microbatch)];
-  const double scale = static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches));
   // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
   // CP for the same reason.
   const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);
-  m.backward(static_cast<float>(scale), key, slot, dout, static_cast<float>(aux_scale));
+  m.backward(key, slot, dout, static_cast<float>(aux_scale));
   const size_t s = static_cast<size_t>(slot);
   if (!m.chunk().pre_process) {
     if (ch.grad_send[s]) ch.grad_send[s]->wait();
@@ -174,8 +179,10 @@ double Engine::Impl::evaluate() {
   MPT_CHECK(valid_loader != nullptr, Status::kInvalidConfig,
             "validation needs validation.eval_interval set when the engine is built");
   const int64_t iters = recipe.validation.eval_iters;
-  double total = 0;
-  for (Chunk& ch : chunks) ch.model->params_changed();
+  for (Chunk& ch : chunks) {
+    ch.model->params_changed();
+    ch.model->reset_loss();
+  }
   if (valid_loader->position() != consumed_valid_samples) valid_loader->seek(consumed_valid_samples);
   for (int64_t i = 0; i < iters; ++i) {
     const data::RankBatch& vb = valid_loader->next();
@@ -184,7 +191,7 @@ double Engine::Impl::evaluate() {
     for (int64_t mb = 0; mb < num_microbatches; ++mb)
       for (int64_t c = 0; c < vpp; ++c) {
         Chunk& ch = chunks[static_cast<size_t>(c)];
-        run_forward(parallel::PipelineAction{true, mb, c}, mb * vpp + c, vb, false, total);
+        run_forward(parallel::PipelineAction{true, mb, c}, mb * vpp + c, vb, false);
         const int64_t slot = ch.slot_of[static_cast<size_t>(mb)];
         if (ch.out_send[static_cast<size_t>(slot)]) {
           ch.out_send[static_cast<size_t>(slot)]->wait();
@@ -193,7 +200,7 @@ double Engine::Impl::evaluate() {
         ch.free_slots.push_back(slot);
       }
   }
-  return dp_average(pp_sum(total) / static_cast<double>(iters * num_microbatches));
+  return dp_average(pp_sum(take_loss()) / static_cast<double>(iters * num_microbatches));
 }
 
 }  // namespace mpt::train

@@ -47,8 +47,8 @@ struct MemoryPlan {
   int64_t optimizer = 0;          // fp32 Adam moments of the owned elements
   int64_t activations = 0;        // every activation slot and the working buffers
   // The activations' parts: one micro-batch's saved tensors for one layer (the largest layer
-  // of the stage), micro-batches in flight per chunk, the head's (logits, loss pieces) per
-  // micro-batch, and the buffers shared by all micro-batches of a chunk.
+  // of the stage), micro-batches in flight per chunk, the head's (d(last layer's output))
+  // per micro-batch, and the buffers shared by all micro-batches of a chunk.
   int64_t layer_activations = 0;
   int64_t in_flight = 0;
   int64_t head_activations = 0;

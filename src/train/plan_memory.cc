@@ -14,10 +14,11 @@
 // dropless or capacity-bounded exchange can bring). No dropout masks: they are regenerated.
 // T = tokens of a micro-batch on this rank (seq / CP x micro-batch), R = the residual rows
 // it holds (T / TP under sequence parallelism); widths are this rank's (heads, groups and
-// ffn / TP). The chunk holding the loss keeps fp32 logits [T, vocab / TP] and the
-// cross-entropy pieces per micro-batch; each chunk has one set of working buffers
-// (gradients of one layer, the sequence-parallel gathers, the context-parallel ring's
-// buffers) shared by its micro-batches.
+// ffn / TP). The chunk holding the loss runs its output layer, cross-entropy and their
+// backward in forward, in row blocks of fp32 logits [C, vocab / TP] (GPTDims::loss_chunk),
+// and keeps only d(last layer's output) [R, H] per micro-batch; each chunk has one set of
+// working buffers (gradients of one layer, the sequence-parallel gathers, the
+// context-parallel ring's buffers, the loss's row block) shared by its micro-batches.
 #include <algorithm>
 
 #include "core/arena.h"
@@ -113,15 +114,26 @@ int64_t layer_bytes(const model::GPTDims& d, int64_t layer) {
   return t.bytes;
 }
 
+// Per micro-batch: d(last layer's output), computed in forward.
 int64_t head_bytes(const model::GPTDims& d) {
   Tally t{static_cast<int64_t>(dtype_size(d.compute))};
-  const int64_t T = d.tokens(), R = d.rows();
-  t.act(R * d.hidden);  // final norm output
+  t.act(d.rows() * d.hidden);
+  return t.bytes;
+}
+
+// Once per chunk: the final norm's output and statistics, one row block's logits and
+// cross-entropy pieces, the loss accumulator.
+int64_t head_working_bytes(const model::GPTDims& d) {
+  Tally t{static_cast<int64_t>(dtype_size(d.compute))};
+  const int64_t R = d.rows(), C = d.loss_chunk();
+  t.act(R * d.hidden);
   for (int64_t i = 0; i < (d.layernorm ? 2 : 1); ++i) t.f32(R);
-  t.f32(T * d.local_vocab());  // logits, fp32
-  t.f32(T);                    // row max
-  t.f32(2 * T);                // sum of exponentials, target logit
-  t.f32(T);                    // token loss
+  t.f32(C * d.local_vocab());  // logits, fp32
+  t.f32(C);                    // row max
+  t.f32(C);                    // token loss
+  t.f32(C);                    // gradient weights
+  t.f32(2 * C);                // sums of exponentials, target logits
+  t.f32(1);                    // the loss accumulator
   return t.bytes;
 }
 
@@ -148,6 +160,7 @@ int64_t working_bytes(const Context& c, const ChunkModel& ch) {
   Tally t{c.act_bytes};
   const int64_t T = d.tokens(), R = d.rows(), H = d.hidden;
   t.i32(T);  // positions
+  if (ch.layers.post_process) t.bytes += head_working_bytes(d);
   t.act(T * d.qkv_width());
   t.act(R * H);  // branch
   t.act(R * H);  // d(norm)
@@ -193,7 +206,7 @@ ChunkActivations chunk_activations(const Context& c, const ChunkModel& ch) {
   ChunkActivations a;
   Tally t{c.act_bytes};
   const int64_t T = d.tokens(), R = d.rows(), L = ch.layers.count();
-  for (int i = 0; i < 4; ++i) t.i32(T);  // ids, labels, loss mask, loss scale
+  for (int i = 0; i < 3; ++i) t.i32(T);  // ids, labels, loss mask
   const int64_t residual = rounded(R * d.hidden * c.act_bytes);
   std::vector<int64_t> layers;
   for (int64_t l = ch.layers.begin; l < ch.layers.end; ++l) {

@@ -47,6 +47,13 @@ void expect_steady_state_allocates_nothing(const char* recipe, const std::vector
 
 TEST(EngineMemory, SteadyStateStepAllocatesNothing) { expect_steady_state_allocates_nothing("tiny.toml"); }
 
+// A profiled run's steps outside its window (the measured steps are 3 to 5) record nothing.
+TEST(EngineMemory, SteadyStateStepWithProfilingOutsideItsWindowAllocatesNothing) {
+  expect_steady_state_allocates_nothing("tiny.toml", {"profiling.timeline_dir=/tmp/mpt_unused_timeline",
+                                                      "profiling.profile_step_start=8",
+                                                      "profiling.profile_step_end=9"});
+}
+
 // bf16 mixed precision: the compute copies of the weights and the backend's conversion
 // buffers are reused step after step.
 TEST(EngineMemory, SteadyStateBf16StepAllocatesNothing) {

@@ -58,8 +58,8 @@ GPTDims llama_family() {
 // The objective backward differentiates: the token-mean loss plus, with experts, the
 // router's load-balancing and z-losses (weight 1).
 double loss_of(GPTModel& m, uint64_t key) {
-  GPTModel::LossSums s = m.forward(key);
-  return s.weighted_loss / s.mask_sum + s.moe_aux_loss + s.moe_z_loss;
+  GPTModel::LossSums s = m.forward(key, true, 0, LossWeights{1.0 / m.mask_sum(), 0.0f});
+  return m.take_loss() + s.moe_aux_loss + s.moe_z_loss;
 }
 
 void fill_inputs(GPTModel& m, uint64_t seed) {
@@ -80,9 +80,12 @@ void check_model_gradients(const GPTDims& dims, float eps = 1e-2f) {
   fill_inputs(m, 9);
   const uint64_t key = 1234;
 
-  GPTModel::LossSums s = m.forward(key);
+  // The output layer's backward runs in forward: gradients are zeroed first.
   m.zero_grads();
-  m.backward(static_cast<float>(1.0 / s.mask_sum), key);
+  const double token_mean = 1.0 / m.mask_sum();
+  m.forward(key, true, 0, LossWeights{token_mean, static_cast<float>(token_mean)});
+  m.reset_loss();
+  m.backward(key);
   // The experts of MoE layers live in their own storage.
   struct Part {
     const ParamRegistry* reg;
@@ -162,6 +165,17 @@ TEST(ModelGradcheck, MixtureOfExpertsSigmoidAndPreSoftmax) {
 TEST(ModelGradcheck, GPTFamily) { check_model_gradients(gpt_family()); }
 
 TEST(ModelGradcheck, LlamaFamily) { check_model_gradients(llama_family()); }
+
+// The output layer and loss in row blocks of 5 of the 16 tokens (the last block short).
+TEST(ModelGradcheck, LossInRowBlocks) {
+  GPTDims d = gpt_family();
+  d.loss_chunk_rows = 5;
+  ASSERT_EQ(d.loss_chunk(), 5);
+  check_model_gradients(d);
+  d = llama_family();
+  d.loss_chunk_rows = 3;
+  check_model_gradients(d);
+}
 
 TEST(ModelGradcheck, MultiQueryAttention) {
   GPTDims d = llama_family();
