@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "core/arena.h"
 #include "core/tensor.h"
@@ -127,6 +128,15 @@ class Ops : public MemoryResource {
   virtual void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) = 0;
   virtual void add_bias(Tensor y, Tensor bias) = 0;               // y[T,N] += bias[N]
   virtual void bias_grad(Tensor dbias, Tensor dy) = 0;            // dbias[N] acc sum_t dy[t,:]
+  // A linear layer's forward GEMM with its epilogue: z = x @ w^T + bias (x [T, in], w [out, in],
+  // bias [out] or empty), then y = act(z) (the plain, non-gated form) with z kept in pre
+  // [T, out] for the activation's backward; without act, y = z and pre must be empty. Defined
+  // as matmul, add_bias and activation_fwd in turn, rounding where they do: a bf16 z is
+  // rounded after the product and again after the bias, and act reads z as stored. The CPU
+  // backend runs exactly that; a GPU may form act(x @ w^T + bias) in the GEMM's epilogue,
+  // rounding once (within bf16 tolerance). y and pre must not overlap each other or x, w, bias.
+  virtual void matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias,
+                               std::optional<Activation> act) = 0;
 
   // --- normalisation (x, out [T,H]; mean, rstd [T]) ------------------------------------
   virtual void layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias,
@@ -136,6 +146,14 @@ class Ops : public MemoryResource {
   virtual void rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) = 0;
   virtual void rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight,
                            Tensor rstd) = 0;                      // dx, dweight acc
+  // The residual add and the norm after it in one pass: sum = a + b, then the norm of sum as
+  // stored (rounded first when sum is bf16) into out, mean, rstd; equal to add() followed by
+  // layernorm_fwd / rmsnorm_fwd (bit for bit on the CPU backend). sum may be a or b (the same
+  // memory and dtype) but must not partly overlap them; out must not overlap sum, a or b.
+  virtual void add_layernorm_fwd(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                 Tensor bias, float eps) = 0;  // bias may be empty
+  virtual void add_rmsnorm_fwd(Tensor sum, Tensor out, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                               float eps) = 0;
 
   // --- attention pieces ---------------------------------------------------------------
   // qkv rows hold, per query group g, [heads_per_group query heads, 1 key, 1 value] of

@@ -1,5 +1,6 @@
-// GEMM family of the CUDA backend: matmul through cuBLASLt, bias add, bias gradient and the
-// grouped GEMM of the expert layers. Semantics are those of backend/cpu/matmul.cc and the
+// GEMM family of the CUDA backend: matmul through cuBLASLt, the linear forward with its bias
+// (and GELU) in cuBLASLt's epilogue, bias add, bias gradient and the grouped GEMM of the
+// expert layers. Semantics are those of backend/cpu/matmul.cc, backend/cpu/fused.cc and the
 // CPU grouped_matmul (backend/cpu/moe.cc), argument checks included.
 //
 // Row-major tensors meet cuBLASLt's column-major layouts by transposition: a row-major
@@ -21,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 
@@ -195,13 +197,18 @@ uint32_t alignment_of(const void* p, int64_t ld, bool bf16) {
   return align;
 }
 
-std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& key) {
-  auto plan = std::make_shared<GemmPlan>();
-  MPT_LT_CHECK(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t op_a = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A is our b
+// Creates desc with the compute type and the transposes of `key` (cuBLASLt's A is our b).
+void create_desc(cublasLtMatmulDesc_t* desc, const GemmKey& key) {
+  MPT_LT_CHECK(cublasLtMatmulDescCreate(desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_a = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-  MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+  MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
+}
+
+// The layouts of the stored arrays and the algorithm cuBLASLt's heuristic picks for them with
+// plan->desc; false when it has none for this configuration.
+bool search_algo(cublasLtHandle_t lt, GemmPlan* plan, const GemmKey& key) {
   // Column-major extents of the stored arrays: row-major b is [k, n] (or [n, k] when
   // trans_b) and so column-major [n, k] (or [k, n]); likewise a; c is column-major [n, m].
   const uint64_t m = static_cast<uint64_t>(key.m), n = static_cast<uint64_t>(key.n), k = static_cast<uint64_t>(key.k);
@@ -246,29 +253,80 @@ std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& k
                                                                  plan->lt_c, pref.pref, 1, &result, &found);
   if (searched != CUBLAS_STATUS_NOT_SUPPORTED)  // "none for this configuration"
     check_lt(searched, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
-  const bool usable = searched == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  if (searched != CUBLAS_STATUS_SUCCESS || found <= 0 || result.state != CUBLAS_STATUS_SUCCESS) return false;
+  plan->algo = result.algo;
+  return true;
+}
+
+std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& key) {
+  auto plan = std::make_shared<GemmPlan>();
+  create_desc(&plan->desc, key);
+  const bool usable = search_algo(lt, plan.get(), key);
   if (!usable && key.ab_bf16) return nullptr;  // gemm() forms the same products in fp32
   MPT_CHECK(usable, Status::kNotSupported, "matmul: cuBLASLt has no ",
             type_name(key.ab_bf16), " algorithm for c[", key.m, ", ", key.n, "] (", type_name(key.c_bf16), ") = a",
             key.trans_a ? "^T" : "", " @ b", key.trans_b ? "^T" : "", " with k ", key.k, ", alignments a/b/c ",
             key.align_a, "/", key.align_b, "/", key.align_c, " bytes, workspace ", key.workspace, " bytes");
-  plan->algo = result.algo;
+  return plan;
+}
+
+// ---- GEMMs with an epilogue -----------------------------------------------------------------
+
+// A linear layer's forward product d[m, n] = x[m, k] @ w[n, k]^T (trans_b) with cuBLASLt's
+// epilogue: BIAS adds bias [n] to every row of d (in cuBLASLt's column-major view a vector
+// along d's rows, broadcast over its columns); GELU_AUX(_BIAS) writes the GELU input to aux
+// [m, n] (leading dimension n) and its tanh-form GELU to d. Pointers reach the plan only
+// through their alignments, which the key holds; each call makes its own descriptor with
+// its pointers, so plans shared between threads stay read-only.
+struct EpilogueKey {
+  GemmKey gemm;
+  cublasLtEpilogue_t epilogue;
+  uint32_t align_bias, align_aux;  // 0 when absent
+
+  bool operator<(const EpilogueKey& o) const {
+    return std::tie(gemm, epilogue, align_bias, align_aux) < std::tie(o.gemm, o.epilogue, o.align_bias, o.align_aux);
+  }
+};
+
+void set_epilogue(cublasLtMatmulDesc_t desc, const EpilogueKey& key, const void* bias, void* aux) {
+  MPT_LT_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &key.epilogue, sizeof(key.epilogue)));
+  if (bias)  // its dtype is d's (the default); the caller checks that
+    MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  if (aux) {  // its dtype is d's too
+    const int64_t ld = key.gemm.ldc;
+    MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+  }
+}
+
+// The plan of an epilogue GEMM, searched with the first call's pointers; null when cuBLASLt
+// has no algorithm (the caller then runs the product and the epilogue's steps apart).
+std::shared_ptr<const GemmPlan> build_epilogue_plan(cublasLtHandle_t lt, const EpilogueKey& key, const void* bias,
+                                                    void* aux) {
+  auto plan = std::make_shared<GemmPlan>();
+  create_desc(&plan->desc, key.gemm);
+  set_epilogue(plan->desc, key, bias, aux);
+  if (!search_algo(lt, plan.get(), key.gemm)) return nullptr;
   return plan;
 }
 
 // Plans for the shapes seen so far, shared by every CudaOps of the process (an algorithm
-// depends only on the device, not on the handle); null for a bf16 shape cuBLASLt has no
-// algorithm for. Bounded: a workload with ever new shapes starts over rather than growing
-// without end.
+// depends only on the device, not on the handle); null for a shape cuBLASLt has no
+// algorithm for (bf16 GEMMs, epilogues). Bounded: a workload with ever new shapes starts over
+// rather than growing without end.
+template <typename Key>
 class PlanCache {
  public:
-  std::shared_ptr<const GemmPlan> get(cublasLtHandle_t lt, const GemmKey& key) {
+  // build() makes the plan of a key not seen yet.
+  template <typename Build>
+  std::shared_ptr<const GemmPlan> get(const Key& key, Build build) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = plans_.find(key);
       if (it != plans_.end()) return it->second;
     }
-    std::shared_ptr<const GemmPlan> plan = build_plan(lt, key);  // outside the lock: the search is slow
+    std::shared_ptr<const GemmPlan> plan = build();  // outside the lock: the search is slow
     std::lock_guard<std::mutex> lock(mu_);
     if (plans_.size() >= kMaxPlans) plans_.clear();
     plans_.emplace(key, plan);
@@ -278,11 +336,12 @@ class PlanCache {
  private:
   static constexpr size_t kMaxPlans = 4096;
   std::mutex mu_;
-  std::map<GemmKey, std::shared_ptr<const GemmPlan>> plans_;
+  std::map<Key, std::shared_ptr<const GemmPlan>> plans_;
 };
 
-PlanCache& plan_cache() {
-  static PlanCache cache;
+template <typename Key>
+PlanCache<Key>& plan_cache() {
+  static PlanCache<Key> cache;
   return cache;
 }
 
@@ -315,7 +374,8 @@ void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                     alignment_of(b, ldb, ab_bf16),
                     alignment_of(c.data, ldc, c.bf16),
                     ops.lt_workspace_bytes()};
-  const std::shared_ptr<const GemmPlan> plan = plan_cache().get(ops.lt(), key);
+  const std::shared_ptr<const GemmPlan> plan =
+      plan_cache<GemmKey>().get(key, [&] { return build_plan(ops.lt(), key); });
   if (!plan) {
     gemm_widened(ops, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
@@ -417,6 +477,86 @@ class GemmOperands {
   void* staged_ = nullptr;
 };
 
+// ---- matmul_bias_act ------------------------------------------------------------------------
+
+// Whether the bytes of two tensors share an address (empty ones share none).
+bool overlaps(const Tensor& x, const Tensor& y) {
+  if (x.data == nullptr || y.data == nullptr || x.bytes() == 0 || y.bytes() == 0) return false;
+  const auto xb = reinterpret_cast<uintptr_t>(x.data), yb = reinterpret_cast<uintptr_t>(y.data);
+  return xb < yb + y.bytes() && yb < xb + x.bytes();
+}
+
+void check_apart(const char* op, const char* an, const Tensor& a, const char* bn, const Tensor& b) {
+  MPT_GEMM_CHECK(!overlaps(a, b), op, str(an, " ", describe(a), " must not overlap ", bn, " ", describe(b)));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+struct DescGuard {
+  cublasLtMatmulDesc_t desc = nullptr;
+  DescGuard() = default;
+  DescGuard(const DescGuard&) = delete;
+  DescGuard& operator=(const DescGuard&) = delete;
+  ~DescGuard() {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// z = x @ w^T + bias in one cuBLASLt call, with y = gelu_tanh(z) too when `gelu` (z is then
+// the auxiliary output). Returns false, having queued nothing, when the call does not meet
+// the epilogue's conditions or cuBLASLt has no algorithm for it; the caller then runs the
+// steps apart. Conditions: a non-empty product; a d (y for GELU, else z) that needs no fp32
+// staging; a bias in d's dtype on a 16-byte boundary; for GELU, y and z both bf16 with rows
+// of a multiple of 8 elements on a 16-byte boundary (cuBLASLt's rule for the aux output).
+bool epilogue_linear(CudaOps& ops, const Tensor& y, const Tensor& z, const Tensor& x, const Tensor& w,
+                     const Tensor& bias, bool gelu) {
+  const int64_t m = rows_of(x), k = last_dim(x), n = w.shape[0];
+  if (m == 0 || n == 0 || k == 0) return false;
+  const bool has_bias = bias.data != nullptr;
+  const Tensor& d = gelu ? y : z;
+  if (gelu && !(y.dtype == DType::kBF16 && z.dtype == DType::kBF16 && n % 8 == 0 && aligned16(z.data))) return false;
+  if (!has_bias && !gelu) return false;  // nothing for an epilogue to do
+  if (has_bias && (bias.dtype != d.dtype || !aligned16(bias.data))) return false;
+  const bool ab_bf16 = x.dtype == DType::kBF16 || w.dtype == DType::kBF16;
+  if (!ab_bf16 && d.dtype == DType::kBF16) return false;  // d would be staged in fp32
+
+  const GemmOperands g(ops, d, x, w, 0.0f);
+  const Out dv = g.c(0);
+  const cublasLtEpilogue_t epilogue = !gelu       ? CUBLASLT_EPILOGUE_BIAS
+                                      : has_bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                 : CUBLASLT_EPILOGUE_GELU_AUX;
+  const GemmKey gemm{ops.device(),
+                     false,
+                     true,
+                     ab_bf16,
+                     dv.bf16,
+                     m,
+                     n,
+                     k,
+                     k,
+                     k,
+                     n,
+                     alignment_of(g.a(0), k, ab_bf16),
+                     alignment_of(g.b(0), k, ab_bf16),
+                     alignment_of(dv.data, n, dv.bf16),
+                     ops.lt_workspace_bytes()};
+  const void* bias_ptr = has_bias ? bias.data : nullptr;
+  void* aux = gelu ? z.data : nullptr;
+  const EpilogueKey key{gemm, epilogue, has_bias ? alignment_of(bias_ptr, 0, d.dtype == DType::kBF16) : 0u,
+                        gelu ? alignment_of(aux, n, true) : 0u};
+  const std::shared_ptr<const GemmPlan> plan =
+      plan_cache<EpilogueKey>().get(key, [&] { return build_epilogue_plan(ops.lt(), key, bias_ptr, aux); });
+  if (!plan) return false;
+  DescGuard desc;
+  create_desc(&desc.desc, gemm);
+  set_epilogue(desc.desc, key, bias_ptr, aux);
+  const float alpha = 1.0f, beta = 0.0f;
+  MPT_LT_CHECK(cublasLtMatmul(ops.lt(), desc.desc, &alpha, g.b(0), plan->lt_a, g.a(0), plan->lt_b, &beta, dv.data,
+                              plan->lt_c, dv.data, plan->lt_c, &plan->algo, ops.lt_workspace(),
+                              ops.lt_workspace_bytes(), ops.stream()));
+  return true;
+}
+
 }  // namespace
 
 void CudaOps::matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) {
@@ -483,6 +623,61 @@ void CudaOps::bias_grad(Tensor dbias, Tensor dy) {
   MPT_CUDA_LAUNCH(column_sums_kernel);
   sum_chunks_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(partial, chunks, n, out_view(dbias));
   MPT_CUDA_LAUNCH(sum_chunks_kernel);
+}
+
+// The CPU's checks (backend/cpu/fused.cc), then the epilogue GEMM where it applies, else the
+// three steps. The GELU epilogue serves only kGeluTanh (cuBLASLt's GELU is the tanh form; kGelu
+// is the erf form, so it takes the bias epilogue and the activation kernel) with bf16 y and pre:
+// cuBLASLt's GELU reads the unrounded z and its accuracy is documented nowhere, which the
+// bf16 tolerance absorbs and the fp32 one might not.
+void CudaOps::matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias,
+                              std::optional<backend::Activation> act) {
+  const char* op = "matmul_bias_act";
+  check_float(op, "y", y);
+  check_float(op, "x", x);
+  check_float(op, "w", w);
+  MPT_GEMM_CHECK(w.ndim == 2, op, "w " + describe(w) + " must be [out, in]");
+  const int64_t out = w.shape[0], in = w.shape[1], rows = rows_of(x);
+  MPT_GEMM_CHECK(last_dim(x) == in && rows_of(y) == rows && last_dim(y) == out, op,
+                 "shapes do not match: y " + describe(y) + " = x " + describe(x) + " @ w " + describe(w) + "^T");
+  const bool has_bias = bias.data != nullptr;
+  if (has_bias) {
+    check_float(op, "bias", bias);
+    MPT_GEMM_CHECK(out > 0 && bias.numel() == out, op,
+                   "bias " + describe(bias) + " must hold the " + std::to_string(out) + " outputs of w " +
+                       describe(w));
+  }
+  if (act) {
+    MPT_GEMM_CHECK(
+        static_cast<int>(*act) >= 0 && static_cast<int>(*act) <= static_cast<int>(backend::Activation::kSquaredRelu),
+        op, str("unknown activation ", static_cast<int>(*act)));
+    check_float(op, "pre", pre);
+    MPT_GEMM_CHECK(rows_of(pre) == rows && last_dim(pre) == out, op,
+                   "pre " + describe(pre) + " must be shaped like y " + describe(y));
+    check_apart(op, "y", y, "pre", pre);
+    check_apart(op, "pre", pre, "x", x);
+    check_apart(op, "pre", pre, "w", w);
+    check_apart(op, "pre", pre, "bias", bias);
+  } else {
+    MPT_GEMM_CHECK(pre.data == nullptr, op, "pre " + describe(pre) + " must be empty without an activation");
+  }
+  check_apart(op, "y", y, "x", x);
+  check_apart(op, "y", y, "w", w);
+  check_apart(op, "y", y, "bias", bias);
+
+  const Tensor z = act ? pre : y;
+  const bool gelu = act == backend::Activation::kGeluTanh;
+  if (epilogue_linear(*this, y, z, x, w, bias, gelu)) {
+    if (act && !gelu) activation_fwd(y, z, *act, false);
+    return;
+  }
+  if (gelu && epilogue_linear(*this, y, z, x, w, bias, false)) {  // the bias epilogue at least
+    activation_fwd(y, z, *act, false);
+    return;
+  }
+  matmul(z, x, w, false, true, 1.0f, 0.0f);
+  if (has_bias) add_bias(z, bias);
+  if (act) activation_fwd(y, z, *act, false);
 }
 
 void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, GroupedForm form,

@@ -6,7 +6,9 @@
 //
 // The ops live in several files, one family each:
 //   cuda_ops.cu            construction, memory, casts, elementwise, reductions, AdamW
-//   cuda_gemm.cu           matmul (cuBLASLt), bias, grouped GEMM
+//   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias,
+//                          grouped GEMM
+//   cuda_fused.cu          the residual add fused with the norm after it
 //   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
 //                          attention_merge
 //   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout
@@ -27,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "backend/ops.h"
 #include "cuda/allocator.h"
@@ -72,6 +75,8 @@ class CudaOps final : public backend::Ops {
   void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) override;
   void add_bias(Tensor y, Tensor bias) override;
   void bias_grad(Tensor dbias, Tensor dy) override;
+  void matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias,
+                       std::optional<backend::Activation> act) override;
   void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, backend::GroupedForm form,
                       float beta) override;
 
@@ -106,6 +111,11 @@ class CudaOps final : public backend::Ops {
   void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) override;
   void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
               int64_t vocab_start, int64_t vocab_valid) override;
+
+  // The residual add fused with the norm after it (cuda_fused.cu).
+  void add_layernorm_fwd(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                         Tensor bias, float eps) override;
+  void add_rmsnorm_fwd(Tensor sum, Tensor out, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps) override;
 
   // Mixture of experts (cuda_moe.cu).
   void router_topk(Tensor indices, Tensor probs, Tensor scores, Tensor logits, int64_t k, backend::RouterScore fn,

@@ -3,14 +3,19 @@
 // the communication each one does). Shared by every module.
 #pragma once
 
+#include <optional>
+
 #include "backend/ops.h"
 #include "parallel/tensor_parallel.h"
 
 namespace mpt::model {
 
+// A bias is added in the GEMM's epilogue (Ops::matmul_bias_act).
 inline void linear_forward(backend::Ops& ops, Tensor y, Tensor x, Tensor w, Tensor b) {
-  ops.matmul(y, x, w, false, true, 1.0f, 0.0f);
-  if (b.data) ops.add_bias(y, b);
+  if (b.data)
+    ops.matmul_bias_act(y, Tensor(), x, w, b, std::nullopt);
+  else
+    ops.matmul(y, x, w, false, true, 1.0f, 0.0f);
 }
 
 // dw (+db) accumulate; dx is overwritten (skipped when dx.data is null).
@@ -25,6 +30,13 @@ inline void linear_backward(backend::Ops& ops, Tensor dx, Tensor dw, Tensor db, 
 inline void column_parallel_forward(backend::Ops& ops, const parallel::TensorParallel& tp, Tensor y, Tensor x,
                                     Tensor w, Tensor b, Tensor full) {
   linear_forward(ops, y, tp.enter(x, full), w, b);
+}
+
+// The same with a plain (non-gated) activation fused into the GEMM's epilogue: pre [T,
+// out_local] = enter(x) W_local^T + b_local, kept for backward, and y = act(pre).
+inline void column_parallel_act_forward(backend::Ops& ops, const parallel::TensorParallel& tp, Tensor y, Tensor pre,
+                                        Tensor x, Tensor w, Tensor b, backend::Activation act, Tensor full) {
+  ops.matmul_bias_act(y, pre, tp.enter(x, full), w, b, act);
 }
 
 // Its backward: dw (+db) accumulate; dx [R, in] receives the reduced input gradient. The

@@ -38,6 +38,27 @@ void norm_forward(const LayerContext& c, int w, int b, Tensor out, Tensor mean, 
     c.ops.rmsnorm_fwd(out, rstd, x, c.P(w), c.dims.norm_eps);
 }
 
+// sum = x + branch, then the norm of sum as stored: one pass over the rows.
+void add_norm_forward(const LayerContext& c, int w, int b, Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor x,
+                      Tensor branch) {
+  if (c.dims.layernorm)
+    c.ops.add_layernorm_fwd(sum, out, mean, rstd, x, branch, c.P(w), c.P(b), c.dims.norm_eps);
+  else
+    c.ops.add_rmsnorm_fwd(sum, out, rstd, x, branch, c.P(w), c.dims.norm_eps);
+}
+
+// fc1 and the activation of a dense MLP; a plain activation runs in the GEMM's epilogue.
+void mlp_fc1_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s) {
+  const GPTDims& d = c.dims;
+  if (d.gated) {
+    column_parallel_forward(c.ops, c.tp, a.fc1_out, a.norm2_out, c.P(p.fc1_w), c.P(p.fc1_b), s.full);
+    c.ops.activation_fwd(a.act_out, a.fc1_out, d.activation, true);
+  } else {
+    column_parallel_act_forward(c.ops, c.tp, a.act_out, a.fc1_out, a.norm2_out, c.P(p.fc1_w), c.P(p.fc1_b),
+                                d.activation, s.full);
+  }
+}
+
 void norm_backward(const LayerContext& c, int w, int b, Tensor dx, Tensor dout, Tensor x, Tensor mean, Tensor rstd) {
   if (c.dims.layernorm)
     c.ops.layernorm_bwd(dx, c.G(w), c.G(b), dout, x, c.P(w), mean,
@@ -141,15 +162,13 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
   c.cp.attention_forward(ops, s.cp_work, a.attn_out, a.lse, a.q, a.k, a.v, attention_dims(d, key));
   row_parallel_forward(ops, c.tp, s.branch, a.attn_out, P(p.proj_w), P(p.proj_b), s.partial);
   if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut));
-  ops.add(a.resid_mid, x, s.branch);
 
-  // MLP branch.
-  norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
+  // MLP branch, its norm fused with the residual add before it.
+  add_norm_forward(c, p.norm2_w, p.norm2_b, a.resid_mid, a.norm2_out, a.norm2_mean, a.norm2_rstd, x, s.branch);
   if (p.moe) {
     moe_forward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, s.branch, c.training);
   } else {
-    column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
-    ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
+    mlp_fc1_forward(c, p, a, s);
     row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
   }
   if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut));
@@ -177,10 +196,7 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
     if (rc.moe) moe_forward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, s.dnorm, c.training);
     moe_backward(moe_context(c, s), p.experts, a.moe, s.moe, a.norm2_out, dbranch, s.dnorm, c.aux_scale);
   } else {
-    if (rc.mlp) {
-      column_parallel_forward(ops, c.tp, a.fc1_out, a.norm2_out, P(p.fc1_w), P(p.fc1_b), s.full);
-      ops.activation_fwd(a.act_out, a.fc1_out, d.activation, d.gated);
-    }
+    if (rc.mlp) mlp_fc1_forward(c, p, a, s);
     row_parallel_backward(ops, c.tp, s.dact, G(p.fc2_w), G(p.fc2_b), dbranch, a.act_out, P(p.fc2_w), s.full);
     ops.activation_bwd(s.dfc1, s.dact, a.fc1_out, d.activation, d.gated);
     column_parallel_backward(ops, c.tp, s.dnorm, G(p.fc1_w), G(p.fc1_b), s.dfc1, a.norm2_out, P(p.fc1_w), s.full,

@@ -15,6 +15,7 @@
 #include "backend/cpu/dropout.h"
 #include "backend/cpu/elementwise.h"
 #include "backend/cpu/embedding.h"
+#include "backend/cpu/fused.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/moe.h"
 #include "backend/cpu/norm.h"
@@ -110,6 +111,10 @@ class CpuOps final : public Ops {
     ThreadScope ts(threads_);
     staged("bias_grad", {{"dbias", &dbias, kInOut}, {"dy", &dy, kIn}}, [&] { cpu::bias_grad(dbias, dy); });
   }
+  // The fused ops run the ops they fuse (each staged on its own): the same roundings.
+  void matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias, std::optional<Activation> act) override {
+    cpu::matmul_bias_act(*this, y, pre, x, w, bias, act);
+  }
 
   void layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias,
                      float eps) override {
@@ -138,6 +143,13 @@ class CpuOps final : public Ops {
            {{"dx", &dx, kInOut}, {"dweight", &dweight, kInOut}, {"dout", &dout, kIn}, {"x", &x, kIn},
             {"weight", &weight, kIn}, {"rstd", &rstd, kF32}},
            [&] { cpu::rmsnorm_bwd(dx, dweight, dout, x, weight, rstd); });
+  }
+  void add_layernorm_fwd(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                         Tensor bias, float eps) override {
+    cpu::add_layernorm_fwd(*this, sum, out, mean, rstd, a, b, weight, bias, eps);
+  }
+  void add_rmsnorm_fwd(Tensor sum, Tensor out, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps) override {
+    cpu::add_rmsnorm_fwd(*this, sum, out, rstd, a, b, weight, eps);
   }
 
   void qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,

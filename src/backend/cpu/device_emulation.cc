@@ -68,10 +68,13 @@ class EmulatedDeviceOps final : public Ops {
   void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) override { inner_->matmul(U(c), U(a), U(b), trans_a, trans_b, alpha, beta); }
   void add_bias(Tensor y, Tensor bias) override { inner_->add_bias(U(y), U(bias)); }
   void bias_grad(Tensor dbias, Tensor dy) override { inner_->bias_grad(U(dbias), U(dy)); }
+  void matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias, std::optional<Activation> act) override { inner_->matmul_bias_act(U(y), U(pre), U(x), U(w), U(bias), act); }
   void layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) override { inner_->layernorm_fwd(U(out), U(mean), U(rstd), U(x), U(weight), U(bias), eps); }
   void layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout, Tensor x, Tensor weight, Tensor mean, Tensor rstd) override { inner_->layernorm_bwd(U(dx), U(dweight), U(dbias), U(dout), U(x), U(weight), U(mean), U(rstd)); }
   void rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) override { inner_->rmsnorm_fwd(U(out), U(rstd), U(x), U(weight), eps); }
   void rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) override { inner_->rmsnorm_bwd(U(dx), U(dweight), U(dout), U(x), U(weight), U(rstd)); }
+  void add_layernorm_fwd(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) override { inner_->add_layernorm_fwd(U(sum), U(out), U(mean), U(rstd), U(a), U(b), U(weight), U(bias), eps); }
+  void add_rmsnorm_fwd(Tensor sum, Tensor out, Tensor rstd, Tensor a, Tensor b, Tensor weight, float eps) override { inner_->add_rmsnorm_fwd(U(sum), U(out), U(rstd), U(a), U(b), U(weight), eps); }
   void qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group, int64_t head_dim) override { inner_->qkv_split(U(q), U(k), U(v), U(qkv), groups, heads_per_group, head_dim); }
   void qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group, int64_t head_dim) override { inner_->qkv_merge(U(dqkv), U(dq), U(dk), U(dv), groups, heads_per_group, head_dim); }
   void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base, bool inverse) override { inner_->rope(U(x), U(positions), heads, head_dim, rotary_dim, base, inverse); }
