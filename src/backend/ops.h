@@ -274,6 +274,9 @@ std::unique_ptr<Ops> make_cpu_ops(int num_threads);
 // from allocate() cannot be touched from the host, so device code paths are tested
 // without a GPU.
 std::unique_ptr<Ops> make_emulated_device_ops(int num_threads);
+// Process-wide count of the emulated device's calls that bring a value to the host (to_host,
+// sum_squares, dot, all_finite): each is a wait for the device on a GPU.
+int64_t emulated_device_host_reads();
 // The CUDA backend on GPU `device` (src/cuda). Throws Error(kNotSupported) in a build without
 // CUDA and Error(kDevice) naming the device when it cannot be used.
 std::unique_ptr<Ops> make_cuda_ops(int device);

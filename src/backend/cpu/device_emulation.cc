@@ -6,6 +6,7 @@
 // garbage on a GPU, so the device code paths of the model, the parallel layers and the
 // engine are tested on a machine without a GPU, with results bit-identical to the CPU
 // backend's. Selected with MPT_BACKEND=cpu-device.
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,10 @@ namespace mpt::backend {
 namespace {
 
 constexpr uintptr_t kTag = uintptr_t{1} << 62;
+
+// Calls that hand a value from backend memory to the host, and so wait for the backend's
+// work on a GPU: to_host and the ops returning a host value.
+std::atomic<int64_t> g_host_reads{0};
 
 void* untag(const void* p) { return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~kTag); }
 bool tagged(const void* p) { return (reinterpret_cast<uintptr_t>(p) & kTag) != 0; }
@@ -49,6 +54,7 @@ class EmulatedDeviceOps final : public Ops {
   }
   void to_host(void* dst, const void* src, size_t bytes) override {
     MPT_CHECK(tagged(src) && (bytes == 0 || !tagged(dst)), Status::kInternal, "to_host: bad pointers");
+    ++g_host_reads;
     if (bytes) std::memcpy(dst, untag(src), bytes);
   }
   void device_copy(void* dst, const void* src, size_t bytes) override {
@@ -62,9 +68,18 @@ class EmulatedDeviceOps final : public Ops {
   void add(Tensor out, Tensor a, Tensor b) override { inner_->add(U(out), U(a), U(b)); }
   void add_inplace(Tensor y, Tensor x) override { inner_->add_inplace(U(y), U(x)); }
   void scale(Tensor x, float s) override { inner_->scale(U(x), s); }
-  double sum_squares(Tensor x) override { return inner_->sum_squares(U(x)); }
-  double dot(Tensor a, Tensor b) override { return inner_->dot(U(a), U(b)); }
-  bool all_finite(Tensor x) override { return inner_->all_finite(U(x)); }
+  double sum_squares(Tensor x) override {
+    ++g_host_reads;
+    return inner_->sum_squares(U(x));
+  }
+  double dot(Tensor a, Tensor b) override {
+    ++g_host_reads;
+    return inner_->dot(U(a), U(b));
+  }
+  bool all_finite(Tensor x) override {
+    ++g_host_reads;
+    return inner_->all_finite(U(x));
+  }
   void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) override { inner_->matmul(U(c), U(a), U(b), trans_a, trans_b, alpha, beta); }
   void add_bias(Tensor y, Tensor bias) override { inner_->add_bias(U(y), U(bias)); }
   void bias_grad(Tensor dbias, Tensor dy) override { inner_->bias_grad(U(dbias), U(dy)); }
@@ -107,6 +122,8 @@ class EmulatedDeviceOps final : public Ops {
 };
 
 }  // namespace
+
+int64_t emulated_device_host_reads() { return g_host_reads.load(); }
 
 std::unique_ptr<Ops> make_emulated_device_ops(int num_threads) {
   return std::make_unique<EmulatedDeviceOps>(num_threads);
