@@ -33,6 +33,7 @@ json memory_json(const train::MemoryPlan& m) {
           {"head_activations_bytes", m.head_activations},
           {"working_buffers_bytes", m.working_buffers},
           {"in_flight", m.in_flight},
+          {"chunk_in_flight", m.chunk_in_flight},
           {"total_bytes", m.total()}};
 }
 

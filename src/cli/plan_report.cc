@@ -129,9 +129,13 @@ std::string plan_text(const train::Plan& p, const std::string& world_note) {
            p.precision == "fp32" ? "fp32" : "bf16", ") on stage ", share_stage, "; mean ", count_text(mean), " (",
            fmt("%.2f", mean * bytes_per / 1e9), " GB)\n");
   const train::StagePlan& peak = p.stages[static_cast<size_t>(p.peak_stage())];
-  t += str("activations on stage ", peak.stage, ": ", peak.memory.in_flight, " micro-batch",
-           peak.memory.in_flight == 1 ? "" : "es", " in flight x ", peak.chunks.size(), " chunk",
-           peak.chunks.size() == 1 ? "" : "s", ", up to ", bytes_text(static_cast<double>(peak.memory.layer_activations)),
+  std::string in_flight;
+  for (size_t k = 0; k < peak.memory.chunk_in_flight.size(); ++k)
+    in_flight += str(k ? " + " : "", peak.memory.chunk_in_flight[k]);
+  const bool one = peak.memory.chunk_in_flight.size() == 1 && peak.memory.in_flight == 1;
+  t += str("activations on stage ", peak.stage, ": ", in_flight, " micro-batch", one ? "" : "es", " in flight",
+           peak.chunks.size() == 1 ? "" : str(" (per chunk)"), ", up to ",
+           bytes_text(static_cast<double>(peak.memory.layer_activations)),
            " per layer and micro-batch", peak.post_process
                ? str(", ", bytes_text(static_cast<double>(peak.memory.head_activations)), " for the head (d(output); its logits run in row blocks)")
                : std::string(),

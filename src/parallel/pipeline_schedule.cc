@@ -137,18 +137,22 @@ std::vector<PipelineAction> pipeline_schedule(const ScheduleSpec& spec, int64_t 
   fail(Status::kInternal, "pipeline_schedule: unknown schedule kind ", static_cast<int>(spec.kind));
 }
 
-int64_t max_in_flight(const std::vector<PipelineAction>& actions, int64_t chunks) {
-  MPT_CHECK(chunks >= 1, Status::kInvalidArgument, "max_in_flight: chunks (", chunks, ") must be at least 1");
-  std::vector<int64_t> open(static_cast<size_t>(chunks), 0);
-  int64_t most = 0;
+std::vector<int64_t> in_flight_per_chunk(const std::vector<PipelineAction>& actions, int64_t chunks) {
+  MPT_CHECK(chunks >= 1, Status::kInvalidArgument, "in_flight_per_chunk: chunks (", chunks, ") must be at least 1");
+  std::vector<int64_t> open(static_cast<size_t>(chunks), 0), most(static_cast<size_t>(chunks), 0);
   for (const PipelineAction& a : actions) {
-    MPT_CHECK(a.chunk >= 0 && a.chunk < chunks, Status::kInvalidArgument, "max_in_flight: action ",
+    MPT_CHECK(a.chunk >= 0 && a.chunk < chunks, Status::kInvalidArgument, "in_flight_per_chunk: action ",
               action_text(a, chunks), " names chunk ", a.chunk, " outside [0, ", chunks, ")");
-    int64_t& n = open[static_cast<size_t>(a.chunk)];
-    n += a.forward ? 1 : -1;
-    most = std::max(most, n);
+    const size_t c = static_cast<size_t>(a.chunk);
+    open[c] += a.forward ? 1 : -1;
+    most[c] = std::max(most[c], open[c]);
   }
   return most;
+}
+
+int64_t max_in_flight(const std::vector<PipelineAction>& actions, int64_t chunks) {
+  const std::vector<int64_t> most = in_flight_per_chunk(actions, chunks);
+  return *std::max_element(most.begin(), most.end());
 }
 
 double Simulation::bubble_fraction() const {

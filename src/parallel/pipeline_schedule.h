@@ -49,8 +49,11 @@ void check_schedule(const ScheduleSpec& spec);
 // This stage's compute actions in execution order: every (m, c) forward and backward once.
 std::vector<PipelineAction> pipeline_schedule(const ScheduleSpec& spec, int64_t stage);
 
-// The most micro-batches whose forward has run and whose backward has not, on any one chunk
-// of this stage, over its schedule: how many sets of saved activations the chunk needs.
+// For each chunk of this stage, the most micro-batches whose forward has run and whose
+// backward has not, over its schedule: how many sets of saved activations the chunk needs
+// (under the interleaved schedule the later chunks need fewer).
+std::vector<int64_t> in_flight_per_chunk(const std::vector<PipelineAction>& actions, int64_t chunks);
+// The largest of them.
 int64_t max_in_flight(const std::vector<PipelineAction>& actions, int64_t chunks);
 
 // Unit-time simulation of all stages: every compute action takes one time unit, messages

@@ -163,7 +163,8 @@ void Engine::Impl::build_chunks() {
                            : parallel::ScheduleKind::k1F1B;
   parallel::check_schedule(pipe);
   actions = parallel::pipeline_schedule(pipe, pp_rank);
-  const int64_t slots = parallel::max_in_flight(actions, vpp);
+  // Each chunk keeps as many sets of activations as its micro-batches in flight.
+  const std::vector<int64_t> slots = parallel::in_flight_per_chunk(actions, vpp);
   parallel::PipelineSplit split;
   split.num_layers = dims.num_layers;
   split.stages = pp_size;
@@ -178,7 +179,7 @@ void Engine::Impl::build_chunks() {
     mo.tp = tp;
     mo.cp = cp;
     mo.chunk = parallel::chunk_layers(split, pp_rank, c);
-    mo.slots = slots;
+    mo.slots = slots[static_cast<size_t>(c)];
     mo.ep = ep;
     if (dp_comm) {
       const optim::DataParallelConfig dc = dp_config();
@@ -235,11 +236,10 @@ void Engine::Impl::build_chunks() {
       if (part->reg)
         part->optimizer = std::make_unique<optim::AdamW>(
             *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
-    const size_t n = static_cast<size_t>(slots), cols = static_cast<size_t>(dims.rows() * dims.hidden);
+    const size_t n = static_cast<size_t>(ch.model->slots());
     ch.out_send.resize(n);
     ch.grad_send.resize(n);
     ch.grad_buf.assign(n, nullptr);
-    (void)cols;
   }
   for (size_t i = 0; i < actions.size(); ++i)
     if (!actions[i].forward) chunks[static_cast<size_t>(actions[i].chunk)].last_backward = static_cast<int64_t>(i);

@@ -95,8 +95,8 @@ std::vector<ChunkModel> Context::chunks(int64_t stage) const {
   return out;
 }
 
-int64_t Context::in_flight(int64_t stage) const {
-  return parallel::max_in_flight(parallel::pipeline_schedule(schedule, stage), vpp);
+std::vector<int64_t> Context::in_flight(int64_t stage) const {
+  return parallel::in_flight_per_chunk(parallel::pipeline_schedule(schedule, stage), vpp);
 }
 
 bool Context::crosses_nodes(dist::GroupKind kind) const {
@@ -281,8 +281,9 @@ Plan make_plan(const config::Recipe& recipe, const Hardware& hardware) {
       s.pre_process = s.pre_process || ch.layers.pre_process;
       s.post_process = s.post_process || ch.layers.post_process;
     }
-    s.in_flight = c.in_flight(stage);
-    s.memory = planning::stage_memory(c, chunks, s.in_flight);
+    const std::vector<int64_t> in_flight = c.in_flight(stage);
+    s.in_flight = *std::max_element(in_flight.begin(), in_flight.end());
+    s.memory = planning::stage_memory(c, chunks, in_flight);
     s.comm = planning::stage_comm(c, stage, chunks);
     flops.push_back(stage_flops(c, chunks));
     plan.stages.push_back(std::move(s));

@@ -47,10 +47,12 @@ struct MemoryPlan {
   int64_t optimizer = 0;          // fp32 Adam moments of the owned elements
   int64_t activations = 0;        // every activation slot and the working buffers
   // The activations' parts: one micro-batch's saved tensors for one layer (the largest layer
-  // of the stage), micro-batches in flight per chunk, the head's (d(last layer's output))
-  // per micro-batch, and the buffers shared by all micro-batches of a chunk.
+  // of the stage), micro-batches in flight on each chunk (the most of them in in_flight),
+  // the head's (d(last layer's output)) per micro-batch, and the buffers shared by all
+  // micro-batches of a chunk.
   int64_t layer_activations = 0;
   int64_t in_flight = 0;
+  std::vector<int64_t> chunk_in_flight;
   int64_t head_activations = 0;
   int64_t working_buffers = 0;
   int64_t params_bytes() const { return params_master + params_compute; }  // as MemoryReport
@@ -78,7 +80,7 @@ struct StagePlan {
   int64_t layers = 0;                // decoder layers on the stage
   std::vector<std::string> chunks;   // per chunk: "[0-19]"
   bool pre_process = false, post_process = false;
-  int64_t in_flight = 1;             // micro-batches in flight per chunk (activation slots)
+  int64_t in_flight = 1;             // micro-batches in flight on its busiest chunk
   MemoryPlan memory;
   std::vector<CommPlan> comm;
   double forward_flops = 0;          // one micro-batch through the stage, this rank

@@ -59,8 +59,8 @@ struct Context {
 
   // The chunks of stage `stage`, registered with the unit alignment the engine uses.
   std::vector<ChunkModel> chunks(int64_t stage) const;
-  // Micro-batches in flight per chunk on `stage` under the recipe's schedule.
-  int64_t in_flight(int64_t stage) const;
+  // Micro-batches in flight on each chunk of `stage` under the recipe's schedule.
+  std::vector<int64_t> in_flight(int64_t stage) const;
   // Whether any group of `kind` spans more than one node.
   bool crosses_nodes(dist::GroupKind kind) const;
   double bandwidth(bool crosses) const {
@@ -73,7 +73,7 @@ PartLayout dense_part(const Context& c, const ChunkModel& chunk);
 PartLayout expert_part(const Context& c, const ChunkModel& chunk);
 
 // plan_memory.cc
-MemoryPlan stage_memory(const Context& c, const std::vector<ChunkModel>& chunks, int64_t in_flight);
+MemoryPlan stage_memory(const Context& c, const std::vector<ChunkModel>& chunks, const std::vector<int64_t>& in_flight);
 // Forward FLOPs of one micro-batch through one chunk on this rank, and of its attention
 // cores alone (recompute_layers: layers whose forward runs again in backward).
 struct ChunkFlops {

@@ -242,9 +242,10 @@ ChunkActivations chunk_activations(const Context& c, const ChunkModel& ch) {
 
 }  // namespace
 
-MemoryPlan stage_memory(const Context& c, const std::vector<ChunkModel>& chunks, int64_t in_flight) {
+MemoryPlan stage_memory(const Context& c, const std::vector<ChunkModel>& chunks, const std::vector<int64_t>& in_flight) {
   MemoryPlan m;
-  for (const ChunkModel& ch : chunks) {
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    const ChunkModel& ch = chunks[k];
     m.parameters += ch.reg.num_parameters() + ch.expert_reg.num_parameters();
     m.expert_parameters += ch.expert_reg.num_parameters();
     for (const model::ParamInfo& p : ch.reg.params())
@@ -259,12 +260,13 @@ MemoryPlan stage_memory(const Context& c, const std::vector<ChunkModel>& chunks,
 
     const ChunkActivations a = chunk_activations(c, ch);
     const int64_t working = working_bytes(c, ch) + a.recompute_working;
-    m.activations += in_flight * a.per_microbatch + working;
+    m.activations += in_flight[k] * a.per_microbatch + working;
     m.layer_activations = std::max(m.layer_activations, a.largest_layer);
     m.head_activations = std::max(m.head_activations, a.head);
     m.working_buffers += working;
   }
-  m.in_flight = in_flight;
+  m.chunk_in_flight = in_flight;
+  m.in_flight = *std::max_element(in_flight.begin(), in_flight.end());
   return m;
 }
 

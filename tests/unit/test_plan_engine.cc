@@ -124,6 +124,23 @@ TEST(PlanEngine, PipelineWithAndWithoutVirtualStages) {
                              {"model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2"});
 }
 
+// Under the interleaved schedule each chunk keeps only its own micro-batches in flight (the
+// later chunk fewer), and the planned activations match the engine's within 3%.
+TEST(PlanEngine, VirtualStagesKeepEachChunksOwnMicroBatchesInFlight) {
+  const std::vector<std::string> o = {"model.pipeline_model_parallel_size=2",
+                                      "model.virtual_pipeline_model_parallel_size=2"};
+  const config::Recipe r = recipe_of("tiny.toml", o, 2);
+  const Plan plan = make_plan(r, Hardware{});
+  EXPECT_EQ(plan.stages[0].memory.chunk_in_flight, (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(plan.stages[1].memory.chunk_in_flight, (std::vector<int64_t>{3, 1}));
+  const std::vector<Measured> got = measure(r);
+  for (int64_t stage = 0; stage < 2; ++stage) {
+    const MemoryPlan& m = plan.stages[static_cast<size_t>(stage)].memory;
+    const double measured = static_cast<double>(got[static_cast<size_t>(stage)].memory.activations_peak_bytes);
+    expect_close(static_cast<double>(m.activations), measured, 0.03, str("stage ", stage, ": activations"));
+  }
+}
+
 TEST(PlanEngine, ContextParallelBothExchanges) {
   expect_plan_matches_engine("tiny.toml", 2, {"model.context_parallel_size=2"});
   expect_plan_matches_engine("tiny.toml", 2, {"model.context_parallel_size=2", "model.cp_comm_type=all_gather"});
