@@ -196,9 +196,13 @@ struct DataParallel::Impl {
     return area;
   }
 
+  // A unit's gradients since its last reduction go to their reduce-scatter. The output
+  // layer's gradients come in forward (model/gpt_model.h): with several of the head's
+  // micro-batches in flight, one reduction may carry the gradients of a later micro-batch
+  // too, and that micro-batch's own grads_done then finds nothing left to reduce.
   void reduce_unit_grads(int u) {
     const int slot = unit_grad_slot[static_cast<size_t>(u)];
-    MPT_ASSERT(slot >= 0);
+    if (slot < 0) return;
     unit_grad_slot[static_cast<size_t>(u)] = -1;
     const Bucket& b = unit_as_bucket(u);
     PendingGrad p;

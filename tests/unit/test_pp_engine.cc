@@ -73,6 +73,22 @@ TEST(PipelineTied, EmbeddingSharedAcrossStagesMatchesOneRank) {
   testing::expect_same_run(run(4, o, 4), run(1, tied32, 4)[0], "PP=2 VPP=2 x DP=2 FSDP tied");
 }
 
+// Micro-batch groups of 4 on 2 stages (Megatron's microbatch_group_size_per_vp_stage): the
+// chunk with the loss keeps up to 2 micro-batches in flight, each adding its output layer's
+// gradients in forward, while DP = 2 reduce-scatters each unit's gradients as backward
+// completes it (optim_grads, optim_grads_params) or keeps them resident (optim).
+TEST(PipelineGroups, LossChunkWithSeveralMicroBatchesInFlightMatchesOneRank) {
+  const std::vector<std::string> batch = {"train.global_batch_size=48"};
+  const RankRun want = run(1, batch)[0];
+  for (const char* sharding : {"optim_grads", "optim_grads_params", "optim"}) {
+    const std::vector<std::string> o = {"train.global_batch_size=48", "model.pipeline_model_parallel_size=2",
+                                        "model.virtual_pipeline_model_parallel_size=2",
+                                        "model.microbatch_group_size_per_vp_stage=4",
+                                        str("ddp.data_parallel_sharding_strategy=", sharding)};
+    testing::expect_same_run(run(4, o), want, str("PP=2 VPP=2 G=4 x DP=2 ", sharding));
+  }
+}
+
 // Parameters per stage about 1/PP of one rank's (a deep model, so the layers dominate); the
 // first stage's activations hold min(P, M) micro-batches under 1F1B whatever M is, and all M
 // would not fit the same bytes.
