@@ -42,6 +42,12 @@ struct Tally {
   void i32(int64_t numel) { bytes += rounded(numel * 4); }
 };
 
+int64_t numel(std::initializer_list<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t x : shape) n *= x;
+  return n;
+}
+
 struct PartBytes {
   int64_t master = 0, compute = 0, grads = 0, optimizer = 0;
 };
@@ -93,16 +99,8 @@ void mlp_half(const model::GPTDims& d, bool moe, Tally& t) {
   }
   // The reservation of model/moe_layer.h's plan_moe.
   model::MoeActs a;
-  auto act = [&](Tensor&, std::initializer_list<int64_t> shape) {
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    t.act(n);
-  };
-  auto f32 = [&](Tensor&, std::initializer_list<int64_t> shape) {
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    t.f32(n);
-  };
+  auto act = [&](Tensor&, std::initializer_list<int64_t> shape) { t.act(numel(shape)); };
+  auto f32 = [&](Tensor&, std::initializer_list<int64_t> shape) { t.f32(numel(shape)); };
   model::plan_moe(d, a, act, f32, f32);
 }
 
@@ -179,16 +177,8 @@ int64_t working_bytes(const Context& c, const ChunkModel& ch) {
   for (int64_t l = ch.layers.begin; l < ch.layers.end; ++l) any_moe = any_moe || d.is_moe_layer(l);
   if (any_moe) {
     model::MoeScratch s;
-    auto act = [&](Tensor&, std::initializer_list<int64_t> shape) {
-      int64_t n = 1;
-      for (int64_t x : shape) n *= x;
-      t.act(n);
-    };
-    auto f32 = [&](Tensor&, std::initializer_list<int64_t> shape) {
-      int64_t n = 1;
-      for (int64_t x : shape) n *= x;
-      t.f32(n);
-    };
+    auto act = [&](Tensor&, std::initializer_list<int64_t> shape) { t.act(numel(shape)); };
+    auto f32 = [&](Tensor&, std::initializer_list<int64_t> shape) { t.f32(numel(shape)); };
     model::plan_moe_scratch(d, s, act, f32, f32);
   }
   t.act(R * H);  // d(residual)
