@@ -1,7 +1,7 @@
 // GEMM family of the CUDA backend: matmul through cuBLASLt, the linear forward with its bias
-// (and GELU) in cuBLASLt's epilogue, bias add, bias gradient and the grouped GEMM of the
-// expert layers. Semantics are those of backend/cpu/matmul.cc, backend/cpu/fused.cc and the
-// CPU grouped_matmul (backend/cpu/moe.cc), argument checks included.
+// (and GELU) in cuBLASLt's epilogue, bias add and bias gradient (the experts' grouped GEMM is
+// in cuda_grouped_gemm.cu). Semantics are those of backend/cpu/matmul.cc and
+// backend/cpu/fused.cc, argument checks included.
 //
 // Row-major tensors meet cuBLASLt's column-major layouts by transposition: a row-major
 // [r, c] array is a column-major [c, r] one, so c = op(a) @ op(b) is computed as
@@ -30,33 +30,26 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/device.h"
 #include "cuda/elements.cuh"
+#include "cuda/gemm_internal.cuh"
 #include "cuda/op_checks.h"
 
 namespace mpt::cuda {
 
-using backend::GroupedForm;
-
-namespace {
-
 // ---- argument checks (the CPU backend's rules and messages) -------------------------------
 
-[[noreturn]] void invalid_argument(const char* op, const std::string& what) {
-  fail(Status::kInvalidArgument, op, ": ", what);
-}
+void invalid_argument(const char* op, const std::string& what) { fail(Status::kInvalidArgument, op, ": ", what); }
 
-#define MPT_GEMM_CHECK(cond, op, what)            \
-  do {                                            \
-    if (!(cond)) invalid_argument((op), (what));  \
-  } while (0)
-
+namespace {
 std::string extent(int64_t n) { return n < 0 ? std::string("*") : std::to_string(n); }
+}  // namespace
 
-// t is a 2-D F32 or BF16 matrix [rows, cols]; a negative extent matches any.
 void check_matrix(const char* op, const char* arg, const Tensor& t, int64_t rows, int64_t cols) {
   check_float(op, arg, t);
   MPT_GEMM_CHECK(t.ndim == 2 && (rows < 0 || t.shape[0] == rows) && (cols < 0 || t.shape[1] == cols), op,
                  str(arg, " ", describe(t), " must be [", extent(rows), ", ", extent(cols), "]"));
 }
+
+namespace {
 
 // ---- small kernels -------------------------------------------------------------------------
 
@@ -79,11 +72,15 @@ __global__ void scale_matrix_kernel(Out c, int64_t rows, int64_t cols, int64_t l
   }
 }
 
+}  // namespace
+
 void scale_matrix(cudaStream_t stream, Out c, int64_t rows, int64_t cols, int64_t ld, float beta) {
   if (rows <= 0 || cols <= 0) return;
   scale_matrix_kernel<<<blocks_for(rows * cols), kThreads, 0, stream>>>(c, rows, cols, ld, beta);
   MPT_CUDA_LAUNCH(scale_matrix_kernel);
 }
+
+namespace {
 
 __global__ void add_bias_kernel(Out y, In bias, int64_t total, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -185,7 +182,6 @@ struct PreferenceGuard {
 
 cudaDataType_t lt_type(bool bf16) { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 const char* type_name(bool bf16) { return bf16 ? "bf16" : "fp32"; }
-size_t element_bytes(bool bf16) { return bf16 ? 2 : 4; }
 
 // The largest power of two up to 256 dividing both the address and the row pitch in bytes:
 // the alignment every row of the operand has, which the algorithm must accept.
@@ -348,10 +344,8 @@ PlanCache<Key>& plan_cache() {
 void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc);
 
-// Row-major c[m,n] = alpha * op(a) @ op(b) + beta * c with leading dimensions in elements
-// (a is [k,m] when trans_a, b is [n,k] when trans_b), the CPU sgemm's contract: nothing
-// for an empty c, c = beta * c for k == 0 (zeros at beta 0). a and b are both bf16
-// (ab_bf16) or both f32; c is f32 or bf16.
+}  // namespace
+
 void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
           int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
@@ -385,6 +379,8 @@ void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                               c.data, plan->lt_c, &plan->algo, ops.lt_workspace(), ops.lt_workspace_bytes(),
                               ops.stream()));
 }
+
+namespace {
 
 // Device memory for one op's temporaries, from the caching allocator (no driver call in a
 // steady state); given back when the op returns, which is safe in stream order.
@@ -423,59 +419,6 @@ void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n
   gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a.get(), lda, wide_b.get(), ldb, false, beta, target, ldc);
   if (c.bf16) ops.convert(c.data, DType::kBF16, wide_c.get(), DType::kF32, c_span);
 }
-
-// ---- operands in the dtypes cuBLASLt takes ------------------------------------------------
-
-// The operands of one GEMM op as the GEMMs read and write them: when a or b is bf16 both are
-// bf16 (an f32 one rounded into scratch); c is written in place, except a bf16 c beside f32
-// operands, which is computed in an f32 copy in scratch (widened when beta reads it) and
-// rounded into c by finish(). Scratch is asked for once, so its pieces stay valid together.
-class GemmOperands {
- public:
-  GemmOperands(CudaOps& ops, const Tensor& c, const Tensor& a, const Tensor& b, float beta)
-      : a_(a.data), b_(b.data), ab_bf16_(a.dtype == DType::kBF16 || b.dtype == DType::kBF16), c_(out_view(c)) {
-    const bool round_a = ab_bf16_ && a.dtype == DType::kF32, round_b = ab_bf16_ && b.dtype == DType::kF32;
-    const bool stage_c = !ab_bf16_ && c.dtype == DType::kBF16;
-    const size_t a_bytes = round_a ? padded(static_cast<size_t>(a.numel()) * 2) : 0;
-    const size_t b_bytes = round_b ? padded(static_cast<size_t>(b.numel()) * 2) : 0;
-    const size_t c_bytes = stage_c ? padded(static_cast<size_t>(c.numel()) * 4) : 0;
-    if (a_bytes + b_bytes + c_bytes == 0) return;
-    char* base = static_cast<char*>(ops.scratch(a_bytes + b_bytes + c_bytes));
-    if (round_a) {
-      ops.convert(base, DType::kBF16, a.data, DType::kF32, a.numel());
-      a_ = base;
-    }
-    if (round_b) {
-      ops.convert(base + a_bytes, DType::kBF16, b.data, DType::kF32, b.numel());
-      b_ = base + a_bytes;
-    }
-    if (stage_c) {
-      staged_ = base + a_bytes + b_bytes;
-      if (beta != 0.0f) ops.convert(staged_, DType::kF32, c.data, DType::kBF16, c.numel());
-      c_ = Out{staged_, false};
-    }
-  }
-
-  bool ab_bf16() const { return ab_bf16_; }
-  // Element `offset` of a, b or c (the GEMM's view of c).
-  const void* a(int64_t offset) const { return static_cast<const char*>(a_) + offset * element_bytes(ab_bf16_); }
-  const void* b(int64_t offset) const { return static_cast<const char*>(b_) + offset * element_bytes(ab_bf16_); }
-  Out c(int64_t offset) const { return c_.at(offset); }
-
-  // Rounds a staged c into the op's c.
-  void finish(CudaOps& ops, const Tensor& c) const {
-    if (staged_) ops.convert(c.data, DType::kBF16, staged_, DType::kF32, c.numel());
-  }
-
- private:
-  static size_t padded(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
-  const void* a_;
-  const void* b_;
-  bool ab_bf16_;
-  Out c_;
-  void* staged_ = nullptr;
-};
 
 // ---- matmul_bias_act ------------------------------------------------------------------------
 
@@ -678,72 +621,6 @@ void CudaOps::matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor b
   matmul(z, x, w, false, true, 1.0f, 0.0f);
   if (has_bias) add_bias(z, bias);
   if (act) activation_fwd(y, z, *act, false);
-}
-
-void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, GroupedForm form,
-                             float beta) {
-  const char* op = "grouped_matmul";
-  MPT_GEMM_CHECK(form == GroupedForm::kForward || form == GroupedForm::kInputGrad || form == GroupedForm::kWeightGrad,
-                 op, str("unknown form ", static_cast<int>(form)));
-  MPT_GEMM_CHECK(groups > 0 && counts != nullptr, op,
-                 str("needs groups > 0 and their counts, got groups ", groups, counts ? "" : " and no counts"));
-  MPT_GEMM_CHECK(std::isfinite(beta), op, str("beta ", beta, " must be finite"));
-  check_matrix(op, "a", a, -1, -1);
-  const int64_t R = a.shape[0];
-  int64_t total = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    MPT_GEMM_CHECK(counts[g] >= 0 && counts[g] <= R - total, op,
-                   str("counts[", g, "] = ", counts[g], (counts[g] < 0 ? " is negative" : " runs past the rows of a"),
-                       " (a ", describe(a), ", ", total, " rows in groups before it)"));
-    total += counts[g];
-  }
-  MPT_GEMM_CHECK(total == R, op, str("counts sum to ", total, ", not to the ", R, " rows of a ", describe(a)));
-
-  if (form == GroupedForm::kWeightGrad) {
-    // c[g] [out, in] = dy_g^T @ x_g + beta * c[g]
-    const int64_t out = a.shape[1];
-    check_matrix(op, "b", b, R, -1);
-    const int64_t in = b.shape[1];
-    check_float(op, "c", c);
-    MPT_GEMM_CHECK(c.ndim == 3 && c.shape[0] == groups && c.shape[1] == out && c.shape[2] == in, op,
-                   str("c ", describe(c), " must be [groups, out, in] = [", groups, ", ", out, ", ", in, "]"));
-    if (c.numel() == 0) return;
-    const GemmOperands operands(*this, c, a, b, beta);
-    int64_t first = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const Out cg = operands.c(g * out * in);
-      if (counts[g] > 0)
-        gemm(*this, true, false, out, in, counts[g], 1.0f, operands.a(first * out), out, operands.b(first * in), in,
-             operands.ab_bf16(), beta, cg, in);
-      else if (beta != 1.0f)  // no rows: the product is zero
-        scale_matrix(stream(), cg, out, in, in, beta);
-      first += counts[g];
-    }
-    operands.finish(*this, c);
-    return;
-  }
-
-  // Weights b [groups, out, in]; kForward: c [R, out] = a [R, in] @ b[g]^T,
-  // kInputGrad: c [R, in] = a [R, out] @ b[g].
-  check_float(op, "b", b);
-  MPT_GEMM_CHECK(b.ndim == 3 && b.shape[0] == groups, op,
-                 str("b ", describe(b), " must be [groups = ", groups, ", out, in]"));
-  const int64_t out = b.shape[1], in = b.shape[2];
-  const bool fwd = form == GroupedForm::kForward;
-  const int64_t a_cols = fwd ? in : out, c_cols = fwd ? out : in;
-  check_matrix(op, "a", a, R, a_cols);
-  check_matrix(op, "c", c, R, c_cols);
-  if (c.numel() == 0) return;
-  const GemmOperands operands(*this, c, a, b, beta);
-  int64_t first = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    if (counts[g] > 0)
-      gemm(*this, false, fwd, counts[g], c_cols, a_cols, 1.0f, operands.a(first * a_cols), a_cols > 1 ? a_cols : 1,
-           operands.b(g * out * in), in > 1 ? in : 1, operands.ab_bf16(), beta, operands.c(first * c_cols),
-           c_cols > 1 ? c_cols : 1);
-    first += counts[g];
-  }
-  operands.finish(*this, c);
 }
 
 }  // namespace mpt::cuda

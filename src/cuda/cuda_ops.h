@@ -6,8 +6,8 @@
 //
 // The ops live in several files, one family each:
 //   cuda_ops.cu            construction, memory, casts, elementwise, reductions, AdamW
-//   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias,
-//                          grouped GEMM
+//   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias
+//   cuda_grouped_gemm.cu   grouped GEMM of the experts (shared pieces: gemm_internal.cuh)
 //   cuda_fused.cu          the residual add fused with the norm after it
 //   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
 //                          attention_merge
@@ -78,7 +78,7 @@ class CudaOps final : public backend::Ops {
   void matmul_bias_act(Tensor y, Tensor pre, Tensor x, Tensor w, Tensor bias,
                        std::optional<backend::Activation> act) override;
   void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, backend::GroupedForm form,
-                      float beta) override;
+                      float beta) override;  // cuda_grouped_gemm.cu
 
   // Attention (cuda_attention.cu).
   void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const backend::AttentionDims& d) override;
