@@ -77,6 +77,21 @@ struct AdamWArgs {
   float grad_scale = 1;     // multiplies the gradient first (clipping coefficient)
 };
 
+// A recorded sequence of a backend's work (a CUDA graph on the GPU), replayed as one
+// launch. Replay repeats the recorded calls with the arguments they had when recorded:
+// the same memory addresses and the same scalars (matmul's alpha, a dropout key, a grouped
+// GEMM's host counts). Only values read from backend memory may change between replays, so
+// whatever differs from one replay to the next must be written there first, outside the
+// graph (to_device of a micro-batch's inputs and weights).
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  // Queues the recorded work, ordered after earlier work and before later work of the backend.
+  virtual void replay() = 0;
+  // The ops recorded (kernels and copies on a GPU may count several per op).
+  virtual int64_t nodes() const = 0;
+};
+
 class Ops : public MemoryResource {
  public:
   ~Ops() override = default;
@@ -108,6 +123,22 @@ class Ops : public MemoryResource {
     (void)p;
     return false;
   }
+
+  // --- graphs ---------------------------------------------------------------------------
+  // Whether this backend records graphs (host-memory backends do not: their ops run as
+  // they are called).
+  virtual bool supports_graphs() const { return false; }
+  // Between begin_capture() and end_capture() the ops are recorded, not run. Recording
+  // refuses, with Error(kInternal) naming the call, whatever a replay could not repeat:
+  // allocate(), to_device(), to_host() and the ops that return a host value (sum_squares,
+  // dot, all_finite), and a second begin_capture(); a refused call also spoils the capture.
+  // end_capture() always ends the capture, and returns the recording (it may be empty), or
+  // throws (after ending it) when the recording is unusable: a refused call or a device
+  // error during capture. Both throw Error(kNotSupported) where supports_graphs() is false.
+  // Memory the recorded ops use must stay allocated while the graph is replayed.
+  virtual void begin_capture();
+  virtual std::unique_ptr<Graph> end_capture();
+  virtual bool capturing() const { return false; }
 
   // --- memory and elementwise --------------------------------------------------------
   // dst = src converted to dst's dtype (same numel; f32 <-> bf16 rounds to nearest even, a
@@ -277,6 +308,8 @@ std::unique_ptr<Ops> make_emulated_device_ops(int num_threads);
 // Process-wide count of the emulated device's calls that bring a value to the host (to_host,
 // sum_squares, dot, all_finite): each is a wait for the device on a GPU.
 int64_t emulated_device_host_reads();
+// Process-wide count of replays of graphs the emulated device recorded.
+int64_t emulated_device_graph_replays();
 // The CUDA backend on GPU `device` (src/cuda). Throws Error(kNotSupported) in a build without
 // CUDA and Error(kDevice) naming the device when it cannot be used.
 std::unique_ptr<Ops> make_cuda_ops(int device);

@@ -1,5 +1,5 @@
-// The host-memory defaults of Ops' memory calls (the CPU backend's), and the CUDA backend's
-// factory in a build without CUDA.
+// The host-memory defaults of Ops' memory calls (the CPU backend's), graphs refused, and the
+// CUDA backend's factory in a build without CUDA.
 #include <cstdlib>
 #include <cstring>
 
@@ -28,6 +28,12 @@ void Ops::to_host(void* dst, const void* src, size_t bytes) {
 
 void Ops::device_copy(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memmove(dst, src, bytes);
+}
+
+void Ops::begin_capture() { fail(Status::kNotSupported, name(), ": this backend does not record graphs"); }
+
+std::unique_ptr<Graph> Ops::end_capture() {
+  fail(Status::kNotSupported, name(), ": this backend does not record graphs");
 }
 
 #ifndef MPT_HAVE_CUDA

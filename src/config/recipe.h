@@ -78,6 +78,11 @@ struct ModelConfig {
   std::optional<std::string> recompute_method;          // uniform | block
   std::optional<int64_t> recompute_num_layers;
   std::vector<std::string> recompute_modules;
+
+  // CUDA graphs: "local" records each micro-batch's forward and backward once, after
+  // cuda_graph_warmup_steps steps, and replays them (none | local).
+  std::string cuda_graph_impl = "none";
+  int64_t cuda_graph_warmup_steps = 3;
 };
 
 struct TrainConfig {

@@ -170,6 +170,9 @@ std::vector<KeySpec> build_table() {
       MPT_KEY(model, recompute_num_layers).at_least(1),
       MPT_KEY(model, recompute_modules)
           .one_of({"core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts"}),
+      // [model] CUDA graphs
+      MPT_KEY(model, cuda_graph_impl).one_of({"none", "local", "transformer_engine"}),
+      MPT_KEY(model, cuda_graph_warmup_steps).at_least(1),
 
       MPT_KEY(train, micro_batch_size).must_be_set().at_least(1),
       MPT_KEY(train, global_batch_size).at_least(1),

@@ -1,6 +1,7 @@
 #include "model/gpt_model.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/rng.h"
 #include "model/linear.h"
@@ -290,8 +291,8 @@ void GPTModel::plan_activations() {
     plan.f32(h.logits, {C, d.local_vocab()});
     plan.f32(h.row_max, {C});
     plan.f32(h.loss, {C});
-    plan.f32(h.grad_scale, {C});
     plan.f32(h.sumexp_target, {2 * C});
+    plan.f32(h.weights, {2 * T});
     plan.f32(h.loss_sum, {1});
   }
   LayerScratch& s = scratch_;
@@ -342,7 +343,12 @@ void GPTModel::load_input(int64_t slot, const MicroBatchInput& host) {
   if (host.ids) ops_.to_device(a.ids.data, host.ids, static_cast<size_t>(T) * sizeof(int32_t));
   if (host.labels) ops_.to_device(a.labels.data, host.labels, static_cast<size_t>(T) * sizeof(int32_t));
   if (host.loss_mask) {
-    ops_.to_device(a.loss_mask.data, host.loss_mask, static_cast<size_t>(T) * sizeof(float));
+    // The mask reaches the device as the loss and gradient weights (prepare_forward); a
+    // host-memory backend's input() buffer may be filled in place instead.
+    if (ops_.host_memory())
+      std::memcpy(a.loss_mask.data, host.loss_mask, static_cast<size_t>(T) * sizeof(float));
+    else
+      a.host_mask.assign(host.loss_mask, host.loss_mask + T);
     a.mask_sum = 0;
     for (int64_t t = 0; t < T; ++t) a.mask_sum += host.loss_mask[t];
   }
@@ -399,10 +405,55 @@ void GPTModel::expert_unit_done(int64_t i, bool grads) {
   if (grads) expert_storage_->grads_done(eu);
 }
 
+void GPTModel::cast_compute_params() {
+  MPT_CHECK(storage_->full_params() != nullptr && (!expert_storage_ || expert_storage_->full_params() != nullptr),
+            Status::kInvalidArgument, "cast_compute_params needs resident parameters");
+  for (int u = 0; u < static_cast<int>(units_.size()); ++u) {
+    unit_params(u);
+    storage_->params_done(u);
+  }
+  for (int u = 0; expert_storage_ && u < static_cast<int>(expert_units_.size()); ++u) {
+    expert_compute_->unit(u, expert_storage_->unit_params(u));
+    expert_storage_->params_done(u);
+  }
+}
+
+void GPTModel::prepare_forward(int64_t slot, LossWeights weights) {
+  SlotActs& a = slot_at(slot);
+  if (!chunk_.post_process) return;
+  HeadScratch& h = head_;
+  const int64_t T = dims_.tokens();
+  MPT_CHECK(ops_.host_memory() || static_cast<int64_t>(a.host_mask.size()) == T, Status::kInvalidArgument,
+            "forward of activation slot ", slot, ": no loss mask was loaded (load_input)");
+  const float* mask = ops_.host_memory() ? a.loss_mask.f() : a.host_mask.data();
+  std::vector<float>& w = weights_host_;
+  w.resize(static_cast<size_t>(2 * T));
+  const float loss_w = static_cast<float>(weights.loss);
+  for (int64_t t = 0; t < T; ++t) {
+    w[static_cast<size_t>(t)] = mask[t] * loss_w;
+    w[static_cast<size_t>(T + t)] = mask[t] * weights.grad;
+  }
+  ops_.to_device(h.weights.data, w.data(), w.size() * sizeof(float));
+  h.prepared_slot = slot;
+  h.prepared_grads = weights.grad != 0;
+}
+
 GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot, LossWeights weights) {
+  prepare_forward(slot, weights);
+  return forward_prepared(key, training, slot);
+}
+
+GPTModel::LossSums GPTModel::forward_prepared(uint64_t key, bool training, int64_t slot) {
   const GPTDims& d = training ? dims_ : eval_dims_;
   SlotActs& a = slot_at(slot);
-  MPT_CHECK(training || weights.grad == 0, Status::kInvalidArgument,
+  bool grads = false;
+  if (chunk_.post_process) {
+    MPT_CHECK(head_.prepared_slot == slot, Status::kInvalidArgument, "forward of activation slot ", slot,
+              ": its loss weights were not prepared (prepare_forward)");
+    grads = head_.prepared_grads;
+    head_.prepared_slot = -1;
+  }
+  MPT_CHECK(training || !grads, Status::kInvalidArgument,
             "an evaluation forward (no dropout) cannot be followed by backward: its gradient weight must be 0");
   a.head_grads = false;
   ParamStorage& st = *storage_;
@@ -442,7 +493,7 @@ GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot, 
   }
   if (!chunk_.post_process) return sums;
 
-  head_forward(a, weights);
+  head_forward(a, grads);
   return sums;
 }
 
@@ -467,11 +518,10 @@ void GPTModel::reset_loss() {
   if (chunk_.post_process) ops_.fill(head_.loss_sum, 0.0f);
 }
 
-void GPTModel::head_forward(SlotActs& a, const LossWeights& w) {
+void GPTModel::head_forward(SlotActs& a, bool grads) {
   const GPTDims& d = dims_;
   ParamStorage& st = *storage_;
   HeadScratch& s = head_;
-  const bool grads = w.grad != 0;
   const int hu = head_unit();
   void* head = unit_params(hu);
   const Tensor h = a.residual.back();
@@ -500,21 +550,20 @@ void GPTModel::head_forward(SlotActs& a, const LossWeights& w) {
     const Tensor logits = s.logits.rows(0, n), row_max = s.row_max.rows(0, n), loss = s.loss.rows(0, n);
     const Tensor sumexp_target = Tensor::f32(s.sumexp_target.f(), {2 * n});
     const Tensor sumexp = Tensor::f32(s.sumexp_target.f(), {n}), target = Tensor::f32(s.sumexp_target.f() + n, {n});
-    const Tensor labels = a.labels.rows(t0, n), mask = a.loss_mask.rows(t0, n);
+    const Tensor labels = a.labels.rows(t0, n);
+    const Tensor loss_w = Tensor::f32(s.weights.f() + t0, {n, 1}), grad_w = Tensor::f32(s.weights.f() + T + t0, {n});
     ops_.matmul(logits, x.rows(t0, n), weight, false, true, 1.0f, 0.0f);
     ops_.ce_row_max(row_max, logits, d.vocab_start(), d.vocab);
     tp_.all_reduce(row_max, dist::ReduceOp::kMax);
     ops_.ce_sumexp_target(sumexp, target, logits, row_max, labels, d.vocab_start(), d.vocab);
     tp_.all_reduce(sumexp_target, dist::ReduceOp::kSum);
     ops_.ce_loss(loss, row_max, sumexp, target);
-    // loss_sum += w.loss * sum_t loss[t] mask[t], as a [1, n] x [n, 1] product on the device.
-    ops_.matmul(Tensor::f32(s.loss_sum.f(), {1, 1}), Tensor::f32(loss.f(), {1, n}), Tensor::f32(mask.f(), {n, 1}),
-                false, false, static_cast<float>(w.loss), 1.0f);
+    // loss_sum += sum_t loss[t] * mask[t] * weights.loss, as a [1, n] x [n, 1] product on
+    // the device.
+    ops_.matmul(Tensor::f32(s.loss_sum.f(), {1, 1}), Tensor::f32(loss.f(), {1, n}), loss_w, false, false, 1.0f,
+                1.0f);
     if (!grads) continue;
-    const Tensor grad_scale = s.grad_scale.rows(0, n);
-    ops_.copy(grad_scale, mask);
-    ops_.scale(grad_scale, w.grad);
-    ops_.ce_bwd(logits, logits, row_max, sumexp, labels, grad_scale, d.vocab_start(), d.vocab);
+    ops_.ce_bwd(logits, logits, row_max, sumexp, labels, grad_w, d.vocab_start(), d.vocab);
     // logits = x W^T: d(x) = d(logits) W; dW += d(logits)^T x.
     ops_.matmul(dx.rows(t0, n), logits, weight, false, false, 1.0f, 0.0f);
     ops_.matmul(dweight, logits, x.rows(t0, n), true, false, 1.0f, 1.0f);

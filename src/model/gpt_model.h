@@ -145,8 +145,22 @@ class GPTModel {
     double moe_aux_loss = 0, moe_z_loss = 0, moe_spread = 0;
     int64_t moe_layers = 0;
   };
-  // training = false runs without dropout (evaluation).
+  // training = false runs without dropout (evaluation). The same as prepare_forward() then
+  // forward_prepared().
   LossSums forward(uint64_t dropout_key, bool training = true, int64_t slot = 0, LossWeights weights = {});
+  // forward() in two parts. prepare_forward writes the micro-batch's per-token loss and
+  // gradient weights (its loss mask times weights.loss and weights.grad, on the host) to the
+  // backend: a host-to-device copy, for the next forward of `slot`. forward_prepared then
+  // calls backend ops only, reading every value that differs between micro-batches (inputs,
+  // weights) from backend memory: it may be recorded as a graph (Ops::begin_capture) and
+  // replayed for later micro-batches prepared alike. A chunk without the loss has no
+  // weights to write.
+  void prepare_forward(int64_t slot, LossWeights weights);
+  LossSums forward_prepared(uint64_t dropout_key, bool training, int64_t slot);
+  // Casts every unit's compute copy (bf16 mixed precision) that is stale now, rather than at
+  // its first use in a pass, so that every micro-batch of a step runs the same backend calls
+  // (a recorded graph holds no casts). Needs resident parameters; nothing without copies.
+  void cast_compute_params();
   // The weighted losses summed on the device since the last call (one device read); 0 on a
   // chunk without the loss.
   double take_loss();
@@ -180,19 +194,24 @@ class GPTModel {
     Tensor dhead;                               // [R,H]: d(last layer's output), from forward
     bool head_grads = false;                    // dhead holds this micro-batch's gradient
     double mask_sum = 0;                        // the loss mask's sum, from load_input
+    std::vector<float> host_mask;               // the loss mask as loaded (device backends)
   };
   // The output layer's and loss's working buffers, one set per chunk: the final norm's
   // output and statistics, one row block's logits and cross-entropy pieces.
   struct HeadScratch {
     Tensor normed, mean, rstd;  // [R,H], [R], [R]
     Tensor logits;              // [C, Vp / TP] fp32; becomes d(logits) in place
-    Tensor row_max, loss, grad_scale;  // [C]
+    Tensor row_max, loss;       // [C]
     Tensor sumexp_target;       // [2C]: a block's sums of exponentials, then its target logits
     Tensor loss_sum;            // [1]: the weighted losses since take_loss()
+    // [2T]: the prepared micro-batch's per-token loss weights, then its gradient weights.
+    Tensor weights;
+    int64_t prepared_slot = -1;  // the slot they were prepared for (-1: none)
+    bool prepared_grads = false; // with a gradient weight
   };
-  // The output layer and cross-entropy of one micro-batch, in row blocks; with a gradient
-  // weight, their backward and the final norm's into a.dhead.
-  void head_forward(SlotActs& a, const LossWeights& w);
+  // The output layer and cross-entropy of one micro-batch, in row blocks; with gradient
+  // weights, their backward and the final norm's into a.dhead.
+  void head_forward(SlotActs& a, bool grads);
   SlotActs& slot_at(int64_t s);
   // Every slot keeps what d.recompute keeps; what it drops lives in one region all slots
   // share (see ActPlanner in gpt_model.cc).
@@ -242,6 +261,7 @@ class GPTModel {
   LayerScratch scratch_;
   HeadScratch head_;
   Tensor dres_;                   // [R,H]
+  std::vector<float> weights_host_;  // prepare_forward's staging of HeadScratch::weights
 };
 
 }  // namespace mpt::model

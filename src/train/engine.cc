@@ -46,6 +46,18 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   }
   if (place.world_size > 1) start_distributed();
   build_chunks();
+  if (recipe.model.cuda_graph_impl == "local") {
+    // finalize() allows graphs only at one rank, dense, without dropout.
+    MPT_ASSERT(chunks.size() == 1 && chunks[0].model->slots() == 1 && !chunks[0].dense.dp);
+    graphs.warmup = recipe.model.cuda_graph_warmup_steps;
+    graphs.on = ops->supports_graphs();
+    if (graphs.on)
+      log.info(str("mptrain: CUDA graphs: a micro-batch's forward and backward are recorded after ", graphs.warmup,
+                   " warm-up steps and replayed"));
+    else
+      log.warn(str("mptrain: model.cuda_graph_impl = \"local\": the ", ops->name(),
+                   " backend records no graphs; training without them"));
+  }
   schedule = optim::LRSchedule::from_recipe(recipe);
   log.info(str("mptrain: ", whole_reg.num_parameters(), " parameters, ",
                num_microbatches, " micro-batches of ", dims.micro_batch, " x ", dims.seq, " tokens per step",
@@ -358,6 +370,11 @@ StepResult Engine::Impl::step(const HostBatch* batch) {
     ch.model->reset_loss();  // a step that failed part-way may have left losses behind
   }
   moe_sums = MoeSums{};
+  if (graphs.on) {
+    ++graphs.steps;
+    // Every micro-batch, the first included, then runs the same backend calls.
+    for (Chunk& ch : chunks) ch.model->cast_compute_params();
+  }
   reset_slots();
   Timeline* timeline = profiler ? profiler->begin_step(iteration) : nullptr;  // null: not profiled
   for (size_t i = 0; i < actions.size(); ++i) {

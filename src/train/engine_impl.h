@@ -136,6 +136,18 @@ struct Engine::Impl {
   bool stopped_by_signal = false;  // the last train() ended on SIGTERM / SIGINT
   // The [profiling] timeline of this rank; null when it is not profiled.
   std::unique_ptr<StepProfiler> profiler;
+  // CUDA graphs (model.cuda_graph_impl = "local"; one rank, so one chunk with one slot):
+  // a micro-batch's training forward and its backward, each recorded once in the first step
+  // after the warm-up steps and replayed for every micro-batch from then on. What differs
+  // between micro-batches (tokens, labels, loss and gradient weights) is written to backend
+  // memory before each replay; what a recording fixes (addresses, the step-invariant
+  // scalars) is the same in every step of this engine.
+  struct Graphs {
+    bool on = false;        // asked for, and the backend records graphs
+    int64_t warmup = 0;     // steps run eagerly first
+    int64_t steps = 0;      // training steps this engine has started
+    std::unique_ptr<backend::Graph> forward, backward;
+  } graphs;
 
   Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p);
 
@@ -303,6 +315,13 @@ struct Engine::Impl {
 
   void run_backward(const parallel::PipelineAction& a, int64_t index);
 
+  // Runs `pass` (a model forward or backward, backend calls only) eagerly, or through the
+  // graph `g`: recorded from it the first time past the warm-up steps, then replayed.
+  // A recording that fails is an error naming the call, and the step fails before any
+  // parameter changes.
+  template <class Pass>
+  void run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass);
+
   void reset_slots();
 
   void wait_sends();
@@ -314,5 +333,34 @@ struct Engine::Impl {
   // its chunks micro-batch by micro-batch in virtual-stage order.
   double evaluate();
 };
+
+template <class Pass>
+void Engine::Impl::run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass) {
+  if (!graphs.on || graphs.steps <= graphs.warmup) {
+    pass();
+    return;
+  }
+  if (!g) {
+    ops->begin_capture();
+    try {
+      pass();
+      g = ops->end_capture();
+    } catch (const Error& e) {
+      if (ops->capturing()) {
+        try {
+          ops->end_capture();
+        } catch (const Error&) {
+          // The recording is dropped; the first error names what spoiled it.
+        }
+      }
+      fail(e.status(), "iteration ", iteration + 1, ": recording the micro-batch's ", what,
+           " as a CUDA graph failed: ", e.what(), "; parameters were not updated (set model.cuda_graph_impl = "
+           "\"none\" to train without graphs)");
+    }
+    log.info(str("mptrain: CUDA graph of a micro-batch's ", what, " recorded at iteration ", iteration + 1, ": ",
+                 g->nodes(), " nodes"));
+  }
+  g->replay();
+}
 
 }  // namespace mpt::train

@@ -108,7 +108,12 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
     if (training)
       weights.grad = static_cast<float>(static_cast<double>(cp.size()) / (denom * static_cast<double>(num_microbatches)));
   }
-  model::GPTModel::LossSums s = m.forward(key, training, slot, weights);
+  m.prepare_forward(slot, weights);
+  model::GPTModel::LossSums s;
+  if (training)
+    run_graphed(graphs.forward, "forward", [&] { s = m.forward_prepared(key, true, slot); });
+  else
+    s = m.forward_prepared(key, false, slot);
   moe_sums.aux += s.moe_aux_loss;
   moe_sums.z += s.moe_z_loss;
   moe_sums.spread += s.moe_spread;
@@ -140,7 +145,7 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
   // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
   // CP for the same reason.
   const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);
-  m.backward(key, slot, dout, static_cast<float>(aux_scale));
+  run_graphed(graphs.backward, "backward", [&] { m.backward(key, slot, dout, static_cast<float>(aux_scale)); });
   const size_t s = static_cast<size_t>(slot);
   if (!m.chunk().pre_process) {
     if (ch.grad_send[s]) ch.grad_send[s]->wait();

@@ -129,7 +129,7 @@ int64_t head_working_bytes(const model::GPTDims& d) {
   t.f32(C * d.local_vocab());  // logits, fp32
   t.f32(C);                    // row max
   t.f32(C);                    // token loss
-  t.f32(C);                    // gradient weights
+  t.f32(2 * d.tokens());       // the micro-batch's per-token loss and gradient weights
   t.f32(2 * C);                // sums of exponentials, target logits
   t.f32(1);                    // the loss accumulator
   return t.bytes;

@@ -75,6 +75,17 @@ TEST(EngineMemory, SteadyStateRecomputeStepAllocatesNothing) {
                                                       "model.recompute_modules=[\"layernorm\",\"mlp\"]"});
 }
 
+// Replaying recorded graphs (the emulated device records them as a GPU does): a step's
+// inputs and loss weights are staged through buffers kept between micro-batches.
+TEST(EngineMemory, SteadyStateGraphReplayAllocatesNothing) {
+  ::setenv("MPT_BACKEND", "cpu-device", 1);
+  expect_steady_state_allocates_nothing("tiny.toml",
+                                        {"model.cuda_graph_impl=local", "model.cuda_graph_warmup_steps=1"});
+  expect_steady_state_allocates_nothing("tiny.toml", {"mixed_precision=bf16_mixed", "model.cuda_graph_impl=local",
+                                                      "model.cuda_graph_warmup_steps=1"});
+  ::unsetenv("MPT_BACKEND");
+}
+
 // The MoE layer's host-side routing keeps its work space between micro-batches too.
 TEST(EngineMemory, SteadyStateMixtureOfExpertsStepAllocatesNothing) {
   expect_steady_state_allocates_nothing("tiny_moe.toml");

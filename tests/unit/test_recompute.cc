@@ -165,10 +165,10 @@ constexpr int64_t kLayer = kNorms + kAttention + kMlp;            // one layer's
 constexpr int64_t kSlot = 3 * kT * 4 + 5 * kResidual + 4 * kLayer  // inputs, residual stream, layers
                           + kT * kH * 4;                           // d(last layer's output)
 // The loss's working set: the final norm's output and rstd, one row block of logits (the
-// whole micro-batch: 512 x 384 fp32 is far below the block budget), its row max, loss,
-// gradient weights, sums of exponentials and target logits, and the loss accumulator (one
-// float, rounded up to the arena's 64 bytes).
-constexpr int64_t kHead = (kT * kH + kT + kT * kVocab + 3 * kT + 2 * kT) * 4 + 64;
+// whole micro-batch: 512 x 384 fp32 is far below the block budget), its row max and loss,
+// sums of exponentials and target logits, the micro-batch's per-token loss and gradient
+// weights, and the loss accumulator (one float, rounded up to the arena's 64 bytes).
+constexpr int64_t kHead = (kT * kH + kT + kT * kVocab + 2 * kT + 2 * kT + 2 * kT) * 4 + 64;
 constexpr int64_t kWorking = kT * 4 + kHead +
                              (kT * (kQ + 2 * kKV) + 2 * kT * kH + kT * kFfn + kT * kFc1 + 2 * kT * kQ + 2 * kT * kKV +
                               kT * kH) * 4;  // positions, the loss's, qkv .. dv, d(residual)
