@@ -382,42 +382,33 @@ void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 
 namespace {
 
-// Device memory for one op's temporaries, from the caching allocator (no driver call in a
-// steady state); given back when the op returns, which is safe in stream order.
-class DeviceTemp {
- public:
-  DeviceTemp(CudaOps& ops, size_t bytes) : ops_(ops), p_(bytes ? ops.allocate(bytes) : nullptr) {}
-  ~DeviceTemp() { ops_.release(p_); }
-  DeviceTemp(const DeviceTemp&) = delete;
-  DeviceTemp& operator=(const DeviceTemp&) = delete;
-  void* get() const { return p_; }
-
- private:
-  CudaOps& ops_;
-  void* p_;
-};
-
 // A bf16 GEMM cuBLASLt has no algorithm for (an unusual alignment), as an fp32 GEMM on the
 // widened operands: bf16 values widen exactly and their products are exact in fp32, so only
 // the order of the fp32 sums differs. A bf16 c is widened, computed on and rounded back (the
-// whole span it covers, which round-trips unchanged between the rows).
+// whole span it covers, which round-trips unchanged between the rows). The widened copies
+// live in the second scratch area (a or b may sit in the first), so nothing is allocated and
+// the path records into a graph like any other.
 void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc) {
   // Elements each stored (row-major) array spans: its rows times the pitch, the last row short.
   const int64_t a_span = ((trans_a ? k : m) - 1) * lda + (trans_a ? m : k);
   const int64_t b_span = ((trans_b ? n : k) - 1) * ldb + (trans_b ? k : n);
   const int64_t c_span = (m - 1) * ldc + n;
-  const DeviceTemp wide_a(ops, static_cast<size_t>(a_span) * 4), wide_b(ops, static_cast<size_t>(b_span) * 4);
-  const DeviceTemp wide_c(ops, c.bf16 ? static_cast<size_t>(c_span) * 4 : 0);
-  ops.convert(wide_a.get(), DType::kF32, a, DType::kBF16, a_span);
-  ops.convert(wide_b.get(), DType::kF32, b, DType::kBF16, b_span);
+  auto padded = [](int64_t elements) { return (static_cast<size_t>(elements) * 4 + 255) / 256 * 256; };
+  const size_t a_bytes = padded(a_span), b_bytes = padded(b_span), c_bytes = c.bf16 ? padded(c_span) : 0;
+  char* base = static_cast<char*>(ops.second_scratch(a_bytes + b_bytes + c_bytes));
+  void* wide_a = base;
+  void* wide_b = base + a_bytes;
+  void* wide_c = base + a_bytes + b_bytes;
+  ops.convert(wide_a, DType::kF32, a, DType::kBF16, a_span);
+  ops.convert(wide_b, DType::kF32, b, DType::kBF16, b_span);
   Out target = c;
   if (c.bf16) {
-    ops.convert(wide_c.get(), DType::kF32, c.data, DType::kBF16, c_span);
-    target = Out{wide_c.get(), false};
+    ops.convert(wide_c, DType::kF32, c.data, DType::kBF16, c_span);
+    target = Out{wide_c, false};
   }
-  gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a.get(), lda, wide_b.get(), ldb, false, beta, target, ldc);
-  if (c.bf16) ops.convert(c.data, DType::kBF16, wide_c.get(), DType::kF32, c_span);
+  gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a, lda, wide_b, ldb, false, beta, target, ldc);
+  if (c.bf16) ops.convert(c.data, DType::kBF16, wide_c, DType::kF32, c_span);
 }
 
 // ---- matmul_bias_act ------------------------------------------------------------------------

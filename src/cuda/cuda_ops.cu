@@ -229,29 +229,55 @@ CudaOps::CudaOps(int device) : device_(device) {
   }
 }
 
-CudaOps::~CudaOps() { release_resources(device_, stream_, alloc_, lt_, pinned_); }
+CudaOps::~CudaOps() {
+  if (capturing_) {  // a capture left open (an exception on its way out): end it, drop its graph
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+  }
+  release_resources(device_, stream_, alloc_, lt_, pinned_);
+}
 
-void CudaOps::synchronize() { MPT_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaOps::synchronize() {
+  if (capturing_) refuse_in_capture("synchronize()", "the host cannot wait for work that is only being recorded");
+  MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 int64_t CudaOps::peak_bytes() const { return static_cast<int64_t>(alloc_->peak_bytes_in_use()); }
 
 int64_t CudaOps::workspace_bytes() const {
-  return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + pinned_bytes_);
+  return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + second_scratch_bytes_ + pinned_bytes_);
 }
 
-void* CudaOps::scratch(size_t bytes) {
-  if (bytes > scratch_bytes_) {
-    // Take the new area before giving the old one back: a failure leaves the old one valid.
+namespace {
+constexpr const char* kGrowthInCapture =
+    "a recorded op may use the memory it would give back (run each op once before the capture)";
+}  // namespace
+
+// Grows one of the scratch areas to `bytes`: the new area is taken before the old one is
+// given back, so a failure leaves the old one valid.
+void* CudaOps::grow_scratch(void*& area, size_t& size, size_t bytes, const char* what) {
+  if (bytes > size) {
+    if (capturing_)
+      refuse_in_capture(str("growth of the ", what, " to ", bytes, " bytes (from ", size, ")"), kGrowthInCapture);
     void* grown = alloc_->allocate(bytes);
-    alloc_->release(scratch_);
-    scratch_ = grown;
-    scratch_bytes_ = bytes;
+    alloc_->release(area);
+    area = grown;
+    size = bytes;
   }
-  return scratch_;
+  return area;
+}
+
+void* CudaOps::scratch(size_t bytes) { return grow_scratch(scratch_, scratch_bytes_, bytes, "scratch area"); }
+
+void* CudaOps::second_scratch(size_t bytes) {
+  return grow_scratch(second_scratch_, second_scratch_bytes_, bytes, "second scratch area");
 }
 
 void* CudaOps::pinned(size_t bytes) {
   if (bytes > pinned_bytes_) {
+    if (capturing_)
+      refuse_in_capture(str("growth of the pinned buffer to ", bytes, " bytes (from ", pinned_bytes_, ")"),
+                        kGrowthInCapture);
     const size_t size = std::max(bytes, size_t{4096});
     void* grown = nullptr;
     MPT_CUDA_CHECK(cudaMallocHost(&grown, size));
@@ -270,6 +296,7 @@ void* CudaOps::pinned(size_t bytes) {
 // --- memory -------------------------------------------------------------------------------
 
 void* CudaOps::allocate(size_t bytes) {
+  if (capturing_) refuse_in_capture(str("allocate(", bytes, " bytes)"));
   void* p = alloc_->allocate(bytes);
   if (p) {
     const cudaError_t err = cudaMemsetAsync(p, 0, bytes, stream_);
@@ -281,9 +308,20 @@ void* CudaOps::allocate(size_t bytes) {
   return p;
 }
 
-void CudaOps::release(void* p) { alloc_->release(p); }
+void CudaOps::release(void* p) {
+  if (p && capturing_) {
+    // Refused without a throw (release() runs from destructors, during unwinding too): the
+    // capture fails instead, and the block is given back once it has ended.
+    if (capture_error_.empty())
+      capture_error_ = "release() during graph capture: a recorded op may still use the memory";
+    released_in_capture_.push_back(p);
+    return;
+  }
+  alloc_->release(p);
+}
 
 void CudaOps::to_device(void* dst, const void* src, size_t bytes) {
+  if (capturing_) refuse_in_capture(str("to_device(", bytes, " bytes)"));
   if (bytes == 0) return;
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
   // From pageable memory the call returns once `src` is staged; from pinned memory the copy
@@ -294,6 +332,7 @@ void CudaOps::to_device(void* dst, const void* src, size_t bytes) {
 }
 
 void CudaOps::to_host(void* dst, const void* src, size_t bytes) {
+  if (capturing_) refuse_in_capture(str("to_host(", bytes, " bytes)"));
   if (bytes == 0) return;
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -386,11 +425,13 @@ void CudaOps::scale(Tensor x, float s) {
 // --- reductions -----------------------------------------------------------------------------
 
 double CudaOps::sum_squares(Tensor x) {
+  if (capturing_) refuse_in_capture("sum_squares()");
   check_float("sum_squares", "x", x);
   return device_sum(*this, SquareTerm{in_view(x)}, x.numel());
 }
 
 double CudaOps::dot(Tensor a, Tensor b) {
+  if (capturing_) refuse_in_capture("dot()");
   check_float("dot", "a", a);
   check_float("dot", "b", b);
   check_numel("dot", "b", b, a.numel());
@@ -398,6 +439,7 @@ double CudaOps::dot(Tensor a, Tensor b) {
 }
 
 bool CudaOps::all_finite(Tensor x) {
+  if (capturing_) refuse_in_capture("all_finite()");
   check_float("all_finite", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return true;

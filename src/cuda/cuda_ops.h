@@ -1,11 +1,14 @@
 // The CUDA backend: backend::Ops on one NVIDIA GPU. Every op is queued on the backend's own
 // stream and returns without waiting; synchronize(), to_host() and the ops that return a
-// host value (sum_squares, dot, all_finite) wait. Tensors are device memory from
+// host value (sum_squares, dot, all_finite) wait. The stream's work can be recorded into a
+// CUDA graph and replayed (begin_capture / end_capture); while recording, the calls that wait
+// for the GPU or change memory are refused (see ops.h). Tensors are device memory from
 // allocate() (or any device pointer), except where the interface passes a host array
 // (grouped_matmul's counts).
 //
 // The ops live in several files, one family each:
 //   cuda_ops.cu            construction, memory, casts, elementwise, reductions, AdamW
+//   cuda_graph.cu          graph capture and replay
 //   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias
 //   cuda_grouped_gemm.cu   grouped GEMM of the experts (shared pieces: gemm_internal.cuh)
 //   cuda_fused.cu          the residual add fused with the norm after it
@@ -30,6 +33,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "backend/ops.h"
 #include "cuda/allocator.h"
@@ -58,6 +63,17 @@ class CudaOps final : public backend::Ops {
   void to_host(void* dst, const void* src, size_t bytes) override;
   void device_copy(void* dst, const void* src, size_t bytes) override;   // cuda_memory.cu
   bool is_device_pointer(const void* p) const override;                  // cuda_memory.cu
+
+  // Graphs (cuda_graph.cu): the stream captured in thread-local mode (other threads' CUDA
+  // calls are left alone), instantiated at end_capture(); a graph replays on this backend's
+  // stream and must not outlive it.
+  bool supports_graphs() const override { return true; }
+  void begin_capture() override;
+  std::unique_ptr<backend::Graph> end_capture() override;
+  bool capturing() const override { return capturing_; }
+  // Refuses `call` during capture: remembers the first refusal (end_capture() then fails
+  // naming it) and throws Error(kInternal) "<name>: <call> during graph capture: <why>".
+  [[noreturn]] void refuse_in_capture(const std::string& call, const char* why = "a replay could not repeat it");
 
   // Casts, elementwise and reductions (cuda_ops.cu).
   void cast(Tensor dst, Tensor src) override;
@@ -130,9 +146,14 @@ class CudaOps final : public backend::Ops {
   void moe_unpermute_bwd(Tensor dy, Tensor dprobs, Tensor dout, Tensor y, Tensor rows, Tensor probs) override;
 
   // Shared by the op files: a scratch area of at least `bytes` on the device (valid until the
-  // next call asking for scratch; grows, never shrinks), a small pinned host buffer for
-  // results the host reads, f32/bf16 conversion, and the cuBLASLt handle and its workspace.
+  // next call asking for scratch; grows, never shrinks), a second one for a step whose inputs
+  // may sit in the first (the widened operands of a bf16 GEMM cuBLASLt has no algorithm
+  // for), a small pinned host buffer for results the host reads, f32/bf16 conversion, and
+  // the cuBLASLt handle and its workspace. During graph capture the areas may not grow (a
+  // recorded op may use the memory growth would give back): the first call of each shape
+  // must come before the capture.
   void* scratch(size_t bytes);
+  void* second_scratch(size_t bytes);
   void* pinned(size_t bytes);
   // dst[0, n) = src[0, n) converted between f32 and bf16 (rounded to nearest even), or copied
   // when the dtypes match; queued on the stream. Throws for any other dtype.
@@ -142,6 +163,7 @@ class CudaOps final : public backend::Ops {
   size_t lt_workspace_bytes() const { return lt_workspace_bytes_; }
 
  private:
+  void* grow_scratch(void*& area, size_t& size, size_t bytes, const char* what);
   int device_ = 0;
   char name_[32] = "cuda";
   cudaStream_t stream_ = nullptr;
@@ -151,8 +173,15 @@ class CudaOps final : public backend::Ops {
   size_t lt_workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  void* second_scratch_ = nullptr;
+  size_t second_scratch_bytes_ = 0;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
+  // Graph capture: whether one is under way, its first refused call ("" when none), and the
+  // blocks released during it (given back once it has ended).
+  bool capturing_ = false;
+  std::string capture_error_;
+  std::vector<void*> released_in_capture_;
 };
 
 // Checks a kernel launch (cudaGetLastError) naming the kernel.
