@@ -100,6 +100,7 @@ class NcclWork final : public dist::Work {
       }
       await(*done);
       std::lock_guard<std::mutex> lock(st_->mu);
+      op_->seen_done = Clock::now();
       if (op_->p2p && !op_->is_send) check_header();
       release_slot();
       finished_ = true;
@@ -109,6 +110,21 @@ class NcclWork final : public dist::Work {
       release_slot();
       throw;
     }
+  }
+
+  // When the GPU ran the operation: its timing events (recorded around the NCCL calls, or
+  // around the group of sends and receives it was launched in) on the host's clock; see
+  // TimingPool for how and how exactly. False until it has completed, and for an operation
+  // that never launched.
+  bool times(TimePoint& start, TimePoint& end) const override {
+    std::shared_ptr<Timing> timing;
+    Clock::time_point seen_done;
+    {
+      std::lock_guard<std::mutex> lock(st_->mu);
+      timing = op_->timing;
+      seen_done = op_->seen_done;
+    }
+    return timing != nullptr && st_->timing_pool->host_times(*timing, seen_done, start, end);
   }
 
  private:
@@ -368,8 +384,9 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   }
 
  private:
-  // With mu held: launches what is held back, then `launch` (the NCCL calls) after the
-  // input stream's work, and returns the Work waiting for it.
+  // With mu held: launches what is held back, then `launch` (the NCCL calls, timed by a
+  // pair of events around them) after the input stream's work, and returns the Work
+  // waiting for it.
   template <typename Launch>
   std::shared_ptr<dist::Work> issue(const char* name, int64_t sent, Launch&& launch) {
     st_->check_usable(name);
@@ -377,9 +394,12 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
     st_->check_usable(name);
     DeviceGuard guard(st_->device);
     st_->order_after_input();
+    std::shared_ptr<Timing> timing = st_->start_timing();
     launch();
+    st_->end_timing(*timing);
     auto op = std::make_shared<Op>();
     op->name = name;
+    op->timing = std::move(timing);
     op->done = st_->record_completion();
     st_->bytes_sent += sent;
     return std::make_shared<NcclWork>(st_, op);
@@ -525,6 +545,7 @@ std::unique_ptr<NcclCommunicator> make_nccl_communicator(dist::Store& store, con
   st->rank = it - global_ranks.begin();
   st->device = device;
   st->timeout_s = options.timeout_s;
+  st->timing_pool = std::make_shared<TimingPool>(device);
   st->send_seq.assign(global_ranks.size(), 0);
   st->recv_seq.assign(global_ranks.size(), 0);
   MPT_CHECK(options.timeout_s > 0, Status::kInvalidArgument, st->where("create"), ": timeout ", options.timeout_s,

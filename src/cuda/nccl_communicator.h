@@ -40,7 +40,15 @@
 //   throws. A CUDA failure throws Error(kDevice). Bad arguments (a host pointer, a negative
 //   count, a peer outside the group, ...) throw Error(kInvalidArgument) and leave the
 //   communicator usable.
-// - Thread safety: any thread may issue operations and wait on Works; calls are serialised.
+// - Work::times() reports when the GPU ran the operation: a pair of timing events recorded
+//   on the stream just before and just after its NCCL calls (a group counts as one; sends
+//   and receives launched together share their group's), turned into host steady-clock
+//   times by a reference event on a private stream. Known once the events have completed;
+//   late by the host's reading of the reference (a microsecond or two), never early (the
+//   bound is in nccl_group_internal.h, TimingPool). Recording them synchronizes nothing,
+//   and the events are reused across operations.
+// - Thread safety: any thread may issue operations, wait on Works and ask their times; calls
+//   are serialised.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,9 +1,10 @@
 // One NCCL group's state, shared by the communicator and the Work handles of its
 // operations (nccl_communicator.cc): the NCCL communicator and its stream, the sends and
-// receives held back until a flush launches them as one NCCL group, and the pool of their
+// receives held back until a flush launches them as one NCCL group, the pool of their
 // 32-byte headers (device slots with pinned host twins; a slot is reused once its owner is
-// done with it and the group that used it has completed). Every failure breaks the group:
-// the NCCL communicator is aborted, its kernels end, and every later call throws.
+// done with it and the group that used it has completed), and the pool of timing events
+// that tell when each operation ran on the GPU. Every failure breaks the group: the NCCL
+// communicator is aborted, its kernels end, and every later call throws.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -75,6 +76,155 @@ struct Event {
   bool done() const { return cudaEventQuery(event) == cudaSuccess; }
 };
 
+// The two timing events around one launched operation (or one group of sends and
+// receives, whose operations share them), lent by a TimingPool.
+struct Timing {
+  cudaEvent_t start = nullptr, end = nullptr;
+};
+
+// Timing-enabled events, reused across operations: a pair goes back to the pool when its
+// last holder drops it, so the steady state creates none. Also the clock that turns a
+// completed pair into host times (host_times). Every pair lent keeps the pool alive.
+//
+// The clock: an event e that has completed happened at host time t(e) = h - elapsed(e, r),
+// where r is a reference event recorded after e completed and h the steady clock read just
+// after the host saw r complete. r goes on a private stream that holds nothing else, so it
+// completes at once, and waiting for it never waits for the communicator's stream (which
+// may still run later operations): timing adds no synchronization with the step's work,
+// only the two asynchronous records per operation. Error: t(e) is late by the time from r's
+// completion on the GPU to the host's reading (one poll of r, a microsecond or two unless
+// the thread is descheduled), never early, give or take cudaEventElapsedTime's resolution
+// (about 0.5 us) and the drift of the GPU's clock against the host's over e..r (parts per
+// million). A reference recorded after the host saw an operation complete serves it as
+// well, so operations converted after their waits share one reference and keep the
+// device's order exactly.
+class TimingPool {
+ public:
+  explicit TimingPool(int device) : device_(device) {}
+  ~TimingPool() {
+    if (free_.empty() && reference_ == nullptr && clock_stream_ == nullptr) return;
+    int previous = -1;
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    cudaSetDevice(device_);
+    for (cudaEvent_t e : free_) cudaEventDestroy(e);
+    if (reference_) cudaEventDestroy(reference_);
+    if (clock_stream_) cudaStreamDestroy(clock_stream_);
+    cudaGetLastError();
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+  TimingPool(const TimingPool&) = delete;
+  TimingPool& operator=(const TimingPool&) = delete;
+
+  // A pair for one operation, its events created on the current device (the pool's) when
+  // the pool has none free. Throws Error(kDevice).
+  static std::shared_ptr<Timing> acquire(const std::shared_ptr<TimingPool>& pool) {
+    std::shared_ptr<Timing> t(new Timing, [pool](Timing* p) { pool->give_back(p); });
+    {
+      std::lock_guard<std::mutex> lock(pool->mu_);
+      for (cudaEvent_t* e : {&t->start, &t->end})
+        if (!pool->free_.empty()) {
+          *e = pool->free_.back();
+          pool->free_.pop_back();
+        }
+    }
+    for (cudaEvent_t* e : {&t->start, &t->end})
+      if (*e == nullptr) MPT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDefault));  // timing enabled
+    return t;
+  }
+
+  // The host times at which the GPU passed t's events, once both have completed.
+  // `seen_done` is when the host saw the operation complete (zero: not yet). False, with
+  // start and end untouched, before completion or when CUDA fails (a span that cannot be
+  // timed is no error: the operation itself succeeded or fails on its own). Thread-safe.
+  bool host_times(const Timing& t, Clock::time_point seen_done, Clock::time_point& start, Clock::time_point& end) {
+    std::lock_guard<std::mutex> lock(clock_mu_);
+    try {
+      DeviceGuard guard(device_);
+      const bool reuse = has_reference_ && seen_done != Clock::time_point{} && seen_done < reference_recorded_;
+      if (!reuse && !(completed(t.start) && completed(t.end) && calibrate())) return false;
+      float to_start = 0, to_end = 0;
+      if (cudaEventElapsedTime(&to_start, t.start, reference_) != cudaSuccess ||
+          cudaEventElapsedTime(&to_end, t.end, reference_) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+      }
+      start = reference_host_ - milliseconds(to_start);
+      end = reference_host_ - milliseconds(to_end);
+      return true;
+    } catch (const Error&) {
+      cudaGetLastError();
+      has_reference_ = false;
+      return false;
+    }
+  }
+
+ private:
+  // How long the host waits for a reference on the idle clock stream before giving up.
+  static constexpr std::chrono::seconds kReferencePatience{1};
+
+  static Clock::duration milliseconds(float ms) {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(ms));
+  }
+
+  static bool completed(cudaEvent_t e) {
+    const cudaError_t q = cudaEventQuery(e);
+    if (q != cudaSuccess && q != cudaErrorNotReady) cudaGetLastError();
+    return q == cudaSuccess;
+  }
+
+  // With clock_mu_ held and the device current: records a fresh reference and polls it
+  // (rather than cudaEventSynchronize, whose wake-up depends on the device's scheduling
+  // flags), reading the host clock as soon as it has completed.
+  bool calibrate() {
+    has_reference_ = false;
+    if (clock_stream_ == nullptr) MPT_CUDA_CHECK(cudaStreamCreateWithFlags(&clock_stream_, cudaStreamNonBlocking));
+    if (reference_ == nullptr) MPT_CUDA_CHECK(cudaEventCreateWithFlags(&reference_, cudaEventDefault));
+    reference_recorded_ = Clock::now();
+    MPT_CUDA_CHECK(cudaEventRecord(reference_, clock_stream_));
+    const Clock::time_point deadline = reference_recorded_ + kReferencePatience;
+    for (;;) {
+      const cudaError_t q = cudaEventQuery(reference_);
+      const Clock::time_point now = Clock::now();
+      if (q == cudaSuccess) {
+        reference_host_ = now;
+        has_reference_ = true;
+        return true;
+      }
+      if (q != cudaErrorNotReady) {
+        cudaGetLastError();
+        return false;
+      }
+      if (now > deadline) return false;
+    }
+  }
+
+  void give_back(Timing* t) noexcept {
+    for (cudaEvent_t e : {t->start, t->end}) {
+      if (e == nullptr) continue;
+      bool kept = false;
+      try {
+        std::lock_guard<std::mutex> lock(mu_);
+        free_.push_back(e);
+        kept = true;
+      } catch (...) {
+        // no room to keep it: destroyed below
+      }
+      if (!kept) cudaEventDestroy(e);
+    }
+    delete t;
+  }
+
+  const int device_;
+  std::mutex mu_;  // guards free_
+  std::vector<cudaEvent_t> free_;
+  std::mutex clock_mu_;  // guards the clock below
+  cudaStream_t clock_stream_ = nullptr;
+  cudaEvent_t reference_ = nullptr;
+  bool has_reference_ = false;
+  Clock::time_point reference_recorded_;  // just before the reference was recorded
+  Clock::time_point reference_host_;      // just after the host saw it complete
+};
+
 // One header's device memory and its pinned host twin.
 struct HeaderSlot {
   void* dev = nullptr;
@@ -98,8 +248,10 @@ struct Op {
   size_t bytes = 0;
   P2PHeader header;  // sent, or the one the receive expects
   HeaderSlot* slot = nullptr;
-  std::shared_ptr<Event> done;  // set at launch
-  std::exception_ptr error;     // a launch failure
+  std::shared_ptr<Event> done;     // set at launch
+  std::shared_ptr<Timing> timing;  // set at launch once both its events were recorded
+  Clock::time_point seen_done;     // when a wait() saw it complete (zero: not yet)
+  std::exception_ptr error;        // a launch failure
 };
 
 struct State {
@@ -122,6 +274,7 @@ struct State {
   std::vector<std::shared_ptr<Op>> pending;
   std::deque<HeaderSlot> slots;
   std::vector<void*> slot_dev_chunks, slot_host_chunks;
+  std::shared_ptr<TimingPool> timing_pool;  // set at creation, never replaced
 
   ~State() {
     // Creation failures land here with a live comm; the communicator's destructor
@@ -224,6 +377,15 @@ struct State {
     MPT_CUDA_CHECK(cudaStreamWaitEvent(stream, input_event, 0));
   }
 
+  // A pair from the pool with its start recorded on the stream: the operation's NCCL
+  // calls come next, then end_timing().
+  std::shared_ptr<Timing> start_timing() {
+    std::shared_ptr<Timing> t = TimingPool::acquire(timing_pool);
+    MPT_CUDA_CHECK(cudaEventRecord(t->start, stream));
+    return t;
+  }
+  void end_timing(const Timing& t) { MPT_CUDA_CHECK(cudaEventRecord(t.end, stream)); }
+
   std::shared_ptr<Event> record_completion() {
     auto ev = std::make_shared<Event>();
     MPT_CUDA_CHECK(cudaEventRecord(ev->event, stream));
@@ -263,6 +425,7 @@ struct State {
     std::vector<std::shared_ptr<Op>> batch;
     batch.swap(pending);
     std::shared_ptr<Event> done;
+    std::shared_ptr<Timing> timing;
     try {
       check_usable(batch.front()->name);
       DeviceGuard guard(device);
@@ -270,6 +433,7 @@ struct State {
         if (op->is_send)
           MPT_CUDA_CHECK(cudaMemcpyAsync(op->slot->dev, op->slot->host, sizeof(P2PHeader), cudaMemcpyHostToDevice,
                                          stream));
+      timing = start_timing();
       nccl(batch.front()->name, "ncclGroupStart", ncclGroupStart());
       ncclResult_t first = ncclSuccess;
       const char* failed = nullptr;
@@ -292,6 +456,7 @@ struct State {
       const ncclResult_t end = ncclGroupEnd();
       if (failed) nccl_failure(batch.front()->name, failed, first);
       nccl(batch.front()->name, "ncclGroupEnd", end);
+      end_timing(*timing);
       for (auto& op : batch)
         if (!op->is_send)
           MPT_CUDA_CHECK(cudaMemcpyAsync(op->slot->host, op->slot->dev, sizeof(P2PHeader), cudaMemcpyDeviceToHost,
@@ -300,9 +465,11 @@ struct State {
     } catch (...) {
       std::exception_ptr error = std::current_exception();
       for (auto& op : batch) op->error = error;
+      timing.reset();
     }
     for (auto& op : batch) {
       op->done = done;
+      op->timing = timing;
       op->slot->launched = true;
       op->slot->fence = done;
     }

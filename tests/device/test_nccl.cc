@@ -1,7 +1,8 @@
 // The NCCL communicator in a world of one (NCCL takes one rank per GPU, and these tests run
 // on one GPU): every collective's result and in-place form, bytes_sent, asynchronous Works
 // waited in any order, ordering after a producer stream, Works outliving the communicator,
-// and the errors for bad arguments and bad groups (which leave the communicator usable).
+// when the GPU ran each collective (Work::times), and the errors for bad arguments and bad
+// groups (which leave the communicator usable).
 #include <gtest/gtest.h>
 
 #include "cuda/device.h"
@@ -10,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +20,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/ops.h"
@@ -264,6 +268,9 @@ TEST(NcclCommunicator, WorksOutliveTheCommunicator) {
   }  // destroyed: finalizes, so the work completes
   work->wait();
   EXPECT_EQ(b.download<float>(1000), in);
+  TimePoint start, end;
+  EXPECT_TRUE(work->times(start, end)) << "the timing events outlive the communicator too";
+  EXPECT_LE(start, end);
 }
 
 TEST(NcclCommunicator, TwoCommunicatorsUnderOneNameAreIndependent) {
@@ -346,6 +353,148 @@ TEST(NcclCommunicator, BadGroupsAreRejected) {
   expect_error([&] { cuda::make_nccl_communicator(store, "g", {0}, 0, 0, zero); }, invalid, {"timeout 0 s"});
   expect_error([&] { cuda::make_nccl_communicator(store, "g", {0}, 0, 999, o); }, Status::kDevice,
                {"create: GPU 999 is not one of the"});
+}
+
+// --- when the GPU ran each collective ---------------------------------------------------------
+
+using Clock = std::chrono::steady_clock;
+
+// An average over one rank is a scaling kernel over the whole buffer (a sum or max in place
+// is no work at all for NCCL): 256 MiB read and written take any GPU tens of microseconds.
+constexpr int64_t kLarge = int64_t{1} << 26;
+// No GPU moves 512 MiB in less (that would be over 10 TB/s).
+constexpr auto kLargeAtLeast = std::chrono::microseconds(50);
+// A converted time is late by the host's reading of the clock's reference (a poll, unless
+// the thread is descheduled), which may exceed the latency of the wait() it is compared with.
+constexpr auto kReadingSlack = std::chrono::milliseconds(1);
+
+// Holds a stream at a host gate: work ordered after it waits until open(), or 10 s at most
+// (so that a call which blocked on that work would fail the test, not hang it).
+struct Gate {
+  cudaStream_t stream = nullptr;
+  std::atomic<bool> opened{false};
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(10);
+  Gate() {
+    MPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    MPT_CUDA_CHECK(cudaLaunchHostFunc(
+        stream,
+        [](void* self) {
+          const Gate& g = *static_cast<const Gate*>(self);
+          while (!g.opened.load() && Clock::now() < g.deadline) std::this_thread::yield();
+        },
+        this));
+  }
+  ~Gate() {
+    opened = true;
+    cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+  }
+  Gate(const Gate&) = delete;
+  Gate& operator=(const Gate&) = delete;
+  void open() { opened = true; }
+};
+
+TEST(NcclCommunicator, TimesTellWhenTheGpuRanACollective) {
+  MPT_SKIP_WITHOUT_GPU();
+  OneRank w;
+  DeviceBuffer buf(static_cast<size_t>(kLarge) * 4);
+  Gate gate;
+  w.comm->set_input_stream(gate.stream);
+  auto work = w.comm->all_reduce_async(buf.p, kLarge, DType::kF32, ReduceOp::kAvg);
+  w.comm->set_input_stream(nullptr);
+  TimePoint start, end;
+  EXPECT_FALSE(work->times(start, end)) << "the collective cannot have run: the stream it waits for is held";
+  EXPECT_EQ(start, TimePoint{}) << "untouched";
+  EXPECT_EQ(end, TimePoint{}) << "untouched";
+
+  const TimePoint opened = Clock::now();
+  gate.open();
+  work->wait();
+  const TimePoint waited = Clock::now();
+  ASSERT_TRUE(work->times(start, end));
+  auto us = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+  EXPECT_GE(start, opened) << "started " << us(opened - start) << " us before the gate let it";
+  EXPECT_GE(end - start, kLargeAtLeast) << "256 MiB averaged in " << us(end - start) << " us";
+  EXPECT_LE(end, waited + kReadingSlack) << "ended " << us(end - waited) << " us after wait() returned";
+
+  // Asked again: the same reference converts it, so the same span.
+  TimePoint start2, end2;
+  ASSERT_TRUE(work->times(start2, end2));
+  EXPECT_EQ(start2, start);
+  EXPECT_EQ(end2, end);
+}
+
+TEST(NcclCommunicator, CollectivesQueuedOnTheStreamRunOneAfterAnother) {
+  MPT_SKIP_WITHOUT_GPU();
+  OneRank w;
+  constexpr size_t kOps = 3;
+  std::vector<std::unique_ptr<DeviceBuffer>> bufs;
+  for (size_t i = 0; i < kOps; ++i) bufs.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(kLarge) * 4));
+  const TimePoint issued = Clock::now();
+  std::vector<std::shared_ptr<dist::Work>> works;
+  for (auto& b : bufs) works.push_back(w.comm->all_reduce_async(b->p, kLarge, DType::kF32, ReduceOp::kAvg));
+  works.push_back(w.comm->all_reduce_async(bufs[0]->p, 0, DType::kF32, ReduceOp::kSum));  // no data: an empty span
+  for (size_t i = works.size(); i-- > 0;) works[i]->wait();
+  const TimePoint waited = Clock::now();
+
+  std::vector<TimePoint> start(works.size()), end(works.size());
+  for (size_t i = 0; i < works.size(); ++i) {
+    ASSERT_TRUE(works[i]->times(start[i], end[i])) << "work " << i;
+    EXPECT_GE(start[i], issued) << "work " << i;
+    EXPECT_LE(start[i], end[i]) << "work " << i;
+    EXPECT_LE(end[i], waited + kReadingSlack) << "work " << i;
+    if (i < kOps) {
+      EXPECT_GE(end[i] - start[i], kLargeAtLeast) << "work " << i;
+    }
+    if (i > 0) {
+      EXPECT_GE(start[i], end[i - 1]) << "work " << i << " started before work " << i - 1 << " ended";
+    }
+  }
+}
+
+// Pairs of timing events are reused once their Works are gone, never while one still holds
+// them: the spans of Works kept across later collectives do not change.
+TEST(NcclCommunicator, TimingEventsAreReusedOnlyOnceTheirWorksAreGone) {
+  MPT_SKIP_WITHOUT_GPU();
+  OneRank w;
+  const int64_t n = 1 << 22;  // 16 MiB: microseconds on any GPU, well above the clock's resolution
+  DeviceBuffer buf(static_cast<size_t>(n) * 4);
+  struct Timed {
+    std::shared_ptr<dist::Work> work;
+    TimePoint start, end;
+  };
+  auto issue_and_wait = [&](size_t count) {
+    std::vector<Timed> round(count);
+    for (auto& t : round) t.work = w.comm->all_reduce_async(buf.p, n, DType::kF32, ReduceOp::kAvg);
+    for (auto& t : round) t.work->wait();
+    return round;
+  };
+  auto time = [](std::vector<Timed>& round) {
+    for (size_t i = 0; i < round.size(); ++i) {
+      EXPECT_TRUE(round[i].work->times(round[i].start, round[i].end)) << "work " << i;
+      EXPECT_LT(round[i].start, round[i].end) << "work " << i;
+      if (i > 0) {
+        EXPECT_GE(round[i].start, round[i - 1].end) << "work " << i;
+      }
+    }
+  };
+
+  std::vector<Timed> first = issue_and_wait(40);
+  time(first);
+  std::vector<Timed> kept;
+  for (size_t i = 0; i < first.size(); i += 2) kept.push_back(first[i]);
+  first.clear();  // half of the pairs go back to the pool
+  std::vector<Timed> second = issue_and_wait(60);
+  // Converted before anything newer: against the same reference as before, so the same
+  // times unless a later collective recorded their events again.
+  for (size_t i = 0; i < kept.size(); ++i) {
+    TimePoint start, end;
+    ASSERT_TRUE(kept[i].work->times(start, end)) << "kept work " << i;
+    EXPECT_EQ(start, kept[i].start) << "kept work " << i << ": its events were recorded again";
+    EXPECT_EQ(end, kept[i].end) << "kept work " << i << ": its events were recorded again";
+  }
+  time(second);
+  EXPECT_GE(second.front().start, kept.back().end);
 }
 
 }  // namespace
