@@ -2,7 +2,7 @@
 // JSON lines that bench/gpu/run.sh compares with the same model written in PyTorch
 // (bench/gpu/torch_gpt.py prints the same fields).
 //
-//   build/bench_gpu_train RECIPE.toml [section.key=value ...] [--name NAME]
+//   build/bench_gpu_train RECIPE.toml [section.key=value ...] [--name NAME] [--impl IMPL]
 //                         [--micro-batch N[,N...]] [--warmup W] [--steps S]
 //                         [--time-budget SECONDS] [--peak-tflops TFLOPS] [--describe]
 //
@@ -16,6 +16,13 @@
 // time; the line says how many steps of each ran. --describe prints the model's figures
 // without training (no device needed). Exit status: 0, 1 on an error, 2 on a usage error, 3
 // when no size fits.
+//
+// --impl names the implementation in the JSON lines (default "mptrain"; run.sh names the run
+// with model.cuda_graph_impl=local "mptrain+graphs"). When the recipe asks for CUDA graphs, the
+// "ok" line adds graph_nodes: the nodes of the micro-batch's forward and backward graphs, read
+// from the engine's log lines, or null when none was recorded (a backend without graphs, or a
+// run that ended before the capture); graph_recorded_at is the step that recorded them
+// (counted from 1 over warm-up and timed steps), so a capture inside the timed steps shows.
 //
 // Model FLOPs per step, the count `mptrain plan` uses (recomputation, padding masks and the
 // optimizer not counted):
@@ -79,6 +86,7 @@ struct Options {
   std::string recipe_path;
   std::vector<std::string> overrides;
   std::string name;
+  std::string impl = "mptrain";
   std::vector<int64_t> micro_batches;  // empty: the recipe's
   int warmup = 3;
   int steps = 10;
@@ -90,7 +98,7 @@ struct Options {
 [[noreturn]] void usage(const std::string& why) {
   std::fprintf(stderr,
                "bench_gpu_train: %s\n"
-               "usage: bench_gpu_train RECIPE.toml [section.key=value ...] [--name NAME]\n"
+               "usage: bench_gpu_train RECIPE.toml [section.key=value ...] [--name NAME] [--impl IMPL]\n"
                "         [--micro-batch N[,N...]] [--warmup W] [--steps S] [--time-budget SECONDS]\n"
                "         [--peak-tflops TFLOPS] [--describe]\n",
                why.c_str());
@@ -124,6 +132,9 @@ Options parse_args(int argc, char** argv) {
     };
     if (a == "--name") {
       o.name = value();
+    } else if (a == "--impl") {
+      o.impl = value();
+      if (o.impl.empty()) usage("--impl: expected a name, got ''");
     } else if (a == "--micro-batch") {
       const std::string list = value();
       size_t pos = 0;
@@ -225,6 +236,39 @@ int64_t device_used_bytes(bool gpu) {
   return 0;
 }
 
+// The device a run trains on, in words for its JSON line.
+std::string device_summary(bool gpu) {
+  if (gpu) return mpt::backend::cuda_device_summary();
+  const char* env = std::getenv("MPT_BACKEND");
+  return env && std::string(env) == "cpu-device" ? "cpu (emulated device)" : "cpu";
+}
+
+// --- CUDA graphs, as the engine's log reports them ----------------------------------------------
+
+// What the engine's lines "... CUDA graph of a micro-batch's forward recorded at iteration N:
+// K nodes" (and the backward's) said.
+struct GraphsSeen {
+  int graphs = 0;
+  int64_t nodes = 0;
+  int64_t first_iteration = 0;
+};
+
+void note_graph(const std::string& msg, GraphsSeen& seen) {
+  static const std::string kWhat = "CUDA graph of a micro-batch's ", kAt = " recorded at iteration ";
+  const size_t what = msg.find(kWhat);
+  if (what == std::string::npos) return;
+  const size_t at = msg.find(kAt, what);
+  if (at == std::string::npos) return;
+  long long iteration = 0, nodes = 0;
+  char tail[8] = {};
+  if (std::sscanf(msg.c_str() + at + kAt.size(), "%lld: %lld %7s", &iteration, &nodes, tail) != 3 ||
+      std::string(tail) != "nodes")
+    return;
+  ++seen.graphs;
+  seen.nodes += nodes;
+  if (seen.first_iteration == 0) seen.first_iteration = iteration;
+}
+
 // --- one run ------------------------------------------------------------------------------------
 
 mpt::config::Recipe recipe_for(const Options& o, int64_t micro_batch) {
@@ -241,7 +285,7 @@ json model_fields(const Options& o, const mpt::config::Recipe& r, int64_t params
   const int64_t tokens = *r.train.global_batch_size * r.model.seq_length;
   const ModelFlops flops = model_flops(r, static_cast<double>(tokens));
   return {{"bench", "gpu_train"},
-          {"impl", "mptrain"},
+          {"impl", o.impl},
           {"model", o.name},
           {"micro_batch", *r.train.micro_batch_size},
           {"seq_length", r.model.seq_length},
@@ -268,10 +312,15 @@ double median(std::vector<double> v) {
 // Trains `r` and prints its figures.
 void time_run(const Options& o, const mpt::config::Recipe& r) {
   const bool gpu = engine_on_gpu();
-  const std::string device = gpu ? mpt::backend::cuda_device_summary() : "cpu";
+  const std::string device = device_summary(gpu);
   const int64_t used_before = device_used_bytes(gpu);
-  mpt::Logger log([](mpt::LogLevel, const std::string& m) { std::fprintf(stderr, "%s\n", m.c_str()); },
-                  mpt::LogLevel::kInfo);
+  GraphsSeen graphs;
+  mpt::Logger log(
+      [&graphs](mpt::LogLevel, const std::string& m) {
+        std::fprintf(stderr, "%s\n", m.c_str());
+        note_graph(m, graphs);
+      },
+      mpt::LogLevel::kInfo);
   mpt::train::Engine engine(r, log);
   int64_t used_peak = device_used_bytes(gpu);
 
@@ -331,6 +380,10 @@ void time_run(const Options& o, const mpt::config::Recipe& r) {
                  {"backend_workspace", m.backend_workspace_bytes}};
   j["loss_first"] = first_loss;
   j["loss_last"] = last_loss;
+  if (r.model.cuda_graph_impl == "local") {
+    j["graph_nodes"] = graphs.graphs ? json(graphs.nodes) : json(nullptr);
+    j["graph_recorded_at"] = graphs.graphs ? json(graphs.first_iteration) : json(nullptr);
+  }
   print_line(j);
 }
 

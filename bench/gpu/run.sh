@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU training throughput, mptrain against the same models in PyTorch (torch.compile), in one
-# run that fits one device call (bench/gpu/README.md).
+# GPU training throughput, mptrain (eager, and with CUDA graphs) against the same models in
+# PyTorch (torch.compile), in one run that fits one device call (bench/gpu/README.md).
 #
 #   bench/gpu/run.sh [--build-dir DIR] [--models "gpt2_124m llama1b"] [--budget SECONDS]
 #                    [--peak-tflops TFLOPS] [--torch-own-max]
@@ -12,9 +12,10 @@
 # folder --pack makes (the binary and the shared libraries the GPU machine lacks, under lib/);
 # without one, build-gpubench is configured (CUDA, sm_90) and built, inside the budget.
 # For each model, smaller first: mptrain tries descending micro-batches (the first that fits
-# is timed); PyTorch tries the same sizes from mptrain's largest down (the comparison is at
-# the largest size both fit; --torch-own-max searches PyTorch's own largest from the top);
-# if PyTorch fits less, mptrain runs again at that size. Every run is time-boxed so the whole
+# is timed); "mptrain+graphs" (model.cuda_graph_impl=local) runs at that size; PyTorch tries
+# the same sizes from mptrain's largest down (the comparison is at the largest size both fit;
+# --torch-own-max searches PyTorch's own largest from the top); if PyTorch fits less, both
+# mptrain variants run again at that size. Every run is time-boxed so the whole
 # script ends within --budget (default 540 s). JSON lines, logs and the table go to $OUT when
 # set (else a temporary folder, named at the end). PYTHON (default python3) runs PyTorch.
 set -euo pipefail
@@ -225,6 +226,11 @@ if [ "$mode" = smoke ]; then
     # shellcheck disable=SC2086
     run "${m}_mptrain" 300 "${capped[@]}" "$bin" "$recipe" $tiny --name "$m" --micro-batch 100000,2 \
       --warmup 1 --steps 2 || exit 1
+    # The graphs variant on the emulated device, which records graphs as the GPU does: recorded at
+    # the second step (1 engine warm-up step), replayed at the third.
+    # shellcheck disable=SC2086
+    run "${m}_mptrain_graphs" 300 env MPT_BACKEND=cpu-device "$bin" "$recipe" $tiny model.cuda_graph_impl=local \
+      model.cuda_graph_warmup_steps=1 --name "$m" --impl mptrain+graphs --micro-batch 2 --warmup 1 --steps 2 || exit 1
     if [ "$have_torch" = 1 ]; then
       run "${m}_torch_describe" 120 "$PYTHON" "$HERE/torch_gpt.py" "$recipe" --name "$m" --micro-batch 8 \
         --describe || exit 1
@@ -232,7 +238,7 @@ if [ "$mode" = smoke ]; then
         --tiny --micro-batch 100000,2 --warmup 1 --steps 2 || exit 1
     fi
   done
-  check=(--check --require-oom)
+  check=(--check --require-oom --require-graphs)
   [ "$have_torch" = 1 ] && check+=(--require-torch)
   "$PYTHON" "$HERE/report.py" "$jsonl" "${check[@]}" --markdown "$results/gpu_bench_table.md"
   say "CPU smoke passed ($(( $(date +%s) - START )) s)"
@@ -242,6 +248,10 @@ fi
 # --- on the GPU --------------------------------------------------------------------------------
 [ "$have_torch" = 1 ] || say "PyTorch is not importable by $PYTHON: mptrain only"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
+
+# The overrides of the "mptrain+graphs" runs: a micro-batch's forward and backward recorded as
+# CUDA graphs after 2 steps, inside the bench's 3 warm-up steps, and replayed in the timed ones.
+graphs_overrides=(model.cuda_graph_impl=local model.cuda_graph_warmup_steps=2)
 n_models=$(echo "$models" | wc -w)
 i=0
 for m in $models; do
@@ -258,11 +268,21 @@ for m in $models; do
     --time-budget $((limit - 15)) || true
   mb_mptrain=$(fitted "$m" mptrain)
 
+  # mptrain with CUDA graphs at the size eager mptrain fitted (one size: no search). An error
+  # (status 1 or 2, not memory or time) would repeat: no second graphs run then.
+  graphs_rc=0
+  if [ -n "$mb_mptrain" ]; then
+    limit=$(min $((share / 8)) 60)
+    run "${m}_mptrain_graphs" "$limit" "$bin" "$recipe" "${graphs_overrides[@]}" "${common_flags[@]}" \
+      --impl mptrain+graphs --micro-batch "$mb_mptrain" --time-budget $((limit - 15)) || graphs_rc=$?
+  fi
+
   mb_torch=""
   if [ "$have_torch" = 1 ]; then
     sizes=$(candidates "$m")
     [ -n "$mb_mptrain" ] && [ "$torch_own_max" = 0 ] && sizes=$(not_above "$sizes" "$mb_mptrain")
-    limit=$(min $((share - $(spent) - (share / 6))) 240)
+    # What is kept back: the re-runs at the size both fit (both mptrain variants, or PyTorch).
+    limit=$(min $((share - $(spent) - (share / 5))) 240)
     run "${m}_torch" "$limit" "$PYTHON" "$HERE/torch_gpt.py" "$recipe" "${common_flags[@]}" --micro-batch "$sizes" \
       --time-budget $((limit - 20)) || true
     mb_torch=$(fitted "$m" torch)
@@ -271,9 +291,15 @@ for m in $models; do
   if [ -n "$mb_mptrain" ] && [ -n "$mb_torch" ] && [ "$mb_torch" != "$mb_mptrain" ]; then
     # Compare at the largest size both fit.
     if [ "$mb_torch" -lt "$mb_mptrain" ]; then
-      limit=$(min $((share - $(spent))) 60)
+      # Half of what is left for eager mptrain, the rest for the graphs variant.
+      limit=$(min $(((share - $(spent)) / 2)) 60)
       run "${m}_mptrain_at_${mb_torch}" "$limit" "$bin" "$recipe" "${common_flags[@]}" --micro-batch "$mb_torch" \
         --time-budget $((limit - 15)) || true
+      if [ "$graphs_rc" != 1 ] && [ "$graphs_rc" != 2 ]; then
+        limit=$(min $((share - $(spent))) 60)
+        run "${m}_mptrain_graphs_at_${mb_torch}" "$limit" "$bin" "$recipe" "${graphs_overrides[@]}" \
+          "${common_flags[@]}" --impl mptrain+graphs --micro-batch "$mb_torch" --time-budget $((limit - 15)) || true
+      fi
     else
       limit=$(min $((share - $(spent))) 150)
       run "${m}_torch_at_${mb_mptrain}" "$limit" "$PYTHON" "$HERE/torch_gpt.py" "$recipe" "${common_flags[@]}" \
