@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <random>
@@ -209,6 +210,38 @@ TEST(Graphs, ReplayedMicroBatchesTrainAsEagerOnesBitForBit) {
     // The masks differ, so the losses do: a weight fixed in the recording would show.
     EXPECT_NE(eager.steps[3].lm_loss, eager.steps[4].lm_loss);
   }
+}
+
+// Loading a checkpoint after the graphs were recorded writes the same memory they read:
+// the replayed steps after the load repeat the steps after the save, bit for bit.
+TEST(Graphs, StepsAfterALoadReplayOnTheLoadedWeights) {
+  config::Recipe r = config::load_recipe_file(MPT_SOURCE_DIR "/recipes/tiny.toml");
+  config::apply_overrides(r, {"train.train_iters=10", "model.num_layers=2", "validation.eval_interval=null",
+                              "train.micro_batch_size=2", "train.global_batch_size=8", "mixed_precision=bf16_mixed",
+                              "model.cuda_graph_impl=local", "model.cuda_graph_warmup_steps=1"});
+  config::finalize(r, 1);
+  const std::string dir = testing::TempDir() + "mpt_graphs_ckpt";
+  std::filesystem::remove_all(dir);
+  ::setenv("MPT_BACKEND", "cpu-device", 1);
+  std::vector<double> first, again;
+  int64_t replays = 0;
+  try {
+    train::Engine e(r, Logger([](LogLevel, const std::string&) {}));
+    e.train_step();
+    e.save_checkpoint(dir);
+    for (int i = 0; i < 3; ++i) first.push_back(e.train_step().lm_loss);  // recorded in the first
+    e.load_checkpoint(dir);
+    const int64_t before = backend::emulated_device_graph_replays();
+    for (int i = 0; i < 3; ++i) again.push_back(e.train_step().lm_loss);
+    replays = backend::emulated_device_graph_replays() - before;
+  } catch (...) {
+    ::unsetenv("MPT_BACKEND");
+    throw;
+  }
+  ::unsetenv("MPT_BACKEND");
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(replays, 3 * 4 * 2);
+  EXPECT_EQ(again, first);
 }
 
 TEST(Graphs, AHostMemoryBackendTrainsWithoutThemAndSaysSo) {
