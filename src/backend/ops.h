@@ -61,7 +61,7 @@ struct AttentionDims {
   // the queries are the last seq_q positions of the keys' sequence. Requires seq_q <= seq_kv.
   bool causal = true;
   float dropout_p = 0;      // dropout on attention probabilities
-  // Dropout masks: element (global head, b, i, j) is kept iff dropout_keep(stream(dropout_key,
+  // Dropout masks: element (global head, b, i, j) is kept iff dropout_keep(stream(dropout_key ^ seed,
   // head_offset + h, b), q_pos.at(i) * mask_seq + kv_pos.at(j), p); mask_seq 0 means seq_kv.
   uint64_t dropout_key = 0;
   int64_t head_offset = 0;  // global index of local head 0 (keeps masks layout-invariant)
@@ -220,7 +220,14 @@ class Ops : public MemoryResource {
   virtual void activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, bool gated) = 0;  // overwrites dx
 
   // --- dropout (mask regenerated from the key, never stored) ---------------------------
-  // x, out [R, C]; element (r, c) is kept iff dropout_keep(key, (row_offset + r) * C + c, p).
+  // The dropout seed: a 64-bit value the backend keeps in its own memory, which every op
+  // drawing a dropout mask (dropout_fwd/bwd, attention with dropout_p > 0) XORs into its key
+  // when it runs: the mask of key k is drawn from stream k ^ seed. It is how a graph replays
+  // with another micro-batch's masks (the keys in its calls are fixed when recorded). Set
+  // before the ops that should see it, ordered with the backend's work like to_device (and
+  // refused while capturing, like it); 0 at construction, and 0 leaves keys as given.
+  virtual void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; }
+  // x, out [R, C]; element (r, c) is kept iff dropout_keep(key ^ seed, (row_offset + r) * C + c, p).
   virtual void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) = 0;
   virtual void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) = 0;
 
@@ -297,6 +304,9 @@ class Ops : public MemoryResource {
 
   // --- optimizer ----------------------------------------------------------------------
   virtual void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) = 0;
+
+ protected:
+  uint64_t dropout_seed_ = 0;  // host-memory backends' dropout seed (set_dropout_seed)
 };
 
 // The fp32 reference backend. num_threads <= 0 uses all cores.

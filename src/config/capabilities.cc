@@ -38,20 +38,17 @@ void check_capabilities(Checker& c) {
   unbuilt(m.qk_layernorm, "model.qk_layernorm", "query/key layernorm");
   unbuilt(m.layernorm_zero_centered_gamma, "model.layernorm_zero_centered_gamma", "zero-centered layernorm gamma");
 
-  // CUDA graphs: one rank's dense forward and backward with no dropout. What a graph cannot
-  // hold: a collective or exchange staged on the host, MoE routing (its counts come to the
-  // host), and dropout (its keys would be fixed when recorded).
+  // CUDA graphs: one rank's dense forward and backward. What a graph cannot hold: a
+  // collective or exchange staged on the host, and MoE routing (its counts come to the host).
   if (m.cuda_graph_impl == "transformer_engine")
     c.fail("model.cuda_graph_impl", "\"transformer_engine\": mptrain records its own graphs; use \"local\"");
   if (m.cuda_graph_impl == "local") {
     const auto graphs = [&](bool in_use, std::string_view key, const std::string& what) {
       if (in_use) c.fail(key, what + " with model.cuda_graph_impl = \"local\" is not supported yet (graphs are "
-                                     "recorded for one rank's dense model without dropout)");
+                                     "recorded for one rank's dense model)");
     };
     graphs(c.world_size > 1, "model.cuda_graph_impl", str("a world of ", c.world_size, " ranks"));
     graphs(m.num_moe_experts.has_value(), "model.num_moe_experts", "mixture of experts");
-    graphs(m.hidden_dropout > 0, "model.hidden_dropout", "dropout");
-    graphs(m.attention_dropout > 0, "model.attention_dropout", "dropout");
   }
 
   // Precision: fp32, or bf16 mixed precision with fp32 gradients.

@@ -50,6 +50,7 @@ struct Args {
   bool vec4;  // head_dim % 4 == 0 and every tensor aligned to 4 elements: 4-element tile loads
   float dropout_p, keep_scale;
   uint64_t dropout_key;
+  const uint64_t* seed;  // the backend's dropout seed, XORed into dropout_key when a kernel runs
   int64_t head_offset;
   Positions q_pos, kv_pos;
   int64_t mask_seq;  // resolved: never 0
@@ -205,7 +206,7 @@ __device__ __forceinline__ QueryTile query_tile(const Args& a) {
   t.q_off = t.q0 * t.ldq + (t.b * a.heads + t.h) * a.head_dim;
   t.kv_off = (t.b * a.groups + g) * a.head_dim;
   t.kv_end = a.causal ? min(a.seq_kv, t.q0 + t.q_rows + (a.seq_kv - a.seq_q)) : a.seq_kv;
-  t.stream = a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + t.h, t.b) : 0;
+  t.stream = a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key ^ *a.seed, a.head_offset + t.h, t.b) : 0;
   return t;
 }
 
@@ -466,11 +467,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dkdv_kernel(Args a) {
   float dk[RK][CD], dv[RK][CD];
   zero(dk);
   zero(dv);
+  const uint64_t key = a.dropout_p > 0 ? a.dropout_key ^ *a.seed : 0;
 
   for (int64_t hh = 0; hh < hpg; ++hh) {
     const int64_t h = g * hpg + hh;
-    const uint64_t stream =
-        a.dropout_p > 0 ? attention_dropout_stream_device(a.dropout_key, a.head_offset + h, b) : 0;
+    const uint64_t stream = a.dropout_p > 0 ? attention_dropout_stream_device(key, a.head_offset + h, b) : 0;
     for (int64_t q0 = q_first / BQ * BQ; q0 < a.seq_q; q0 += BQ) {
       const int q_rows = static_cast<int>(min(static_cast<int64_t>(BQ), a.seq_q - q0));
       const int64_t q_off = q0 * ldq + (b * a.heads + h) * a.head_dim;

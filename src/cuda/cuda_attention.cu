@@ -100,7 +100,8 @@ void check_qkv(const char* op, const AttentionDims& d, const Tensor& q, const Te
 // 4-element loads (float4, or four bf16 in 8 bytes) need that alignment.
 bool aligned4(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data) % (4 * dtype_size(t.dtype)) == 0; }
 
-Args make_args(const AttentionDims& d, std::initializer_list<const Tensor*> tensors) {
+// seed: the backend's dropout seed in device memory (read by the kernels when they run).
+Args make_args(const AttentionDims& d, const uint64_t* seed, std::initializer_list<const Tensor*> tensors) {
   Args a{};
   a.seq_q = d.seq_q;
   a.seq_kv = d.seq_kv;
@@ -115,6 +116,7 @@ Args make_args(const AttentionDims& d, std::initializer_list<const Tensor*> tens
   a.dropout_p = d.dropout_p;
   a.keep_scale = 1.0f / (1.0f - d.dropout_p);
   a.dropout_key = d.dropout_key;
+  a.seed = seed;
   a.head_offset = d.head_offset;
   a.q_pos = {d.q_pos.first, d.q_pos.split, d.q_pos.second};
   a.kv_pos = {d.kv_pos.first, d.kv_pos.split, d.kv_pos.second};
@@ -166,7 +168,7 @@ void CudaOps::attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v
   check_float(op, "out", out, q.numel());
   check_f32(op, "lse", lse, d.seq_q * d.batch * d.heads);
 
-  Args a = make_args(d, {&q, &k, &v, &out});
+  Args a = make_args(d, dropout_seed_on_device(), {&q, &k, &v, &out});
   a.q = in_view(q);
   a.k = in_view(k);
   a.v = in_view(v);
@@ -199,7 +201,7 @@ void CudaOps::attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
       di, in_view(dout), in_view(out), rows, static_cast<int>(d.head_dim));
   MPT_CUDA_LAUNCH("attention_row_dot_kernel");
 
-  Args a = make_args(d, {&q, &k, &v, &dout, &dq, &dk, &dv});
+  Args a = make_args(d, dropout_seed_on_device(), {&q, &k, &v, &dout, &dq, &dk, &dv});
   a.q = in_view(q);
   a.k = in_view(k);
   a.v = in_view(v);

@@ -298,10 +298,13 @@ void activation_shapes(const char* op, const Tensor& x, const Tensor& y, Activat
 
 // --- dropout ---------------------------------------------------------------------------------
 
-// Flat element i of [R, C] is mask index (row_offset + r) * C + c = first + i.
-__global__ void dropout_kernel(Out dst, In src, int64_t n, uint64_t first, float p, float keep_scale, uint64_t key) {
+// Flat element i of [R, C] is mask index (row_offset + r) * C + c = first + i, in stream
+// key ^ *seed (the dropout seed as it is when the kernel runs).
+__global__ void dropout_kernel(Out dst, In src, int64_t n, uint64_t first, float p, float keep_scale, uint64_t key,
+                               const uint64_t* seed) {
+  const uint64_t stream = key ^ *seed;
   for (int64_t i = global_thread(); i < n; i += grid_threads())
-    dst.set(i, dropout_keep_device(key, first + static_cast<uint64_t>(i), p) ? src[i] * keep_scale : 0.0f);
+    dst.set(i, dropout_keep_device(stream, first + static_cast<uint64_t>(i), p) ? src[i] * keep_scale : 0.0f);
 }
 
 void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p, uint64_t key, int64_t row_offset) {
@@ -317,7 +320,8 @@ void apply_dropout(CudaOps& ops, const char* op, Tensor dst, Tensor src, float p
   }
   const uint64_t first = static_cast<uint64_t>(row_offset) * static_cast<uint64_t>(last_dim(dst));
   dropout_kernel<<<blocks_for(n, kThreads), kThreads, 0, ops.stream()>>>(out_view(dst), in_view(src), n, first, p,
-                                                                         1.0f / (1.0f - p), key);
+                                                                         1.0f / (1.0f - p), key,
+                                                                         ops.dropout_seed_on_device());
   MPT_CUDA_LAUNCH("dropout_kernel");
 }
 

@@ -1,6 +1,6 @@
-// The CUDA backend's core: construction, memory, casts and elementwise ops, the
-// double-precision reductions (gradient norm, loss sums) and AdamW. The other op families
-// live beside it (see cuda_ops.h).
+// The CUDA backend's core: construction, memory, the dropout seed, casts and elementwise
+// ops, the double-precision reductions (gradient norm, loss sums) and AdamW. The other op
+// families live beside it (see cuda_ops.h).
 #include "cuda/cuda_ops.h"
 #include "cuda/elements.cuh"
 #include "cuda/op_checks.h"
@@ -68,6 +68,9 @@ __global__ void bf16_to_f32_kernel(float* dst, const uint16_t* src, int64_t n, b
   }
   for (int64_t i = done + first_index(); i < n; i += index_stride()) dst[i] = bf16_to_f32(src[i]);
 }
+
+// One thread: *dst = value, in stream order (set_dropout_seed).
+__global__ void write_u64_kernel(uint64_t* dst, uint64_t value) { *dst = value; }
 
 __global__ void fill_kernel(Out x, int64_t n, float value) {
   for (int64_t i = first_index(); i < n; i += index_stride()) x.set(i, value);
@@ -220,6 +223,8 @@ CudaOps::CudaOps(int device) : device_(device) {
     check_cublas(cublasLtCreate(&lt_), "cublasLtCreate");
     lt_workspace_bytes_ = kLtWorkspaceBytes;
     lt_workspace_ = alloc_->allocate(lt_workspace_bytes_);
+    dropout_seed_on_device_ = static_cast<uint64_t*>(alloc_->allocate(sizeof(uint64_t)));
+    MPT_CUDA_CHECK(cudaMemsetAsync(dropout_seed_on_device_, 0, sizeof(uint64_t), stream_));
   } catch (const Error& e) {
     release_resources(device_, stream_, alloc_, lt_, pinned_);
     fail(e.status(), name_, ": ", e.what());
@@ -336,6 +341,16 @@ void CudaOps::to_host(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   MPT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// --- the dropout seed --------------------------------------------------------------------
+
+void CudaOps::set_dropout_seed(uint64_t seed) {
+  if (capturing_)
+    refuse_in_capture("set_dropout_seed()",
+                      "a replay would write the recorded value again (set the seed before each replay)");
+  write_u64_kernel<<<1, 1, 0, stream_>>>(dropout_seed_on_device_, seed);
+  MPT_CUDA_LAUNCH(write_u64_kernel);
 }
 
 // --- casts and elementwise ------------------------------------------------------------------

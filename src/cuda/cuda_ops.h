@@ -7,7 +7,8 @@
 // (grouped_matmul's counts).
 //
 // The ops live in several files, one family each:
-//   cuda_ops.cu            construction, memory, casts, elementwise, reductions, AdamW
+//   cuda_ops.cu            construction, memory, the dropout seed, casts, elementwise,
+//                          reductions, AdamW
 //   cuda_graph.cu          graph capture and replay
 //   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias
 //   cuda_grouped_gemm.cu   grouped GEMM of the experts (shared pieces: gemm_internal.cuh)
@@ -24,7 +25,9 @@
 // CPU oracle within 1e-5 relative). GEMMs with a bf16 operand run on bf16 tensor cores with
 // fp32 accumulation (an f32 operand beside it is rounded to bf16 first, in scratch).
 // Reductions run in a fixed order, so a call gives the same bits every time. Dropout draws
-// the CPU backend's masks exactly (the same Philox stream, core/rng_device.h).
+// the CPU backend's masks exactly (the same Philox stream, core/rng_device.h); the kernels
+// read the dropout seed from device memory when they run, so a replayed graph draws the
+// masks of the seed set before the replay.
 #pragma once
 
 #include <cublasLt.h>
@@ -63,6 +66,12 @@ class CudaOps final : public backend::Ops {
   void to_host(void* dst, const void* src, size_t bytes) override;
   void device_copy(void* dst, const void* src, size_t bytes) override;   // cuda_memory.cu
   bool is_device_pointer(const void* p) const override;                  // cuda_memory.cu
+
+  // The dropout seed (ops.h) lives in device memory, written in stream order by a one-thread
+  // kernel; refused during capture (a replay would write the recorded value again). Kernels
+  // drawing dropout masks read it through dropout_seed_on_device() when they run.
+  void set_dropout_seed(uint64_t seed) override;
+  const uint64_t* dropout_seed_on_device() const { return dropout_seed_on_device_; }
 
   // Graphs (cuda_graph.cu): the stream captured in thread-local mode (other threads' CUDA
   // calls are left alone), instantiated at end_capture(); a graph replays on this backend's
@@ -177,6 +186,7 @@ class CudaOps final : public backend::Ops {
   size_t second_scratch_bytes_ = 0;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
+  uint64_t* dropout_seed_on_device_ = nullptr;  // one value, from the allocator; 0 at construction
   // Graph capture: whether one is under way, its first refused call ("" when none), and the
   // blocks released during it (given back once it has ended).
   bool capturing_ = false;

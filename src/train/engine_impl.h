@@ -139,9 +139,10 @@ struct Engine::Impl {
   // CUDA graphs (model.cuda_graph_impl = "local"; one rank, so one chunk with one slot):
   // a micro-batch's training forward and its backward, each recorded once in the first step
   // after the warm-up steps and replayed for every micro-batch from then on. What differs
-  // between micro-batches (tokens, labels, loss and gradient weights) is written to backend
-  // memory before each replay; what a recording fixes (addresses, the step-invariant
-  // scalars) is the same in every step of this engine.
+  // between micro-batches (tokens, labels, loss and gradient weights, the dropout seed) is
+  // written to backend memory before each replay; what a recording fixes (addresses, the
+  // step-invariant scalars, the model's dropout keys) is the same in every step of this
+  // engine.
   struct Graphs {
     bool on = false;        // asked for, and the backend records graphs
     int64_t warmup = 0;     // steps run eagerly first
@@ -283,6 +284,16 @@ struct Engine::Impl {
 
   uint64_t dropout_key(int64_t it, int64_t mb) const {
     return mix_key(mix_key(static_cast<uint64_t>(recipe.rng.seed), static_cast<uint64_t>(it)), static_cast<uint64_t>(mb));
+  }
+  // Before a training action of micro-batch `mb`: its dropout masks. They are keyed by the
+  // micro-batch's index in the global batch, so dropout draws the same masks at every
+  // data-parallel layout, through the backend's dropout seed; the model's keys (returned)
+  // are the same for every micro-batch, so that a recorded graph draws this micro-batch's
+  // masks when replayed.
+  uint64_t seed_dropout(int64_t mb) {
+    if (dims.hidden_dropout > 0 || dims.attention_dropout > 0)
+      ops->set_dropout_seed(dropout_key(iteration, mb * dp_size + dp_rank));
+    return static_cast<uint64_t>(recipe.rng.seed);
   }
 
   // Pipeline neighbours of (this stage, chunk c): the stage and chunk of the previous and

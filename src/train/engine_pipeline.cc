@@ -91,9 +91,7 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
     const void* msg = take_recv(index, a);
     ops->device_copy(in.data, msg, in.bytes());
   }
-  // Keyed by the micro-batch's index in the global batch, so dropout draws the same masks
-  // at every data-parallel layout.
-  const uint64_t key = training ? dropout_key(iteration, a.microbatch * dp_size + dp_rank) : 0;
+  const uint64_t key = training ? seed_dropout(a.microbatch) : 0;
   model::LossWeights weights;
   if (m.chunk().post_process) {
     // Megatron: per-micro-batch token mean, averaged over micro-batches. Under context
@@ -141,7 +139,7 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
     if (part->dp) part->dp->set_last_microbatch(index == ch.last_backward);
   Tensor dout;
   if (!m.chunk().post_process) dout = Tensor(take_recv(index, a), dims.compute, {dims.rows(), dims.hidden});
-  const uint64_t key = dropout_key(iteration, a.microbatch * dp_size + dp_rank);
+  const uint64_t key = seed_dropout(a.microbatch);
   // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
   // CP for the same reason.
   const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);

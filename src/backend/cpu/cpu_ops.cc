@@ -170,11 +170,16 @@ class CpuOps final : public Ops {
     staged("rope", {{"x", &x, kInOut}},
            [&] { cpu::rope(x, positions, heads, head_dim, rotary_dim, base, inverse); });
   }
+  // The call's dims with the dropout seed in its key (ops.h, set_dropout_seed).
+  AttentionDims seeded(AttentionDims d) const {
+    d.dropout_key ^= dropout_seed_;
+    return d;
+  }
   void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) override {
     ThreadScope ts(threads_);
     staged("attention_fwd",
            {{"out", &out, kOut}, {"lse", &lse, kF32}, {"q", &q, kIn}, {"k", &k, kIn}, {"v", &v, kIn}},
-           [&] { cpu::attention_fwd(out, lse, q, k, v, d, scratch_); });
+           [&] { cpu::attention_fwd(out, lse, q, k, v, seeded(d), scratch_); });
   }
   void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                      Tensor lse, const AttentionDims& d) override {
@@ -182,7 +187,7 @@ class CpuOps final : public Ops {
     staged("attention_bwd",
            {{"dq", &dq, kOut}, {"dk", &dk, kOut}, {"dv", &dv, kOut}, {"dout", &dout, kIn}, {"q", &q, kIn},
             {"k", &k, kIn}, {"v", &v, kIn}, {"out", &out, kIn}, {"lse", &lse, kF32}},
-           [&] { cpu::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, d, scratch_); });
+           [&] { cpu::attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, seeded(d), scratch_); });
   }
   void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads,
                        int64_t head_dim) override {
@@ -206,12 +211,12 @@ class CpuOps final : public Ops {
   void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) override {
     ThreadScope ts(threads_);
     staged("dropout_fwd", {{"out", &out, kOut}, {"x", &x, kIn}},
-           [&] { cpu::dropout_fwd(out, x, p, key, row_offset); });
+           [&] { cpu::dropout_fwd(out, x, p, key ^ dropout_seed_, row_offset); });
   }
   void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) override {
     ThreadScope ts(threads_);
     staged("dropout_bwd", {{"dx", &dx, kOut}, {"dout", &dout, kIn}},
-           [&] { cpu::dropout_bwd(dx, dout, p, key, row_offset); });
+           [&] { cpu::dropout_bwd(dx, dout, p, key ^ dropout_seed_, row_offset); });
   }
 
   void embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_start, bool accumulate) override {

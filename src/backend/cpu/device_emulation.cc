@@ -90,6 +90,13 @@ class EmulatedDeviceOps final : public Ops {
     return std::make_unique<RecordedGraph>(std::move(calls));
   }
 
+  // The seed lives "in device memory": a recorded op reads it when it runs, not when it
+  // was recorded.
+  void set_dropout_seed(uint64_t seed) override {
+    refuse_in_capture("set_dropout_seed()");
+    dropout_seed_ = seed;
+  }
+
   bool host_memory() const override { return false; }
   bool is_device_pointer(const void* p) const override { return tagged(p); }
   void* allocate(size_t bytes) override {
@@ -158,13 +165,13 @@ class EmulatedDeviceOps final : public Ops {
   void qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group, int64_t head_dim) override { run([=, this] { inner_->qkv_split(U(q), U(k), U(v), U(qkv), groups, heads_per_group, head_dim); }); }
   void qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group, int64_t head_dim) override { run([=, this] { inner_->qkv_merge(U(dqkv), U(dq), U(dk), U(dv), groups, heads_per_group, head_dim); }); }
   void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base, bool inverse) override { run([=, this] { inner_->rope(U(x), U(positions), heads, head_dim, rotary_dim, base, inverse); }); }
-  void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) override { run([=, this] { inner_->attention_fwd(U(out), U(lse), U(q), U(k), U(v), d); }); }
-  void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, const AttentionDims& d) override { run([=, this] { inner_->attention_bwd(U(dq), U(dk), U(dv), U(dout), U(q), U(k), U(v), U(out), U(lse), d); }); }
+  void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) override { run([=, this] { seeded(); inner_->attention_fwd(U(out), U(lse), U(q), U(k), U(v), d); }); }
+  void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, const AttentionDims& d) override { run([=, this] { seeded(); inner_->attention_bwd(U(dq), U(dk), U(dv), U(dout), U(q), U(k), U(v), U(out), U(lse), d); }); }
   void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads, int64_t head_dim) override { run([=, this] { inner_->attention_merge(U(out), U(lse), U(part_out), U(part_lse), heads, head_dim); }); }
   void activation_fwd(Tensor out, Tensor x, Activation act, bool gated) override { run([=, this] { inner_->activation_fwd(U(out), U(x), act, gated); }); }
   void activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, bool gated) override { run([=, this] { inner_->activation_bwd(U(dx), U(dout), U(x), act, gated); }); }
-  void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) override { run([=, this] { inner_->dropout_fwd(U(out), U(x), p, key, row_offset); }); }
-  void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) override { run([=, this] { inner_->dropout_bwd(U(dx), U(dout), p, key, row_offset); }); }
+  void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) override { run([=, this] { seeded(); inner_->dropout_fwd(U(out), U(x), p, key, row_offset); }); }
+  void dropout_bwd(Tensor dx, Tensor dout, float p, uint64_t key, int64_t row_offset) override { run([=, this] { seeded(); inner_->dropout_bwd(U(dx), U(dout), p, key, row_offset); }); }
   void embedding_fwd(Tensor out, Tensor ids, Tensor table, int64_t vocab_start, bool accumulate) override { run([=, this] { inner_->embedding_fwd(U(out), U(ids), U(table), vocab_start, accumulate); }); }
   void embedding_bwd(Tensor dtable, Tensor ids, Tensor dout, int64_t vocab_start) override { run([=, this] { inner_->embedding_bwd(U(dtable), U(ids), U(dout), vocab_start); }); }
   void ce_row_max(Tensor row_max, Tensor logits, int64_t vocab_start, int64_t vocab_valid) override { run([=, this] { inner_->ce_row_max(U(row_max), U(logits), vocab_start, vocab_valid); }); }
@@ -188,6 +195,8 @@ class EmulatedDeviceOps final : public Ops {
   void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) override { run([=, this] { inner_->adamw(U(param), U(grad), U(exp_avg), U(exp_avg_sq), a); }); }
 
  private:
+  // Hands the seed as it is now to the CPU ops about to run.
+  void seeded() { inner_->set_dropout_seed(dropout_seed_); }
   // Runs an op now, or records it while capturing.
   template <class F>
   void run(F&& f) {
