@@ -2,7 +2,8 @@
 // in fp32 for 3 steps, one rank, then multi-rank layouts sharing the one GPU (their
 // collectives staged through host memory over gloo, as NCCL refuses two ranks on one
 // device) against the one-rank GPU run; then bf16 mixed precision: its loss curve against
-// fp32's, against the CPU's bf16 run, and its layouts against one rank. Skipped without a GPU.
+// fp32's, against the CPU's bf16 run, and its layouts against one rank; dropout against the
+// CPU; CUDA graphs against eager steps. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -113,6 +114,32 @@ TEST(CudaEngine, Bf16LayoutsOnOneGpuMatchTheOneRankGpuRun) {
   std::vector<std::string> ep = moe;
   ep.push_back("model.expert_model_parallel_size=2");
   expect_within(run_on("cuda", 2, ep), moe_one, 1e-3, 1e-2, "bf16 EP=2");
+}
+
+// Dropout on the GPU draws the CPU's masks (keyed through the backend's dropout seed).
+TEST(CudaEngine, DropoutStepsMatchTheCpu) {
+  MPT_SKIP_WITHOUT_GPU();
+  const std::vector<std::string> dropout = {"model.hidden_dropout=0.1", "model.attention_dropout=0.1"};
+  const testing::RankRun cpu = run_on("cpu", 1, dropout)[0];
+  expect_close_runs(run_on("cuda", 1, dropout), cpu, "GPU with dropout, one rank");
+}
+
+// CUDA graphs replay the kernels eager steps launch, on the same memory: every step's loss,
+// gradient norm and the final parameters are the same bits, in fp32 and bf16, with dropout.
+TEST(CudaEngine, GraphedStepsMatchEagerStepsBitForBit) {
+  MPT_SKIP_WITHOUT_GPU();
+  for (const std::vector<std::string>& base :
+       {std::vector<std::string>{"model.hidden_dropout=0.1", "model.attention_dropout=0.1"},
+        std::vector<std::string>{kBf16, "model.hidden_dropout=0.1", "model.attention_dropout=0.1"}}) {
+    const std::string what = base.size() == 3 ? "bf16" : "fp32";
+    const testing::RankRun eager = run_on("cuda", 1, base, 6)[0];
+    std::vector<std::string> graphs = base;
+    graphs.insert(graphs.end(), {"model.cuda_graph_impl=local", "model.cuda_graph_warmup_steps=2"});
+    const testing::RankRun graphed = run_on("cuda", 1, graphs, 6)[0];
+    EXPECT_EQ(graphed.losses, eager.losses) << what;
+    EXPECT_EQ(graphed.norms, eager.norms) << what;
+    EXPECT_TRUE(graphed.params == eager.params) << what << ": final parameters differ";
+  }
 }
 
 }  // namespace
