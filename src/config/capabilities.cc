@@ -38,17 +38,25 @@ void check_capabilities(Checker& c) {
   unbuilt(m.qk_layernorm, "model.qk_layernorm", "query/key layernorm");
   unbuilt(m.layernorm_zero_centered_gamma, "model.layernorm_zero_centered_gamma", "zero-centered layernorm gamma");
 
-  // CUDA graphs: one rank's dense forward and backward. What a graph cannot hold: a
-  // collective or exchange staged on the host, and MoE routing (its counts come to the host).
+  // CUDA graphs: a dense model's forward and backward, alone or data-parallel with its
+  // gradients reduced after the last micro-batch's backward (which runs eagerly). What a
+  // graph cannot hold: the collectives inside a layer (tensor, context, pipeline and expert
+  // parallelism), a reduction per micro-batch (sharded gradients), MoE routing (its counts
+  // come to the host).
   if (m.cuda_graph_impl == "transformer_engine")
     c.fail("model.cuda_graph_impl", "\"transformer_engine\": mptrain records its own graphs; use \"local\"");
   if (m.cuda_graph_impl == "local") {
     const auto graphs = [&](bool in_use, std::string_view key, const std::string& what) {
       if (in_use) c.fail(key, what + " with model.cuda_graph_impl = \"local\" is not supported yet (graphs are "
-                                     "recorded for one rank's dense model)");
+                                     "recorded for a dense model on one rank or data-parallel ranks)");
     };
-    graphs(c.world_size > 1, "model.cuda_graph_impl", str("a world of ", c.world_size, " ranks"));
+    graphs(m.tensor_model_parallel_size > 1, "model.tensor_model_parallel_size", "tensor parallelism");
+    graphs(m.pipeline_model_parallel_size > 1, "model.pipeline_model_parallel_size", "pipeline parallelism");
+    graphs(m.context_parallel_size > 1, "model.context_parallel_size", "context parallelism");
     graphs(m.num_moe_experts.has_value(), "model.num_moe_experts", "mixture of experts");
+    const std::string& sharding = r.ddp.data_parallel_sharding_strategy;
+    graphs(sharding == "optim_grads" || sharding == "optim_grads_params", "ddp.data_parallel_sharding_strategy",
+           str("sharded gradients (", toml_quote(sharding), ")"));
   }
 
   // Precision: fp32, or bf16 mixed precision with fp32 gradients.

@@ -438,6 +438,17 @@ void GPTModel::prepare_forward(int64_t slot, LossWeights weights) {
   h.prepared_grads = weights.grad != 0;
 }
 
+void GPTModel::forward_replayed(int64_t slot) {
+  SlotActs& a = slot_at(slot);
+  if (!chunk_.post_process) return;
+  MPT_CHECK(head_.prepared_slot == slot, Status::kInvalidArgument, "forward of activation slot ", slot,
+            ": its loss weights were not prepared (prepare_forward)");
+  a.head_grads = head_.prepared_grads;
+  head_.prepared_slot = -1;
+}
+
+void GPTModel::backward_replayed(int64_t slot) { slot_at(slot).head_grads = false; }
+
 GPTModel::LossSums GPTModel::forward(uint64_t key, bool training, int64_t slot, LossWeights weights) {
   prepare_forward(slot, weights);
   return forward_prepared(key, training, slot);

@@ -157,6 +157,11 @@ class GPTModel {
   // weights to write.
   void prepare_forward(int64_t slot, LossWeights weights);
   LossSums forward_prepared(uint64_t dropout_key, bool training, int64_t slot);
+  // After a replay of a recording of forward_prepared (training) or backward of `slot`: the
+  // host-side state they keep (whether the slot holds its loss gradient), as they would
+  // have left it.
+  void forward_replayed(int64_t slot);
+  void backward_replayed(int64_t slot);
   // Casts every unit's compute copy (bf16 mixed precision) that is stale now, rather than at
   // its first use in a pass, so that every micro-batch of a step runs the same backend calls
   // (a recorded graph holds no casts). Needs resident parameters; nothing without copies.

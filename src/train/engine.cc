@@ -47,8 +47,9 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   if (place.world_size > 1) start_distributed();
   build_chunks();
   if (recipe.model.cuda_graph_impl == "local") {
-    // finalize() allows graphs only at one rank with a dense model.
-    MPT_ASSERT(chunks.size() == 1 && chunks[0].model->slots() == 1 && !chunks[0].dense.dp);
+    // finalize() allows graphs only for a dense model, alone or data-parallel with resident
+    // gradients.
+    MPT_ASSERT(chunks.size() == 1 && chunks[0].model->slots() == 1 && !chunks[0].experts.reg);
     graphs.warmup = recipe.model.cuda_graph_warmup_steps;
     graphs.on = ops->supports_graphs();
     if (graphs.on)

@@ -136,7 +136,8 @@ struct Engine::Impl {
   bool stopped_by_signal = false;  // the last train() ended on SIGTERM / SIGINT
   // The [profiling] timeline of this rank; null when it is not profiled.
   std::unique_ptr<StepProfiler> profiler;
-  // CUDA graphs (model.cuda_graph_impl = "local"; one rank, so one chunk with one slot):
+  // CUDA graphs (model.cuda_graph_impl = "local"; no model parallelism, so one chunk with
+  // one slot):
   // a micro-batch's training forward and its backward, each recorded once in the first step
   // after the warm-up steps and replayed for every micro-batch from then on. What differs
   // between micro-batches (tokens, labels, loss and gradient weights, the dropout seed) is
@@ -329,9 +330,12 @@ struct Engine::Impl {
   // Runs `pass` (a model forward or backward, backend calls only) eagerly, or through the
   // graph `g`: recorded from it the first time past the warm-up steps, then replayed.
   // A recording that fails is an error naming the call, and the step fails before any
-  // parameter changes.
-  template <class Pass>
-  void run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass);
+  // parameter changes. `replayed` runs after each replay that `pass` did not just record
+  // (the host-side state `pass` keeps);
+  // `graphable` false: eagerly in any case.
+  template <class Pass, class Replayed>
+  void run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass, Replayed&& replayed,
+                   bool graphable = true);
 
   void reset_slots();
 
@@ -345,13 +349,15 @@ struct Engine::Impl {
   double evaluate();
 };
 
-template <class Pass>
-void Engine::Impl::run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass) {
-  if (!graphs.on || graphs.steps <= graphs.warmup) {
+template <class Pass, class Replayed>
+void Engine::Impl::run_graphed(std::unique_ptr<backend::Graph>& g, const char* what, Pass&& pass, Replayed&& replayed,
+                               bool graphable) {
+  if (!graphs.on || graphs.steps <= graphs.warmup || !graphable) {
     pass();
     return;
   }
-  if (!g) {
+  const bool recorded_now = !g;  // then `pass` ran its host side while recording
+  if (recorded_now) {
     ops->begin_capture();
     try {
       pass();
@@ -372,6 +378,7 @@ void Engine::Impl::run_graphed(std::unique_ptr<backend::Graph>& g, const char* w
                  g->nodes(), " nodes"));
   }
   g->replay();
+  if (!recorded_now) replayed();
 }
 
 }  // namespace mpt::train

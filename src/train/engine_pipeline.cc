@@ -109,7 +109,8 @@ void Engine::Impl::run_forward(const parallel::PipelineAction& a, int64_t index,
   m.prepare_forward(slot, weights);
   model::GPTModel::LossSums s;
   if (training)
-    run_graphed(graphs.forward, "forward", [&] { s = m.forward_prepared(key, true, slot); });
+    run_graphed(graphs.forward, "forward", [&] { s = m.forward_prepared(key, true, slot); },
+                [&] { m.forward_replayed(slot); });
   else
     s = m.forward_prepared(key, false, slot);
   moe_sums.aux += s.moe_aux_loss;
@@ -143,7 +144,11 @@ void Engine::Impl::run_backward(const parallel::PipelineAction& a, int64_t index
   // The router's losses weigh 1 / micro-batches (Megatron's MoEAuxLossAutoScaler), times
   // CP for the same reason.
   const double aux_scale = static_cast<double>(cp.size()) / static_cast<double>(num_microbatches);
-  run_graphed(graphs.backward, "backward", [&] { m.backward(key, slot, dout, static_cast<float>(aux_scale)); });
+  // The last backward of a data-parallel step hands each unit's gradients to the reduction
+  // (host bookkeeping and, with overlap_grad_reduce, collectives): it runs eagerly.
+  const bool graphable = !(ch.dense.dp && index == ch.last_backward);
+  run_graphed(graphs.backward, "backward", [&] { m.backward(key, slot, dout, static_cast<float>(aux_scale)); },
+              [&] { m.backward_replayed(slot); }, graphable);
   const size_t s = static_cast<size_t>(slot);
   if (!m.chunk().pre_process) {
     if (ch.grad_send[s]) ch.grad_send[s]->wait();

@@ -2,8 +2,8 @@
 # CUDA graphs from the command line (model.cuda_graph_impl = "local"), on the emulated device,
 # which records graphs as a GPU does: the log says when the micro-batch's forward and backward
 # were recorded, and the losses equal an eager run's (bit for bit on this backend, with
-# dropout); the plain CPU backend says it records none and trains; what graphs cannot hold
-# is refused naming the key.
+# dropout), at one rank and at two data-parallel ranks; the plain CPU backend says it records
+# none and trains; what graphs cannot hold is refused naming the key.
 # Usage: graphs.sh MPTRAIN SOURCE_DIR
 set -u
 mptrain=$1
@@ -32,6 +32,16 @@ run 1 "$fixture" model.cuda_graph_impl=local model.num_moe_experts=4 model.moe_f
 grep -q "model.num_moe_experts" "$tmp/err" || fail "MoE with graphs: $(cat "$tmp/err")"
 run 1 "$fixture" model.cuda_graph_impl=transformer_engine
 grep -q 'use "local"' "$tmp/err" || fail "transformer_engine: $(cat "$tmp/err")"
-run 1 --nproc-per-node 2 "$fixture" model.cuda_graph_impl=local
-grep -q "model.cuda_graph_impl" "$tmp/err" || fail "two ranks with graphs: $(cat "$tmp/err")"
+run 1 --nproc-per-node 2 "$fixture" model.cuda_graph_impl=local model.tensor_model_parallel_size=2
+grep -q "model.tensor_model_parallel_size" "$tmp/err" || fail "TP=2 with graphs: $(cat "$tmp/err")"
+
+# Two data-parallel ranks: all but each step's last backward replayed, the losses as eager.
+MPT_BACKEND=cpu-device train_fixture dp_eager 2 "${dropout[@]}" ddp.overlap_grad_reduce=true
+MPT_BACKEND=cpu-device train_fixture dp_graphs 2 "${dropout[@]}" ddp.overlap_grad_reduce=true \
+  model.cuda_graph_impl=local model.cuda_graph_warmup_steps=2
+grep -q "CUDA graph of a micro-batch's backward recorded at iteration 3" "$tmp/dp_graphs.out" ||
+  fail "DP=2: no backward graph recorded: $(grep -i graph "$tmp/dp_graphs.out")"
+metric "$tmp/dp_eager.jsonl" >"$tmp/want"
+metric "$tmp/dp_graphs.jsonl" >"$tmp/got"
+cmp -s "$tmp/want" "$tmp/got" || fail "DP=2: replayed steps differ from eager ones: $(paste "$tmp/want" "$tmp/got")"
 echo "graphs.sh: ok"

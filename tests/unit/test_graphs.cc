@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine_threads.h"
 #include "backend/ops.h"
 #include "config/recipe.h"
 #include "core/error.h"
@@ -274,6 +275,40 @@ TEST(Graphs, StepsAfterALoadReplayOnTheLoadedWeights) {
   EXPECT_EQ(again, first);
 }
 
+// Data parallel: every micro-batch's forward and all but the last backward replay; the last
+// backward runs eagerly and hands the gradients to the reduction (during it, with
+// overlap_grad_reduce). Each rank matches its run without graphs bit for bit, for all-reduced
+// gradients and for the distributed optimizer.
+TEST(Graphs, DataParallelRanksReplayAllButTheLastBackward) {
+  const std::vector<std::vector<std::string>> variants = {
+      {"ddp.overlap_grad_reduce=true", "ddp.bucket_size=20000"},
+      {"ddp.use_distributed_optimizer=true", "ddp.data_parallel_sharding_strategy=optim", "ddp.bucket_size=20000"},
+  };
+  ::setenv("MPT_BACKEND", "cpu-device", 1);
+  try {
+    for (const std::vector<std::string>& v : variants) {
+      std::vector<std::string> base = v;
+      base.insert(base.end(), {"model.num_layers=2", "model.hidden_dropout=0.1", "model.attention_dropout=0.1"});
+      const std::vector<train::testing::RankRun> eager = train::testing::run(2, base, 4);
+      std::vector<std::string> with = base;
+      with.insert(with.end(), {"model.cuda_graph_impl=local", "model.cuda_graph_warmup_steps=1"});
+      const int64_t before = backend::emulated_device_graph_replays();
+      const std::vector<train::testing::RankRun> graphed = train::testing::run(2, with, 4);
+      // Steps 2 to 4, two ranks, two micro-batches each: two forwards and one backward.
+      EXPECT_EQ(backend::emulated_device_graph_replays() - before, 3 * 2 * 3) << v[0];
+      for (size_t k = 0; k < 2; ++k) {
+        EXPECT_EQ(graphed[k].losses, eager[k].losses) << v[0] << ", rank " << k;
+        EXPECT_EQ(graphed[k].norms, eager[k].norms) << v[0] << ", rank " << k;
+        EXPECT_TRUE(graphed[k].params == eager[k].params) << v[0] << ", rank " << k << ": parameters differ";
+      }
+    }
+  } catch (...) {
+    ::unsetenv("MPT_BACKEND");
+    throw;
+  }
+  ::unsetenv("MPT_BACKEND");
+}
+
 TEST(Graphs, AHostMemoryBackendTrainsWithoutThemAndSaysSo) {
   config::Recipe r = config::load_recipe_file(MPT_SOURCE_DIR "/recipes/tiny.toml");
   config::apply_overrides(r, {"train.train_iters=10", "model.num_layers=1", "validation.eval_interval=null",
@@ -303,7 +338,11 @@ TEST(Graphs, WhatGraphsCannotHoldIsRefusedNamingTheKey) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
     }
   };
-  refused({}, 2, "model.cuda_graph_impl");
+  refused({"model.tensor_model_parallel_size=2"}, 2, "model.tensor_model_parallel_size");
+  refused({"model.pipeline_model_parallel_size=2"}, 2, "model.pipeline_model_parallel_size");
+  refused({"model.context_parallel_size=2"}, 2, "model.context_parallel_size");
+  refused({"ddp.use_distributed_optimizer=true", "ddp.data_parallel_sharding_strategy=optim_grads"}, 2,
+          "ddp.data_parallel_sharding_strategy");
   refused({"model.num_moe_experts=4"}, 1, "model.num_moe_experts");
   refused({"model.cuda_graph_impl=transformer_engine"}, 1, "use \"local\"");
   refused({"model.cuda_graph_impl=cudnn"}, 1, "model.cuda_graph_impl");
