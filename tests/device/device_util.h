@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backend/ops.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "cuda/device.h"
 
@@ -116,5 +118,40 @@ inline void expect_close(const Pair& p, double tol, const std::string& what) {
   const double e = scaled_error(got, reinterpret_cast<const float*>(p.host.data()), got.size());
   EXPECT_LE(e, tol) << what << ": the GPU result differs from the CPU's by " << e << " (scaled)";
 }
+
+// Runs f, which must throw Error with `status` and a message holding every one of `parts`.
+inline void expect_error(const std::function<void()>& f, Status status, const std::vector<std::string>& parts,
+                         const std::string& what = "") {
+  try {
+    f();
+    ADD_FAILURE() << what << ": no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status(), status) << what << ": " << e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+          << what << ": '" << e.what() << "' lacks '" << part << "'";
+  }
+}
+
+// One attention problem held on both backends: inputs, forward outputs, gradients. The
+// outputs start as random values on both sides: the ops must overwrite every element.
+struct AttentionTensors {
+  backend::AttentionDims d;
+  std::unique_ptr<Pair> q, k, v, out, lse, dout, dq, dk, dv;
+
+  AttentionTensors(Backends& b, const backend::AttentionDims& dims, uint64_t seed) : d(dims) {
+    const int64_t tq = d.seq_q * d.batch, tk = d.seq_kv * d.batch;
+    const int64_t hd = d.heads * d.head_dim, gd = d.groups * d.head_dim;
+    q = b.f32({tq, hd}, seed);
+    k = b.f32({tk, gd}, seed + 1);
+    v = b.f32({tk, gd}, seed + 2);
+    dout = b.f32({tq, hd}, seed + 3);
+    out = b.f32({tq, hd}, seed + 4);
+    lse = b.f32({tq, d.heads}, seed + 5);
+    dq = b.f32({tq, hd}, seed + 6);
+    dk = b.f32({tk, gd}, seed + 7);
+    dv = b.f32({tk, gd}, seed + 8);
+  }
+};
 
 }  // namespace mpt::device_testing

@@ -51,25 +51,9 @@ std::string label(const AttentionDims& d) {
 // The values of a host tensor, as a vector.
 std::vector<float> host_f32(Pair& p) { return std::vector<float>(p.f(), p.f() + p.numel()); }
 
-// One attention problem held on both backends: inputs, forward outputs, gradients.
-struct Problem {
-  AttentionDims d;
-  std::unique_ptr<Pair> q, k, v, out, lse, dout, dq, dk, dv;
-
-  Problem(Backends& b, const AttentionDims& dims_, uint64_t seed) : d(dims_) {
-    const int64_t tq = d.seq_q * d.batch, tk = d.seq_kv * d.batch;
-    const int64_t hd = d.heads * d.head_dim, gd = d.groups * d.head_dim;
-    q = b.f32({tq, hd}, seed);
-    k = b.f32({tk, gd}, seed + 1);
-    v = b.f32({tk, gd}, seed + 2);
-    dout = b.f32({tq, hd}, seed + 3);
-    // Outputs start as garbage on both sides: the ops must overwrite every element.
-    out = b.f32({tq, hd}, seed + 4);
-    lse = b.f32({tq, d.heads}, seed + 5);
-    dq = b.f32({tq, hd}, seed + 6);
-    dk = b.f32({tk, gd}, seed + 7);
-    dv = b.f32({tk, gd}, seed + 8);
-  }
+// One attention problem on both backends, run on both.
+struct Problem : AttentionTensors {
+  using AttentionTensors::AttentionTensors;
 
   void forward(Backends& b) {
     b.cpu->attention_fwd(out->cpu(), lse->cpu(), q->cpu(), k->cpu(), v->cpu(), d);

@@ -19,18 +19,6 @@
 namespace mpt::device_testing {
 namespace {
 
-// Runs f, which must throw Error with `status` and a message holding every one of `parts`.
-void expect_error(const std::function<void()>& f, Status status, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), status) << e.what();
-    for (const auto& part : parts)
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << "'" << part << "' not in: " << e.what();
-  }
-}
-
 // Element counts that hit the edges of the launch shapes: empty, one, around a block of
 // 256 threads, past the 1024 reduction blocks (grid-stride loops), odd.
 const std::vector<int64_t> kSizes = {0, 1, 7, 255, 256, 257, 4097, 262145, 1048576 + 3, 3000017};

@@ -162,24 +162,9 @@ AttentionDims seeded_dims(bool causal) {
   return d;
 }
 
-// One attention problem on both backends.
-struct Problem {
-  AttentionDims d;
-  std::unique_ptr<Pair> q, k, v, out, lse, dout, dq, dk, dv;
-
-  Problem(Backends& b, const AttentionDims& dims, uint64_t seed) : d(dims) {
-    const int64_t tq = d.seq_q * d.batch, tk = d.seq_kv * d.batch;
-    const int64_t hd = d.heads * d.head_dim, gd = d.groups * d.head_dim;
-    q = b.f32({tq, hd}, seed);
-    k = b.f32({tk, gd}, seed + 1);
-    v = b.f32({tk, gd}, seed + 2);
-    dout = b.f32({tq, hd}, seed + 3);
-    out = b.f32({tq, hd}, seed + 4);
-    lse = b.f32({tq, d.heads}, seed + 5);
-    dq = b.f32({tq, hd}, seed + 6);
-    dk = b.f32({tk, gd}, seed + 7);
-    dv = b.f32({tk, gd}, seed + 8);
-  }
+// One attention problem on both backends, each side run on its own.
+struct Problem : AttentionTensors {
+  using AttentionTensors::AttentionTensors;
   void gpu_forward(backend::Ops& gpu) {
     gpu.attention_fwd(out->gpu_t(), lse->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(), d);
   }
@@ -314,19 +299,6 @@ TEST(CudaDropoutSeed, AReplayDrawsTheMasksOfTheSeedSetBeforeIt) {
       EXPECT_NE(replayed[2], previous[2]) << "attention dq did not change";
     }
     previous = replayed;
-  }
-}
-
-void expect_error(const std::function<void()>& f, Status status, const std::vector<std::string>& parts,
-                  const std::string& what) {
-  try {
-    f();
-    ADD_FAILURE() << what << ": no error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), status) << what << ": " << e.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << what << ": '" << e.what() << "' lacks '" << part << "'";
   }
 }
 

@@ -296,19 +296,6 @@ TEST(CudaGraph, AReplayAccumulatesOncePerReplayInStreamOrder) {
 
 // ---- refused calls -----------------------------------------------------------------------------
 
-void expect_error(const std::function<void()>& f, Status status, const std::vector<std::string>& parts,
-                  const std::string& what) {
-  try {
-    f();
-    ADD_FAILURE() << what << ": no error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.status(), status) << what << ": " << e.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << what << ": '" << e.what() << "' lacks '"
-                                                                     << part << "'";
-  }
-}
-
 // The backend computes normally, eagerly and in a new capture.
 void expect_backend_works(backend::Ops& gpu, Pair& x, const std::string& what) {
   gpu.fill(x.gpu_t(), 2.0f);
