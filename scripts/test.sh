@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# PyTorch on the CPU, in .venv-test, for the loss check's smoke test (cli_gpu_verify_smoke);
+# an existing environment is reused with no network. Without one that test skips (under CI
+# it fails).
+scripts/python_env.sh >/dev/null || echo "test.sh: no Python test environment: cli_gpu_verify_smoke will skip" >&2
 cd build
 # Many tests run several ranks as threads of one process, each with its own OpenMP team, on
 # few cores: threads that spin at barriers while their peers wait for a core slow such runs

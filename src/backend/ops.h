@@ -13,8 +13,9 @@
 // - Every floating tensor argument may be f32 or bf16 (DType::kBF16; core/bf16.h), each on
 //   its own, except these, which are always f32: normalisation statistics (mean, rstd),
 //   attention lse, the cross-entropy pieces (logits, row_max, sumexp, target_logit, loss,
-//   grad_scale), the router's tensors (router_topk / router_lse / z-loss: logits, probs,
-//   scores and their gradients), moe_unpermute's probs and dprobs, and all of adamw's.
+//   grad_scale; ce_bwd's dlogits may be bf16), the router's tensors (router_topk /
+//   router_lse / z-loss: logits, probs, scores and their gradients), moe_unpermute's probs
+//   and dprobs, and all of adamw's.
 // - Ops compute in fp32: a bf16 input is widened exactly, a bf16 output is rounded once (to
 //   nearest even) from the fp32 result, and a bf16 "acc" output is widened, added to in fp32
 //   and rounded. So a bf16 op equals the f32 op on the widened inputs, rounded.
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "core/arena.h"
 #include "core/tensor.h"
@@ -75,6 +77,18 @@ struct AdamWArgs {
   float weight_decay = 0;   // decoupled: p -= lr * wd * p
   int64_t step = 1;         // 1-based, for bias correction
   float grad_scale = 1;     // multiplies the gradient first (clipping coefficient)
+  // The coefficient in backend memory instead (f32 [1], e.g. grad_clip_factor's), read when
+  // the update runs, so the update needs no host value of the norm. Empty: grad_scale.
+  Tensor grad_scale_device;
+};
+
+// One parameter piece of adamw_multi: param, grad, exp_avg, exp_avg_sq f32 of one numel;
+// compute_copy empty, or bf16 of that numel (the compute copy of the weights, written from
+// the updated param).
+struct AdamWTensor {
+  Tensor param, grad, exp_avg, exp_avg_sq;
+  Tensor compute_copy;
+  float weight_decay = 0;  // this piece's (AdamWArgs::weight_decay is not used)
 };
 
 // A recorded sequence of a backend's work (a CUDA graph on the GPU), replayed as one
@@ -198,6 +212,15 @@ class Ops : public MemoryResource {
   // inverse = true applies the transposed rotation (the backward of the forward).
   virtual void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
                     bool inverse) = 0;
+  // qkv_split, then rope on q (groups*hpg heads) and k (groups heads): one pass over qkv on a
+  // GPU. The default runs those three ops (ops_fused.cc), so it gives their bits.
+  virtual void qkv_split_rope(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                              int64_t head_dim, Tensor positions, int64_t rotary_dim, float base);
+  // Its backward: rope(inverse) on dq and dk, then qkv_merge into dqkv (overwritten). dq and
+  // dk are scratch: their contents afterwards are unspecified (the default rotates them in
+  // place).
+  virtual void qkv_merge_rope(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                              int64_t head_dim, Tensor positions, int64_t rotary_dim, float base);
   // q [seq_q*B, heads*D], k/v [seq_kv*B, groups*D] (token t = s*B + b); out like q;
   // lse [seq_q*B, heads] (token-major like q): the natural-log log-sum-exp of each query's
   // scaled scores over the keys it sees.
@@ -213,6 +236,14 @@ class Ops : public MemoryResource {
   // with lse = -inf (no keys yet) takes the part as it is.
   virtual void attention_merge(Tensor out, Tensor lse, Tensor part_out, Tensor part_lse, int64_t heads,
                                int64_t head_dim) = 0;
+  // Which implementation serves attention calls like `d` whose tensors are `dtype`, in a few
+  // words for a run's first log line (a GPU may use a library's fused kernels for some calls
+  // and its own for others, and says why). May build and cache what such calls need.
+  virtual std::string attention_summary(const AttentionDims& d, DType dtype) {
+    (void)d;
+    (void)dtype;
+    return "fp32 reference attention";
+  }
 
   // --- MLP ----------------------------------------------------------------------------
   // gated: x [T, 2F] rows [gate | up], out [T, F] = act(gate) * up; else out = act(x).
@@ -245,9 +276,16 @@ class Ops : public MemoryResource {
   // is outside this rank's range).
   virtual void ce_sumexp_target(Tensor sumexp, Tensor target_logit, Tensor logits, Tensor row_max, Tensor targets,
                                 int64_t vocab_start, int64_t vocab_valid) = 0;
+  // ce_row_max and ce_sumexp_target in one pass over the logits (an online softmax on a GPU:
+  // the running sum is rescaled as the running max grows, so its bits may differ from the two
+  // passes'). The default runs the two ops (ops_fused.cc). Under vocab parallelism the pieces
+  // are this rank's; they combine as sumexp = sum_r sumexp_r * exp(row_max_r - max_r row_max_r).
+  virtual void ce_stats(Tensor row_max, Tensor sumexp, Tensor target_logit, Tensor logits, Tensor targets,
+                        int64_t vocab_start, int64_t vocab_valid);
   // loss = log(sumexp) + row_max - target_logit
   virtual void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) = 0;
-  // dlogits = (softmax - onehot(target)) * grad_scale[t]; dlogits may alias logits.
+  // dlogits = (softmax - onehot(target)) * grad_scale[t], f32 or bf16 (rounded once from the
+  // fp32 value). An f32 dlogits may alias logits; a bf16 one must not overlap it.
   virtual void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
                       int64_t vocab_start, int64_t vocab_valid) = 0;
 
@@ -304,6 +342,18 @@ class Ops : public MemoryResource {
 
   // --- optimizer ----------------------------------------------------------------------
   virtual void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) = 0;
+  // adamw on each of `count` pieces at its own weight decay, then each compute_copy given
+  // = the updated param rounded to nearest even: bit for bit adamw and cast piece by piece
+  // (the default, backend/ops_optimizer.cc); a GPU updates every piece in one launch.
+  // Pieces must not overlap.
+  virtual void adamw_multi(const AdamWTensor* tensors, int64_t count, const AdamWArgs& a);
+  // acc (f64 [1], backend memory) += sum x^2 in double, with no host read: a norm over
+  // many tensors reads the host once. The same bits as acc + sum_squares(x).
+  virtual void sum_squares_acc(Tensor acc, Tensor x);
+  // factor (f32 [1]) = the clipping coefficient of the norm sqrt(sumsq) (sumsq f64 [1]):
+  // max_norm / (norm + 1e-6) in double, rounded to f32, where that is below 1; else 1 (and
+  // always 1 when max_norm <= 0: clipping off). Megatron's rule, bit for bit on the host.
+  virtual void grad_clip_factor(Tensor factor, Tensor sumsq, double max_norm);
 
  protected:
   uint64_t dropout_seed_ = 0;  // host-memory backends' dropout seed (set_dropout_seed)

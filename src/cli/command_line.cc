@@ -29,6 +29,16 @@ DocumentUnit parse_document_unit(const std::string& text) {
   throw UsageError("--docs expects file, line or paragraph, got '" + text + "'");
 }
 
+// A non-negative integer option value, e.g. --start 0.
+int64_t parse_index(const std::string& option, const std::string& text) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || errno != 0 || *end != '\0' || v < 0)
+    throw UsageError(option + " expects an integer >= 0, got '" + text + "'");
+  return static_cast<int64_t>(v);
+}
+
 // A value that names something (a file, a prefix, a key) cannot be empty.
 std::string non_empty(const std::string& option, const std::string& value) {
   if (value.empty()) throw UsageError(option + " needs a non-empty value");
@@ -42,7 +52,8 @@ Invocation parse_command_line(int argc, const char* const* argv) {
   std::vector<std::string> positionals;
   bool help = false, version = false, options_done = false;
   // Options of one data command, by name, to reject them under any other command.
-  std::vector<std::string> preprocess_options, dataset_info_options, ckpt_info_options;
+  std::vector<std::string> preprocess_options, dataset_info_options, ckpt_info_options, batches_options,
+      train_options;
   bool docs_given = false;
 
   std::vector<std::string> launch_options;  // given, by name, for the checks below
@@ -109,6 +120,18 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     } else if (arg == "--tensors") {
       inv.list_tensors = true;
       ckpt_info_options.push_back(arg);
+    } else if (arg == "--save-initial") {
+      inv.save_initial = true;
+      train_options.push_back(arg);
+    } else if (auto file = value_of("--output")) {
+      inv.batches.output = non_empty("--output", *file);
+      batches_options.push_back("--output");
+    } else if (auto n = value_of("--iterations")) {
+      inv.batches.iterations = parse_count("--iterations", *n, 1 << 30);
+      batches_options.push_back("--iterations");
+    } else if (auto start = value_of("--start")) {
+      inv.batches.start = parse_index("--start", *start);
+      batches_options.push_back("--start");
     } else {
       throw UsageError("unknown option '" + arg + "'");
     }
@@ -133,7 +156,12 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     if (!given.empty())
       throw UsageError(given.front() + " is an option of '" + owner + "', not of '" + command + "'");
   };
-  const bool single_process_command = first == "preprocess" || first == "dataset-info" || first == "ckpt-info";
+  const bool single_process_command =
+      first == "preprocess" || first == "dataset-info" || first == "ckpt-info" || first == "batches";
+  // The command the options are given to, for the messages: a recipe alone means train.
+  const std::string named = first == "config" || single_process_command ? first : "train";
+  if (named != "batches") reject_options(batches_options, "batches", named);
+  if (named != "train") reject_options(train_options, "train", named);
   if (single_process_command && inv.nproc_per_node > 1)
     throw UsageError("--nproc-per-node starts ranks for 'train' and 'config', not for '" + first + "'");
   if (first == "preprocess") {
@@ -169,7 +197,7 @@ Invocation parse_command_line(int argc, const char* const* argv) {
     inv.checkpoint_dir = non_empty("ckpt-info DIR", positionals[1]);
     return inv;
   }
-  const std::string command = first == "config" ? "config" : "train";
+  const std::string command = first == "config" || first == "batches" ? first : "train";
   reject_options(preprocess_options, "preprocess", command);
   reject_options(dataset_info_options, "dataset-info", command);
   reject_options(ckpt_info_options, "ckpt-info", command);
@@ -185,10 +213,14 @@ Invocation parse_command_line(int argc, const char* const* argv) {
       inv.command = Command::kVersion;
       return inv;
     }
-    if (word == "train" || word == "config") {
-      inv.command = word == "train" ? Command::kTrain : Command::kConfig;
+    if (word == "train" || word == "config" || word == "batches") {
+      inv.command = word == "train" ? Command::kTrain : word == "config" ? Command::kConfig : Command::kBatches;
       next = 1;
     }
+  }
+  if (inv.command == Command::kBatches) {
+    if (inv.batches.output.empty()) throw UsageError("batches needs --output FILE (a .npy file to write)");
+    if (inv.batches.iterations == 0) throw UsageError("batches needs --iterations N");
   }
   if (next >= positionals.size()) throw UsageError("missing the recipe file (RECIPE.toml)");
   inv.recipe_path = positionals[next++];
@@ -204,8 +236,10 @@ Invocation parse_command_line(int argc, const char* const* argv) {
 std::string usage_text() {
   return R"(Usage:
   mptrain [OPTIONS] RECIPE.toml [section.key=value ...]
-  mptrain [OPTIONS] train RECIPE.toml [section.key=value ...]
+  mptrain [OPTIONS] train [--save-initial] RECIPE.toml [section.key=value ...]
   mptrain [OPTIONS] config RECIPE.toml [section.key=value ...]
+  mptrain batches RECIPE.toml [section.key=value ...] --iterations N --output FILE.npy
+                  [--start I]
   mptrain preprocess --input FILE [--input FILE ...] --output-prefix PREFIX
                      [--json-key KEY] [--docs file|line|paragraph] [--append-eod] [--overwrite]
   mptrain dataset-info PREFIX [--scan]
@@ -216,9 +250,15 @@ std::string usage_text() {
 Commands:
   train     Train the model the recipe describes (the default when the first argument
             is a recipe file). Prints a log line every logger.log_interval iterations
-            and saves checkpoints as the [checkpoint] section says.
+            and saves checkpoints as the [checkpoint] section says. --save-initial also
+            saves the model as training starts (iteration 0: the initial weights) into
+            checkpoint.save before the first step.
   config    Validate the recipe with its overrides and print the resolved recipe as
             TOML (loadable again as a recipe). Nothing is trained.
+  batches   Write the token ids that training reads at iterations I+1 .. I+N (the recipe's
+            data, global batch and seed; what every data-parallel rank reads, together)
+            into FILE.npy: int32 [N, global_batch_size, seq_length + 1], sample b of
+            iteration i is inputs [0, seq) and labels [1, seq + 1). Nothing is trained.
   preprocess
             Tokenize text into a Megatron indexed dataset, PREFIX.bin and PREFIX.idx (as
             Megatron-LM's tools/preprocess_data.py writes them), for dataset.source =
@@ -281,6 +321,12 @@ Preprocess options:
 
 Dataset-info options:
   --scan                Also read every token and print the largest token id.
+
+Batches options:
+  --iterations N        How many iterations to write.
+  --start I             Iterations done before the first one written (default 0), as
+                        when resuming from a checkpoint of iteration I.
+  --output FILE         The .npy file to write (replaced if it exists).
 
 Ckpt-info options:
   --tensors             Also print one line per tensor: name, dtype, global shape and

@@ -2,6 +2,7 @@
 // options. Parsing is pure (no I/O) so that every usage error is one exception.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -9,7 +10,7 @@
 
 namespace mpt::cli {
 
-enum class Command { kTrain, kConfig, kHelp, kVersion, kPreprocess, kDatasetInfo, kCkptInfo };
+enum class Command { kTrain, kConfig, kHelp, kVersion, kPreprocess, kDatasetInfo, kCkptInfo, kBatches };
 
 // What one document of a plain-text input is (`preprocess --docs`).
 enum class DocumentUnit { kFile, kLine, kParagraph };
@@ -22,6 +23,13 @@ struct PreprocessOptions {
   bool append_eod = false;           // --append-eod: end each document with the EOD token
   DocumentUnit docs = DocumentUnit::kFile;  // --docs file|line|paragraph (plain text only)
   bool overwrite = false;            // --overwrite: replace an existing PREFIX.bin/.idx
+};
+
+// `mptrain batches`: the token ids of training iterations, as training reads them.
+struct BatchesOptions {
+  std::string output;      // --output FILE: a .npy array of int32 [iterations, global batch, seq + 1]
+  int64_t iterations = 0;  // --iterations N
+  int64_t start = 0;       // --start I: iterations already done before the first one written
 };
 
 struct Invocation {
@@ -41,6 +49,8 @@ struct Invocation {
   bool scan = false;                   // kDatasetInfo --scan: read every token
   std::string checkpoint_dir;          // kCkptInfo: a save directory or an iter_XXXXXXX directory
   bool list_tensors = false;           // kCkptInfo --tensors: one line per tensor
+  bool save_initial = false;           // kTrain --save-initial: save the model before the first step
+  BatchesOptions batches;              // kBatches
 };
 
 // A command line that cannot be understood; the program exits with status 2.

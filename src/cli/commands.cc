@@ -10,9 +10,7 @@
 #include "train/engine.h"
 
 namespace mpt::cli {
-namespace {
 
-// Loads, overrides and validates the recipe for this process's world size.
 config::Recipe resolved_recipe(const Invocation& inv) {
   config::Recipe recipe = config::load_recipe_file(inv.recipe_path);
   config::apply_overrides(recipe, inv.overrides);
@@ -20,6 +18,8 @@ config::Recipe resolved_recipe(const Invocation& inv) {
   config::finalize(recipe, place.world_size);
   return recipe;
 }
+
+namespace {
 
 // Progress to stdout (it is the program's output); warnings and errors to stderr.
 Logger console_logger(bool quiet) {
@@ -70,9 +70,19 @@ int run_config(const Invocation& inv) {
 
 int run_train(const Invocation& inv) {
   const config::Recipe recipe = resolved_recipe(inv);
+  MPT_CHECK(!inv.save_initial || recipe.checkpoint.save, Status::kInvalidConfig,
+            "--save-initial saves into checkpoint.save, which the recipe does not set");
   const Logger logger = console_logger(inv.quiet);
   const dist::LaunchPlace place = dist::resolve_launch_place();
   train::Engine engine(recipe, logger, place);
+  if (inv.save_initial) {
+    // A resumed run starts from a checkpoint that is on disk already.
+    if (engine.iteration() == 0)
+      engine.save_checkpoint(*recipe.checkpoint.save);
+    else if (place.rank == 0)
+      logger.info(str("mptrain: --save-initial: resuming at iteration ", engine.iteration(),
+                      " from checkpoint.load; nothing saved before the first step"));
+  }
 
   const train::StepResult last = engine.train();
   if (place.rank == 0)

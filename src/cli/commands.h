@@ -7,14 +7,20 @@
 #include <vector>
 
 #include "cli/command_line.h"
+#include "config/recipe.h"
 
 namespace mpt::cli {
+
+// The invocation's recipe loaded, overridden and validated for this process's world size.
+config::Recipe resolved_recipe(const Invocation& inv);
 
 int run_train(const Invocation& inv);
 int run_config(const Invocation& inv);
 // src/cli/data_commands.cc: `mptrain preprocess` and `mptrain dataset-info`.
 int run_preprocess(const Invocation& inv);
 int run_dataset_info(const Invocation& inv);
+// src/cli/batch_commands.cc: `mptrain batches`.
+int run_batches(const Invocation& inv);
 // src/cli/ckpt_info.cc: `mptrain ckpt-info`.
 int run_ckpt_info(const Invocation& inv);
 // `mptrain plan`, which takes options no other command has and parses them itself

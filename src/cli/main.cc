@@ -85,6 +85,8 @@ int run(int argc, char** argv) {
       return mpt::cli::run_dataset_info(inv);
     case Command::kCkptInfo:
       return mpt::cli::run_ckpt_info(inv);
+    case Command::kBatches:
+      return mpt::cli::run_batches(inv);
     case Command::kConfig:
     case Command::kTrain:
       break;

@@ -18,6 +18,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -28,6 +29,7 @@
 #include "cuda/attention_kernels.cuh"
 #include "cuda/device.h"
 #include "cuda/elements.cuh"
+#include "cuda/fused_attention.h"
 #include "cuda/op_checks.h"
 
 namespace mpt::cuda {
@@ -159,6 +161,89 @@ void launch_dkdv(const Args& a, cudaStream_t stream) {
          Tiles<DMAX, BQ, BK>::dkdv_bytes(), stream, a);
 }
 
+// lse between the engine's [seq, batch, heads] and a library's [batch, heads, seq].
+__global__ void lse_layout_kernel(float* dst, const float* src, int64_t seq, int64_t batch, int64_t heads,
+                                  bool to_bhs) {
+  const int64_t n = seq * batch * heads;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t h = i % heads, b = (i / heads) % batch, s = i / (heads * batch);  // i in [s, b, h] order
+    const int64_t j = (b * heads + h) * seq + s;
+    if (to_bhs) dst[j] = src[i];
+    else dst[i] = src[j];
+  }
+}
+
+void lse_layout(float* dst, const float* src, int64_t seq, int64_t batch, int64_t heads, void* stream, bool to_bhs) {
+  const int64_t n = seq * batch * heads;
+  if (n == 0) return;
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 16);
+  lse_layout_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      dst, src, seq, batch, heads, to_bhs);
+  MPT_CUDA_LAUNCH("lse_layout_kernel");
+}
+
+// MPT_ATTENTION=cudnn and the library declined: an error naming why.
+[[noreturn]] void library_required(const char* op, const std::string& why) {
+  fail(Status::kNotSupported, op, ": MPT_ATTENTION=cudnn, but cuDNN cannot serve this call: ", why);
+}
+
+}  // namespace
+
+void lse_to_bhs(float* dst, const float* src, int64_t seq, int64_t batch, int64_t heads, void* stream) {
+  lse_layout(dst, src, seq, batch, heads, stream, true);
+}
+
+void lse_from_bhs(float* dst, const float* src, int64_t seq, int64_t batch, int64_t heads, void* stream) {
+  lse_layout(dst, src, seq, batch, heads, stream, false);
+}
+
+AttentionChoice attention_choice_from_env() {
+  const char* v = std::getenv("MPT_ATTENTION");
+  const std::string s = v ? v : "";
+  if (s.empty() || s == "auto") return AttentionChoice::kAuto;
+  if (s == "cudnn") return AttentionChoice::kLibrary;
+  if (s == "kernel") return AttentionChoice::kKernel;
+  fail(Status::kInvalidArgument, "MPT_ATTENTION='", s, "': expected auto, cudnn or kernel");
+}
+
+void CudaOps::init_attention() {
+  attention_choice_ = attention_choice_from_env();
+  if (attention_choice_ == AttentionChoice::kKernel) {
+    fused_attention_why_ = "MPT_ATTENTION=kernel";
+    return;
+  }
+  fused_attention_ = make_cudnn_attention(*this, fused_attention_why_);
+  MPT_CHECK(fused_attention_ || attention_choice_ != AttentionChoice::kLibrary, Status::kNotSupported,
+            "MPT_ATTENTION=cudnn, but cuDNN attention is unavailable: ", fused_attention_why_);
+}
+
+std::string CudaOps::attention_summary(const AttentionDims& d, DType dtype) {
+  const std::string own = "mptrain's fp32 CUDA-core attention kernel";
+  if (!fused_attention_) return str(own, " (", fused_attention_why_, ")");
+  if (fused_attention_->serves(d, dtype)) return fused_attention_->describe();
+  if (attention_choice_ == AttentionChoice::kLibrary) library_required("attention", fused_attention_->why_not());
+  return str(own, " (", fused_attention_->why_not(), ")");
+}
+
+namespace {
+
+// The library's call, when it takes it; false: the own kernel runs.
+bool library_forward(FusedAttention* lib, AttentionChoice choice, Tensor out, Tensor lse, Tensor q, Tensor k,
+                     Tensor v, const AttentionDims& d) {
+  if (lib == nullptr) return false;
+  if (lib->forward(out, lse, q, k, v, d)) return true;
+  if (choice == AttentionChoice::kLibrary) library_required("attention_fwd", lib->why_not());
+  return false;
+}
+
+bool library_backward(FusedAttention* lib, AttentionChoice choice, Tensor dq, Tensor dk, Tensor dv, Tensor dout,
+                      Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, const AttentionDims& d) {
+  if (lib == nullptr) return false;
+  if (lib->backward(dq, dk, dv, dout, q, k, v, out, lse, d)) return true;
+  if (choice == AttentionChoice::kLibrary) library_required("attention_bwd", lib->why_not());
+  return false;
+}
+
 }  // namespace
 
 void CudaOps::attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const AttentionDims& d) {
@@ -167,6 +252,7 @@ void CudaOps::attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v
   check_qkv(op, d, q, k, v, {"q", "k", "v"});
   check_float(op, "out", out, q.numel());
   check_f32(op, "lse", lse, d.seq_q * d.batch * d.heads);
+  if (library_forward(fused_attention_.get(), attention_choice_, out, lse, q, k, v, d)) return;
 
   Args a = make_args(d, dropout_seed_on_device(), {&q, &k, &v, &out});
   a.q = in_view(q);
@@ -193,6 +279,7 @@ void CudaOps::attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor
   check_float(op, "dout", dout, q.numel());
   check_f32(op, "lse", lse, d.seq_q * d.batch * d.heads);
   check_qkv(op, d, dq, dk, dv, {"dq", "dk", "dv"});
+  if (library_backward(fused_attention_.get(), attention_choice_, dq, dk, dv, dout, q, k, v, out, lse, d)) return;
 
   // D_i = dout_i . out_i per (token, head) row, laid out like lse.
   const int64_t rows = d.seq_q * d.batch * d.heads;

@@ -2,8 +2,9 @@
 // sum as stored, in one kernel. Each warp owns a row: its first pass reads a and b once,
 // writes sum and accumulates the statistics from the rounded sum; the later passes read the
 // row back from sum (each lane only the elements it wrote itself, so no synchronisation is
-// needed, and the row is still in cache). The loops, reductions and formulas are those of the
-// norm kernels in cuda_layers.cu and of the add kernel, so a fused call gives the bits of
+// needed, and the row is still in cache; the packed output pass syncs the warp first). The
+// loops, reductions and formulas are those of the norm kernels in cuda_layers.cu (the output
+// pass is theirs: norm_rows.cuh) and of the add kernel, so a fused call gives the bits of
 // add() followed by the norm. Checks are the CPU backend's (backend/cpu/fused.cc).
 #include <cstdint>
 #include <string>
@@ -15,6 +16,7 @@
 #include "cuda/device.h"
 #include "cuda/elements.cuh"
 #include "cuda/kernel_util.cuh"
+#include "cuda/norm_rows.cuh"
 #include "cuda/op_checks.h"
 
 namespace mpt::cuda {
@@ -22,19 +24,24 @@ namespace mpt::cuda {
 namespace {
 
 // sum[j] = a[j] + b[j]; returns the value as sum stores it (rounded when sum is bf16).
-__device__ __forceinline__ float add_stored(const Out& sum, const In& a, const In& b, int64_t j) {
+template <typename O, typename I>
+__device__ __forceinline__ float add_stored(const O& sum, const I& a, const I& b, int64_t j) {
   const float v = a[j] + b[j];
   sum.set(j, v);
   return sum.bf16 ? round_bf16(v) : v;
 }
 
-__global__ void add_layernorm_fwd_kernel(Out sum, Out out, float* mean, float* rstd, In a, In b, In w, In bias,
-                                         int64_t rows, int64_t h, float eps) {
+// With `vec` (typed views, aligned rows of whole packs) the output pass reads packs of sum
+// that other lanes wrote: __syncwarp orders those writes before the reads.
+template <typename V>
+__global__ void add_layernorm_fwd_kernel(typename V::O sum, typename V::O out, float* mean, float* rstd,
+                                         typename V::I a, typename V::I b, typename V::I w, typename V::I bias,
+                                         int64_t rows, int64_t h, float eps, bool vec) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const Out sr = sum.at(t * h);
-    const In ar = a.at(t * h), br = b.at(t * h);
+    const auto sr = sum.at(t * h);
+    const auto ar = a.at(t * h), br = b.at(t * h);
     double total = 0;
     for (int64_t j = lane; j < h; j += kWarp) total += add_stored(sr, ar, br, j);
     const double mu = warp_sum(total) / static_cast<double>(h);
@@ -46,18 +53,19 @@ __global__ void add_layernorm_fwd_kernel(Out sum, Out out, float* mean, float* r
     var = warp_sum(var) / static_cast<double>(h);
     const float m = static_cast<float>(mu), r = static_cast<float>(1.0 / sqrt(var + eps));
     if (lane == 0) mean[t] = m, rstd[t] = r;
-    const Out orow = out.at(t * h);
-    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, (sr[j] - m) * r * w[j] + (bias ? bias[j] : 0.0f));
+    if (vec) __syncwarp();
+    layernorm_store<V>(out.at(t * h), sr, w, bias, h, m, r, lane, vec);
   }
 }
 
-__global__ void add_rmsnorm_fwd_kernel(Out sum, Out out, float* rstd, In a, In b, In w, int64_t rows, int64_t h,
-                                       float eps) {
+template <typename V>
+__global__ void add_rmsnorm_fwd_kernel(typename V::O sum, typename V::O out, float* rstd, typename V::I a,
+                                       typename V::I b, typename V::I w, int64_t rows, int64_t h, float eps, bool vec) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const Out sr = sum.at(t * h);
-    const In ar = a.at(t * h), br = b.at(t * h);
+    const auto sr = sum.at(t * h);
+    const auto ar = a.at(t * h), br = b.at(t * h);
     double sq = 0;
     for (int64_t j = lane; j < h; j += kWarp) {
       const float s = add_stored(sr, ar, br, j);
@@ -65,8 +73,8 @@ __global__ void add_rmsnorm_fwd_kernel(Out sum, Out out, float* rstd, In a, In b
     }
     const float r = static_cast<float>(1.0 / sqrt(warp_sum(sq) / static_cast<double>(h) + eps));
     if (lane == 0) rstd[t] = r;
-    const Out orow = out.at(t * h);
-    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, sr[j] * r * w[j]);
+    if (vec) __syncwarp();
+    rmsnorm_store<V>(out.at(t * h), sr, w, h, r, lane, vec);
   }
 }
 
@@ -116,9 +124,13 @@ void CudaOps::add_layernorm_fwd(Tensor sum, Tensor out, Tensor mean, Tensor rstd
   const int64_t rows = check_add_norm("add_layernorm_fwd", sum, out, &mean, rstd, a, b, weight, &bias);
   if (rows == 0) return;
   const int64_t h = weight.numel();
-  add_layernorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(sum), out_view(out), fp(mean), fp(rstd), in_view(a), in_view(b), in_view(weight),
-      bias.data ? in_view(bias) : In{}, rows, h, eps);
+  const bool vec = norm_packs(h, sum.dtype, {sum.data, out.data, a.data, b.data, weight.data, bias.data});
+  with_views({&sum, &out, &a, &b, &weight, &bias}, [&](auto v) {
+    using V = decltype(v);
+    add_layernorm_fwd_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(sum), V::out(out), fp(mean), fp(rstd), V::in(a), V::in(b), V::in(weight),
+        bias.data ? V::in(bias) : typename V::I{}, rows, h, eps, vec);
+  });
   MPT_CUDA_LAUNCH("add_layernorm_fwd_kernel");
 }
 
@@ -126,8 +138,12 @@ void CudaOps::add_rmsnorm_fwd(Tensor sum, Tensor out, Tensor rstd, Tensor a, Ten
   const int64_t rows = check_add_norm("add_rmsnorm_fwd", sum, out, nullptr, rstd, a, b, weight, nullptr);
   if (rows == 0) return;
   const int64_t h = weight.numel();
-  add_rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(sum), out_view(out), fp(rstd), in_view(a), in_view(b), in_view(weight), rows, h, eps);
+  const bool vec = norm_packs(h, sum.dtype, {sum.data, out.data, a.data, b.data, weight.data});
+  with_views({&sum, &out, &a, &b, &weight}, [&](auto v) {
+    using V = decltype(v);
+    add_rmsnorm_fwd_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(sum), V::out(out), fp(rstd), V::in(a), V::in(b), V::in(weight), rows, h, eps, vec);
+  });
   MPT_CUDA_LAUNCH("add_rmsnorm_fwd_kernel");
 }
 

@@ -11,20 +11,41 @@
 // both go to cuBLASLt as bf16 (an f32 one rounded into scratch first) on tensor cores with
 // fp32 accumulation, c/d in f32 or bf16 as given; split-K partials of a bf16 c are reduced
 // in fp32, so c is rounded once (should cuBLASLt have no bf16 algorithm for an alignment,
-// the same exact products run as an fp32 GEMM on widened copies). A bf16 c beside f32
-// operands is computed in fp32 into scratch and rounded at the end. One cached algorithm per
-// shape and dtypes keeps every call of a shape on the same bits.
+// the same exact products run as an fp32 GEMM on widened copies, logged once per shape
+// through CudaOps::logger()). A bf16 c beside f32 operands is computed in fp32 into scratch
+// and rounded at the end.
+//
+// Algorithm choice, per shape (m, n, k, leading dimensions, transposes, dtypes, alignments,
+// beta zero or not, epilogue): the first call of a shape asks cuBLASLt's heuristic for up to
+// kCandidates algorithms and times each with CUDA events on the backend's stream (a warm-up,
+// then kTimedRuns runs); the fastest is cached and every later call of the shape uses it, so
+// a shape keeps its bits call after call (cuBLASLt gives the same bits for the same algorithm,
+// shape and GPU). The timing waits for the GPU once per shape and allocates nothing: at beta
+// 0 the candidates write the call's own output (the real call then overwrites it); otherwise
+// they write a copy of the output placed in the tail of the cuBLASLt workspace, and a shape
+// whose output does not fit there takes the heuristic's first. Never timed: during graph
+// capture (the heuristic's first is taken and cached, so eager calls later match the graph),
+// the experts' grouped GEMMs (their row counts change every step), and with the environment
+// variable MPT_GEMM_AUTOTUNE=0, which always takes the heuristic's first. Timings vary from
+// run to run, so two runs (or processes) may choose different algorithms for a shape and then
+// differ in the last bits; MPT_GEMM_AUTOTUNE=0 makes the choice a function of the shape and
+// the cuBLASLt version alone.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "core/error.h"
 #include "cuda/cuda_ops.h"
@@ -139,6 +160,9 @@ void check_lt(cublasStatus_t status, const char* call, const char* file, int lin
 
 #define MPT_LT_CHECK(call) check_lt((call), #call, __FILE__, __LINE__)
 
+constexpr int kCandidates = 8;  // the heuristic's proposals timed for a new shape
+constexpr int kTimedRuns = 3;   // timed runs of each, after its warm-up
+
 // Everything that decides the descriptors and the algorithm of one GEMM (row-major terms).
 struct GemmKey {
   int device;
@@ -147,11 +171,13 @@ struct GemmKey {
   int64_t m, n, k, lda, ldb, ldc;
   uint32_t align_a, align_b, align_c;
   size_t workspace;
+  bool beta_zero;  // c is not read (the timing may then write it)
 
   bool operator<(const GemmKey& o) const {
     return std::tie(device, trans_a, trans_b, ab_bf16, c_bf16, m, n, k, lda, ldb, ldc, align_a, align_b, align_c,
-                    workspace) < std::tie(o.device, o.trans_a, o.trans_b, o.ab_bf16, o.c_bf16, o.m, o.n, o.k, o.lda,
-                                          o.ldb, o.ldc, o.align_a, o.align_b, o.align_c, o.workspace);
+                    workspace, beta_zero) < std::tie(o.device, o.trans_a, o.trans_b, o.ab_bf16, o.c_bf16, o.m, o.n,
+                                                     o.k, o.lda, o.ldb, o.ldc, o.align_a, o.align_b, o.align_c,
+                                                     o.workspace, o.beta_zero);
   }
 };
 
@@ -202,9 +228,9 @@ void create_desc(cublasLtMatmulDesc_t* desc, const GemmKey& key) {
   MPT_LT_CHECK(cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
 }
 
-// The layouts of the stored arrays and the algorithm cuBLASLt's heuristic picks for them with
-// plan->desc; false when it has none for this configuration.
-bool search_algo(cublasLtHandle_t lt, GemmPlan* plan, const GemmKey& key) {
+// The layouts of the stored arrays, and the algorithms cuBLASLt's heuristic proposes for them
+// with plan->desc, best first (up to kCandidates; none when it has none for this configuration).
+std::vector<cublasLtMatmulHeuristicResult_t> search_algos(cublasLtHandle_t lt, GemmPlan* plan, const GemmKey& key) {
   // Column-major extents of the stored arrays: row-major b is [k, n] (or [n, k] when
   // trans_b) and so column-major [n, k] (or [k, n]); likewise a; c is column-major [n, m].
   const uint64_t m = static_cast<uint64_t>(key.m), n = static_cast<uint64_t>(key.n), k = static_cast<uint64_t>(key.k);
@@ -243,27 +269,162 @@ bool search_algo(cublasLtHandle_t lt, GemmPlan* plan, const GemmKey& key) {
                                                       sizeof(schemes)));
   }
 
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(kCandidates);
   int found = 0;
-  const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(lt, plan->desc, plan->lt_a, plan->lt_b, plan->lt_c,
-                                                                 plan->lt_c, pref.pref, 1, &result, &found);
+  const cublasStatus_t searched =
+      cublasLtMatmulAlgoGetHeuristic(lt, plan->desc, plan->lt_a, plan->lt_b, plan->lt_c, plan->lt_c, pref.pref,
+                                     static_cast<int>(results.size()), results.data(), &found);
   if (searched != CUBLAS_STATUS_NOT_SUPPORTED)  // "none for this configuration"
     check_lt(searched, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
-  if (searched != CUBLAS_STATUS_SUCCESS || found <= 0 || result.state != CUBLAS_STATUS_SUCCESS) return false;
-  plan->algo = result.algo;
-  return true;
+  if (searched != CUBLAS_STATUS_SUCCESS || found <= 0) return {};
+  results.resize(static_cast<size_t>(found));
+  std::vector<cublasLtMatmulHeuristicResult_t> usable;
+  for (const auto& r : results)
+    if (r.state == CUBLAS_STATUS_SUCCESS) usable.push_back(r);
+  return usable;
 }
 
-std::shared_ptr<const GemmPlan> build_plan(cublasLtHandle_t lt, const GemmKey& key) {
+// ---- choosing among the candidates ------------------------------------------------------------
+
+std::atomic<int64_t> g_planned{0}, g_timed{0}, g_widened{0};
+
+bool autotune_enabled() {
+  const char* env = std::getenv("MPT_GEMM_AUTOTUNE");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// The operands of the call that first meets a shape, in cuBLASLt's order (lt_a is our b),
+// which the timing runs on; desc carries an epilogue's pointers.
+struct GemmCall {
+  cublasLtMatmulDesc_t desc;
+  const void* lt_a;
+  const void* lt_b;
+  void* c;
+  float alpha, beta;
+};
+
+struct EventGuard {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  EventGuard() = default;
+  EventGuard(const EventGuard&) = delete;
+  EventGuard& operator=(const EventGuard&) = delete;
+  ~EventGuard() {
+    if (start) cudaEventDestroy(start);
+    if (stop) cudaEventDestroy(stop);
+  }
+};
+
+// Whether the backend's stream is being recorded, by CudaOps or by anyone else: nothing may
+// be timed (or waited for) then.
+bool stream_capturing(CudaOps& ops) {
+  if (ops.capturing()) return true;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  MPT_CUDA_CHECK(cudaStreamIsCapturing(ops.stream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The index of the fastest candidate for `call`, timed on the backend's stream; 0 (the
+// heuristic's first) when there is nothing to choose or timing is not allowed (file comment).
+size_t choose_candidate(CudaOps& ops, const GemmPlan& plan, const GemmKey& key,
+                        const std::vector<cublasLtMatmulHeuristicResult_t>& candidates, const GemmCall& call) {
+  if (candidates.size() < 2 || !autotune_enabled() || stream_capturing(ops)) return 0;
+  // Where the candidates write: c itself at beta 0, else a copy of its span at the end of
+  // the workspace, leaving the rest to the candidates (those needing more are not timed).
+  char* workspace = static_cast<char*>(ops.lt_workspace());
+  size_t workspace_left = ops.lt_workspace_bytes();
+  void* d = call.c;
+  if (!key.beta_zero) {
+    const size_t span = (static_cast<size_t>(key.m - 1) * static_cast<size_t>(key.ldc) + static_cast<size_t>(key.n)) *
+                        element_bytes(key.c_bf16);
+    const size_t d_bytes = (span + 255) / 256 * 256;
+    if (d_bytes > workspace_left / 2) return 0;
+    workspace_left -= d_bytes;
+    d = workspace + workspace_left;
+  }
+  std::vector<size_t> timed;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (candidates[i].workspaceSize > workspace_left) continue;
+    if (!key.beta_zero) {
+      int32_t out_of_place = 0;
+      size_t written = 0;
+      if (cublasLtMatmulAlgoCapGetAttribute(&candidates[i].algo, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT,
+                                            &out_of_place, sizeof(out_of_place), &written) != CUBLAS_STATUS_SUCCESS ||
+          out_of_place == 0)
+        continue;
+    }
+    timed.push_back(i);
+  }
+  if (timed.size() < 2 || timed[0] != 0) return 0;  // the heuristic's first must be among them
+
+  const auto run = [&](size_t i) {
+    return cublasLtMatmul(ops.lt(), call.desc, &call.alpha, call.lt_a, plan.lt_a, call.lt_b, plan.lt_b, &call.beta,
+                          call.c, plan.lt_c, d, plan.lt_c, &candidates[i].algo, workspace, workspace_left,
+                          ops.stream());
+  };
+  // A warm-up each (the first launch of a kernel may load it): a candidate that fails is dropped.
+  std::vector<size_t> working;
+  for (size_t i : timed)
+    if (run(i) == CUBLAS_STATUS_SUCCESS) working.push_back(i);
+  if (working.empty() || working[0] != 0) return 0;
+  EventGuard events;
+  MPT_CUDA_CHECK(cudaEventCreate(&events.start));
+  MPT_CUDA_CHECK(cudaEventCreate(&events.stop));
+  size_t best = 0;
+  float best_ms = std::numeric_limits<float>::infinity();
+  for (size_t i : working) {
+    MPT_CUDA_CHECK(cudaEventRecord(events.start, ops.stream()));
+    bool failed = false;
+    for (int r = 0; r < kTimedRuns && !failed; ++r) failed = run(i) != CUBLAS_STATUS_SUCCESS;
+    MPT_CUDA_CHECK(cudaEventRecord(events.stop, ops.stream()));
+    MPT_CUDA_CHECK(cudaEventSynchronize(events.stop));
+    float ms = 0;
+    MPT_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
+    if (!failed && ms < best_ms) {  // ties keep the heuristic's order
+      best = i;
+      best_ms = ms;
+    }
+  }
+  ++g_timed;
+  return best;
+}
+
+// The plan of a shape: its candidates and the one chosen for `call` (timed when `tune`).
+// Null when cuBLASLt has no algorithm.
+std::shared_ptr<GemmPlan> plan_for(CudaOps& ops, const GemmKey& key, const GemmCall& call, bool tune,
+                                   std::shared_ptr<GemmPlan> plan) {
+  const std::vector<cublasLtMatmulHeuristicResult_t> candidates = search_algos(ops.lt(), plan.get(), key);
+  if (candidates.empty()) return nullptr;
+  GemmCall with_desc = call;
+  with_desc.desc = plan->desc;
+  plan->algo = candidates[tune ? choose_candidate(ops, *plan, key, candidates, with_desc) : 0].algo;
+  return plan;
+}
+
+std::string shape_label(const GemmKey& key) {
+  return str("c[", key.m, ", ", key.n, "] (", type_name(key.c_bf16), ") = a", key.trans_a ? "^T" : "", " @ b",
+             key.trans_b ? "^T" : "", " with k ", key.k, ", alignments a/b/c ", key.align_a, "/", key.align_b, "/",
+             key.align_c, " bytes");
+}
+
+// `first`: the plan is about to be cached, so this is the shape's first call (its notice is
+// logged once).
+std::shared_ptr<const GemmPlan> build_plan(CudaOps& ops, const GemmKey& key, const GemmCall& call, bool tune,
+                                           bool first) {
   auto plan = std::make_shared<GemmPlan>();
   create_desc(&plan->desc, key);
-  const bool usable = search_algo(lt, plan.get(), key);
-  if (!usable && key.ab_bf16) return nullptr;  // gemm() forms the same products in fp32
-  MPT_CHECK(usable, Status::kNotSupported, "matmul: cuBLASLt has no ",
-            type_name(key.ab_bf16), " algorithm for c[", key.m, ", ", key.n, "] (", type_name(key.c_bf16), ") = a",
-            key.trans_a ? "^T" : "", " @ b", key.trans_b ? "^T" : "", " with k ", key.k, ", alignments a/b/c ",
-            key.align_a, "/", key.align_b, "/", key.align_c, " bytes, workspace ", key.workspace, " bytes");
-  return plan;
+  ++g_planned;
+  std::shared_ptr<GemmPlan> chosen = plan_for(ops, key, call, tune, plan);
+  if (!chosen && key.ab_bf16) {  // gemm() forms the same products in fp32
+    ++g_widened;
+    if (first)
+      ops.logger().warn(str(ops.name(), ": matmul: cuBLASLt has no bf16 algorithm for ", shape_label(key),
+                            " (a and b bf16); it runs as an fp32 GEMM on widened copies (second scratch area): "
+                            "the same products, slower"));
+    return nullptr;
+  }
+  MPT_CHECK(chosen != nullptr, Status::kNotSupported, "matmul: cuBLASLt has no ", type_name(key.ab_bf16),
+            " algorithm for ", shape_label(key), ", workspace ", key.workspace, " bytes");
+  return chosen;
 }
 
 // ---- GEMMs with an epilogue -----------------------------------------------------------------
@@ -298,35 +459,39 @@ void set_epilogue(cublasLtMatmulDesc_t desc, const EpilogueKey& key, const void*
 
 // The plan of an epilogue GEMM, searched with the first call's pointers; null when cuBLASLt
 // has no algorithm (the caller then runs the product and the epilogue's steps apart).
-std::shared_ptr<const GemmPlan> build_epilogue_plan(cublasLtHandle_t lt, const EpilogueKey& key, const void* bias,
-                                                    void* aux) {
+std::shared_ptr<const GemmPlan> build_epilogue_plan(CudaOps& ops, const EpilogueKey& key, const void* bias,
+                                                    void* aux, const GemmCall& call, bool tune) {
   auto plan = std::make_shared<GemmPlan>();
   create_desc(&plan->desc, key.gemm);
   set_epilogue(plan->desc, key, bias, aux);
-  if (!search_algo(lt, plan.get(), key.gemm)) return nullptr;
-  return plan;
+  ++g_planned;
+  return plan_for(ops, key.gemm, call, tune, plan);
 }
 
 // Plans for the shapes seen so far, shared by every CudaOps of the process (an algorithm
 // depends only on the device, not on the handle); null for a shape cuBLASLt has no
-// algorithm for (bf16 GEMMs, epilogues). Bounded: a workload with ever new shapes starts over
-// rather than growing without end.
+// algorithm for (bf16 GEMMs, epilogues). Bounded: once full, a new shape's plan is made for
+// each call with the heuristic's first, never timed, so that a shape keeps one algorithm
+// (a cached plan is never dropped: a new choice could change its bits).
 template <typename Key>
 class PlanCache {
  public:
-  // build() makes the plan of a key not seen yet.
+  // build(cached) makes the plan of a key not seen yet; `cached` says whether it will be kept
+  // (and may then be timed).
   template <typename Build>
   std::shared_ptr<const GemmPlan> get(const Key& key, Build build) {
+    bool room = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = plans_.find(key);
       if (it != plans_.end()) return it->second;
+      room = plans_.size() < kMaxPlans;
     }
-    std::shared_ptr<const GemmPlan> plan = build();  // outside the lock: the search is slow
+    std::shared_ptr<const GemmPlan> plan = build(room);  // outside the lock: the search is slow
+    if (!room) return plan;
     std::lock_guard<std::mutex> lock(mu_);
-    if (plans_.size() >= kMaxPlans) plans_.clear();
-    plans_.emplace(key, plan);
-    return plan;
+    // Another thread may have planned the key meanwhile: every call then uses its plan.
+    return plans_.emplace(key, std::move(plan)).first->second;
   }
 
  private:
@@ -342,12 +507,13 @@ PlanCache<Key>& plan_cache() {
 }
 
 void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc);
+                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc,
+                  bool autotune);
 
 }  // namespace
 
 void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
-          int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc) {
+          int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc, bool autotune) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     scale_matrix(ops.stream(), c, m, n, ldc, beta);
@@ -367,11 +533,13 @@ void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
                     alignment_of(a, lda, ab_bf16),
                     alignment_of(b, ldb, ab_bf16),
                     alignment_of(c.data, ldc, c.bf16),
-                    ops.lt_workspace_bytes()};
-  const std::shared_ptr<const GemmPlan> plan =
-      plan_cache<GemmKey>().get(key, [&] { return build_plan(ops.lt(), key); });
+                    ops.lt_workspace_bytes(),
+                    beta == 0.0f};
+  const GemmCall call{nullptr, b, a, c.data, alpha, beta};
+  const std::shared_ptr<const GemmPlan> plan = plan_cache<GemmKey>().get(
+      key, [&](bool cached) { return build_plan(ops, key, call, cached && autotune, cached); });
   if (!plan) {
-    gemm_widened(ops, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    gemm_widened(ops, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, autotune);
     return;
   }
   // beta == 0: cuBLASLt does not read c, so stale NaN or Inf there do not leak in.
@@ -389,7 +557,8 @@ namespace {
 // live in the second scratch area (a or b may sit in the first), so nothing is allocated and
 // the path records into a graph like any other.
 void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc) {
+                  const void* a, int64_t lda, const void* b, int64_t ldb, float beta, Out c, int64_t ldc,
+                  bool autotune) {
   // Elements each stored (row-major) array spans: its rows times the pitch, the last row short.
   const int64_t a_span = ((trans_a ? k : m) - 1) * lda + (trans_a ? m : k);
   const int64_t b_span = ((trans_b ? n : k) - 1) * ldb + (trans_b ? k : n);
@@ -407,7 +576,7 @@ void gemm_widened(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n
     ops.convert(wide_c, DType::kF32, c.data, DType::kBF16, c_span);
     target = Out{wide_c, false};
   }
-  gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a, lda, wide_b, ldb, false, beta, target, ldc);
+  gemm(ops, trans_a, trans_b, m, n, k, alpha, wide_a, lda, wide_b, ldb, false, beta, target, ldc, autotune);
   if (c.bf16) ops.convert(c.data, DType::kBF16, wide_c, DType::kF32, c_span);
 }
 
@@ -473,13 +642,16 @@ bool epilogue_linear(CudaOps& ops, const Tensor& y, const Tensor& z, const Tenso
                      alignment_of(g.a(0), k, ab_bf16),
                      alignment_of(g.b(0), k, ab_bf16),
                      alignment_of(dv.data, n, dv.bf16),
-                     ops.lt_workspace_bytes()};
+                     ops.lt_workspace_bytes(),
+                     true};
   const void* bias_ptr = has_bias ? bias.data : nullptr;
   void* aux = gelu ? z.data : nullptr;
   const EpilogueKey key{gemm, epilogue, has_bias ? alignment_of(bias_ptr, 0, d.dtype == DType::kBF16) : 0u,
                         gelu ? alignment_of(aux, n, true) : 0u};
-  const std::shared_ptr<const GemmPlan> plan =
-      plan_cache<EpilogueKey>().get(key, [&] { return build_epilogue_plan(ops.lt(), key, bias_ptr, aux); });
+  // The timing writes d and aux, which this call then overwrites (beta 0).
+  const GemmCall call{nullptr, g.b(0), g.a(0), dv.data, 1.0f, 0.0f};
+  const std::shared_ptr<const GemmPlan> plan = plan_cache<EpilogueKey>().get(
+      key, [&](bool cached) { return build_epilogue_plan(ops, key, bias_ptr, aux, call, cached); });
   if (!plan) return false;
   DescGuard desc;
   create_desc(&desc.desc, gemm);
@@ -492,6 +664,14 @@ bool epilogue_linear(CudaOps& ops, const Tensor& y, const Tensor& z, const Tenso
 }
 
 }  // namespace
+
+GemmTuningCounts gemm_tuning_counts() {
+  GemmTuningCounts counts;
+  counts.planned = g_planned.load();
+  counts.timed = g_timed.load();
+  counts.widened = g_widened.load();
+  return counts;
+}
 
 void CudaOps::matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) {
   check_float("matmul", "c", c);

@@ -6,6 +6,7 @@
 // itself (cuda_ops.cu), and the first refusal fails end_capture().
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -14,6 +15,7 @@
 #include "core/error.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/device.h"
+#include "cuda/scratch_ledger.h"
 
 namespace mpt::cuda {
 
@@ -26,13 +28,17 @@ std::string cuda_failure(const char* call, cudaError_t err) {
   return str(call, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
 }
 
-// A captured graph and its instantiation, replayed on the stream it was captured from.
+// A captured graph and its instantiation, replayed on the stream it was captured from. It
+// holds the scratch generation it was recorded in, so that the scratch areas it replays stay
+// allocated while it lives (scratch_ledger.h).
 class CudaGraph final : public backend::Graph {
  public:
-  CudaGraph(cudaStream_t stream, cudaGraph_t graph) : stream_(stream), graph_(graph) {}
+  CudaGraph(cudaStream_t stream, cudaGraph_t graph, std::shared_ptr<ScratchLedger> ledger)
+      : stream_(stream), graph_(graph), ledger_(std::move(ledger)), generation_(ledger_->hold_for_graph()) {}
   ~CudaGraph() override {  // an in-flight replay finishes first; the status carries nothing to act on
     if (exec_) cudaGraphExecDestroy(exec_);
     if (graph_) cudaGraphDestroy(graph_);
+    ledger_->release_graph(generation_);
   }
   CudaGraph(const CudaGraph&) = delete;
   CudaGraph& operator=(const CudaGraph&) = delete;
@@ -54,6 +60,8 @@ class CudaGraph final : public backend::Graph {
  private:
   cudaStream_t stream_;
   cudaGraph_t graph_;
+  std::shared_ptr<ScratchLedger> ledger_;
+  uint64_t generation_;
   cudaGraphExec_t exec_ = nullptr;
   int64_t nodes_ = 0;
 };
@@ -108,7 +116,8 @@ std::unique_ptr<backend::Graph> CudaOps::end_capture() {
     if (graph) cudaGraphDestroy(graph);
     fail(status, name_, ": graph capture failed: ", error);
   }
-  auto recorded = std::make_unique<CudaGraph>(stream_, graph);
+  // Scratch cannot grow during a capture, so the generation now is the one it recorded in.
+  auto recorded = std::make_unique<CudaGraph>(stream_, graph, scratch_ledger_);
   recorded->instantiate();
   return recorded;
 }

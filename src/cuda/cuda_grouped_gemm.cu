@@ -1,5 +1,7 @@
 // The grouped GEMM of the expert layers on the CUDA backend: one cuBLASLt GEMM per group of
-// rows, semantics and argument checks as the CPU grouped_matmul (backend/cpu/moe.cc).
+// rows, semantics and argument checks as the CPU grouped_matmul (backend/cpu/moe.cc). Its
+// GEMMs take the heuristic's algorithm, untimed: the rows per expert change every step, so
+// each step would bring new shapes to time (and wait for).
 #include <cmath>
 #include <cstdint>
 
@@ -12,6 +14,10 @@
 namespace mpt::cuda {
 
 using backend::GroupedForm;
+
+namespace {
+constexpr bool kTimeGroupedGemms = false;  // see the file comment
+}  // namespace
 
 void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, GroupedForm form,
                              float beta) {
@@ -47,7 +53,7 @@ void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts
       const Out cg = operands.c(g * out * in);
       if (counts[g] > 0)
         gemm(*this, true, false, out, in, counts[g], 1.0f, operands.a(first * out), out, operands.b(first * in), in,
-             operands.ab_bf16(), beta, cg, in);
+             operands.ab_bf16(), beta, cg, in, kTimeGroupedGemms);
       else if (beta != 1.0f)  // no rows: the product is zero
         scale_matrix(stream(), cg, out, in, in, beta);
       first += counts[g];
@@ -73,7 +79,7 @@ void CudaOps::grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts
     if (counts[g] > 0)
       gemm(*this, false, fwd, counts[g], c_cols, a_cols, 1.0f, operands.a(first * a_cols), a_cols > 1 ? a_cols : 1,
            operands.b(g * out * in), in > 1 ? in : 1, operands.ab_bf16(), beta, operands.c(first * c_cols),
-           c_cols > 1 ? c_cols : 1);
+           c_cols > 1 ? c_cols : 1, kTimeGroupedGemms);
     first += counts[g];
   }
   operands.finish(*this, c);

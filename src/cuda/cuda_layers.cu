@@ -13,6 +13,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/elements.cuh"
 #include "cuda/kernel_util.cuh"
+#include "cuda/norm_rows.cuh"
 #include "cuda/op_checks.h"
 #include "cuda/device.h"
 
@@ -24,12 +25,16 @@ namespace {
 // --- normalisation ---------------------------------------------------------------------------
 
 // One warp per row: statistics in double as on the CPU, output formed from the rounded ones.
-__global__ void layernorm_fwd_kernel(Out out, float* mean, float* rstd, In x, In w, In b, int64_t rows, int64_t h,
-                                     float eps) {
+// The statistics' loads go lane by lane (the order their sums depend on); with typed views
+// and `vec` (h a multiple of the pack, every row 16-byte aligned) the output pass moves
+// whole packs, with the same expression per element.
+template <typename V>
+__global__ void layernorm_fwd_kernel(typename V::O out, float* mean, float* rstd, typename V::I x, typename V::I w,
+                                     typename V::I b, int64_t rows, int64_t h, float eps, bool vec) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const In xr = x.at(t * h);
+    const auto xr = x.at(t * h);
     double sum = 0;
     for (int64_t j = lane; j < h; j += kWarp) sum += xr[j];
     const double mu = warp_sum(sum) / static_cast<double>(h);
@@ -41,32 +46,33 @@ __global__ void layernorm_fwd_kernel(Out out, float* mean, float* rstd, In x, In
     var = warp_sum(var) / static_cast<double>(h);
     const float m = static_cast<float>(mu), r = static_cast<float>(1.0 / sqrt(var + eps));
     if (lane == 0) mean[t] = m, rstd[t] = r;
-    const Out orow = out.at(t * h);
-    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, (xr[j] - m) * r * w[j] + (b ? b[j] : 0.0f));
+    layernorm_store<V>(out.at(t * h), xr, w, b, h, m, r, lane, vec);
   }
 }
 
-__global__ void rmsnorm_fwd_kernel(Out out, float* rstd, In x, In w, int64_t rows, int64_t h, float eps) {
+template <typename V>
+__global__ void rmsnorm_fwd_kernel(typename V::O out, float* rstd, typename V::I x, typename V::I w, int64_t rows,
+                                   int64_t h, float eps, bool vec) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const In xr = x.at(t * h);
+    const auto xr = x.at(t * h);
     double sq = 0;
     for (int64_t j = lane; j < h; j += kWarp) sq += static_cast<double>(xr[j]) * xr[j];
     const float r = static_cast<float>(1.0 / sqrt(warp_sum(sq) / static_cast<double>(h) + eps));
     if (lane == 0) rstd[t] = r;
-    const Out orow = out.at(t * h);
-    for (int64_t j = lane; j < h; j += kWarp) orow.set(j, xr[j] * r * w[j]);
+    rmsnorm_store<V>(out.at(t * h), xr, w, h, r, lane, vec);
   }
 }
 
 // dx += the input gradient of one row per warp; mean == nullptr means RMSNorm.
-__global__ void norm_bwd_dx_kernel(Out dx, In dout, In x, In w, const float* mean, const float* rstd, int64_t rows,
-                                   int64_t h) {
+template <typename V>
+__global__ void norm_bwd_dx_kernel(typename V::O dx, typename V::I dout, typename V::I x, typename V::I w,
+                                   const float* mean, const float* rstd, int64_t rows, int64_t h) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp; t < rows;
        t += static_cast<int64_t>(gridDim.x) * kRowWarps) {
-    const In xr = x.at(t * h), gr = dout.at(t * h);
+    const auto xr = x.at(t * h), gr = dout.at(t * h);
     const float m = mean ? mean[t] : 0.0f, r = rstd[t];
     double sum_g = 0, sum_gx = 0;
     for (int64_t j = lane; j < h; j += kWarp) {
@@ -76,7 +82,7 @@ __global__ void norm_bwd_dx_kernel(Out dx, In dout, In x, In w, const float* mea
     }
     const float mean_g = static_cast<float>(warp_sum(sum_g) / static_cast<double>(h));
     const float mean_gx = static_cast<float>(warp_sum(sum_gx) / static_cast<double>(h));
-    const Out dr = dx.at(t * h);
+    const auto dr = dx.at(t * h);
     if (mean) {
       for (int64_t j = lane; j < h; j += kWarp) {
         const float xhat = (xr[j] - m) * r;
@@ -196,27 +202,160 @@ int64_t qkv_tokens(const char* op, const Tensor& qkv, const Tensor& q, const Ten
   return tokens;
 }
 
-// --- RoPE ------------------------------------------------------------------------------------
+// --- RoPE ---------------------------------------------------------------------------------
 
-// One thread per (token, frequency): the angle and its cosine/sine in double (positions
-// times frequencies reach 1e5 radians at long context), shared by the token's heads.
-__global__ void rope_kernel(Out x, const int32_t* pos, int64_t tokens, int64_t heads, int64_t head_dim,
+// The cosine and sine of token position `pos` for frequency i, in double (positions times
+// frequencies reach 1e5 radians at long context), then rounded to float.
+__device__ __forceinline__ void rope_angle(int32_t pos, int64_t i, int64_t rotary_dim, double base, double sign,
+                                           float& c, float& s) {
+  const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
+  const double angle = sign * pos * freq;
+  double sd, cd;
+  sincos(angle, &sd, &cd);
+  c = static_cast<float>(cd);
+  s = static_cast<float>(sd);
+}
+
+// The rotation of the pair (a, b) = (x[i], x[i + half]): one expression, shared by every RoPE
+// kernel, so that they round alike.
+__device__ __forceinline__ void rotate(float a, float b, float c, float s, float& ra, float& rb) {
+  ra = a * c - b * s;
+  rb = b * c + a * s;
+}
+
+// One thread per (token, frequency): the angle computed once, shared by the token's heads.
+template <typename V>
+__global__ void rope_kernel(typename V::O x, const int32_t* pos, int64_t tokens, int64_t heads, int64_t head_dim,
                             int64_t rotary_dim, double base, double sign) {
   const int64_t half = rotary_dim / 2, n = tokens * half, width = heads * head_dim;
   for (int64_t idx = global_thread(); idx < n; idx += grid_threads()) {
     const int64_t t = idx / half, i = idx % half;
-    const double freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
-    const double angle = sign * pos[t] * freq;
-    double sd, cd;
-    sincos(angle, &sd, &cd);
-    const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+    float c, s;
+    rope_angle(pos[t], i, rotary_dim, base, sign, c, s);
     for (int64_t h = 0; h < heads; ++h) {
-      const Out row = x.at(t * width + h * head_dim);
-      const float a = row[i], b = row[i + half];
-      row.set(i, a * c - b * s);
-      row.set(i + half, b * c + a * s);
+      const auto row = x.at(t * width + h * head_dim);
+      float ra, rb;
+      rotate(row[i], row[i + half], c, s, ra, rb);
+      row.set(i, ra);
+      row.set(i + half, rb);
     }
   }
+}
+
+// qkv_split (+ RoPE on q and k) and, to_fused, qkv_merge (+ the inverse RoPE on dq and dk)
+// in one pass, on tensors of one dtype T, W elements per access (a 16-byte pack, or 1).
+// Thread (t, lane): a lane below half / W owns channels [lane*W, lane*W + W) and their
+// partners at + half of every head of token t, rotating q's and k's by angles computed once
+// (rope_angle); a later lane owns W of the channels [rotary_dim, head_dim), moved as they
+// are. rotary_dim 0: a plain split or merge. Each element is read once and written once.
+template <typename T, int W>
+__global__ void qkv_rope_kernel(T* qkv, T* q, T* k, T* v, const int32_t* pos, int64_t tokens, int64_t groups,
+                                int64_t hpg, int64_t d, int64_t rotary_dim, double base, double sign, bool to_fused) {
+  const int64_t half = rotary_dim / 2, rot_lanes = half / W, lanes = rot_lanes + (d - rotary_dim) / W;
+  const int64_t width = groups * (hpg + 2) * d, q_width = groups * hpg * d, kv_width = groups * d;
+  using P = Pack<T>;
+  auto load = [](const T* p) {
+    struct Run {
+      float v[W];
+    } r;
+    if constexpr (W == P::kSize) {
+      const P pk = *reinterpret_cast<const P*>(p);
+#pragma unroll
+      for (int e = 0; e < W; ++e) r.v[e] = widen(pk.v[e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < W; ++e) r.v[e] = widen(p[e]);
+    }
+    return r;
+  };
+  auto store = [](T* p, const float* v) {
+    if constexpr (W == P::kSize) {
+      P pk;
+#pragma unroll
+      for (int e = 0; e < W; ++e) pk.v[e] = narrow<T>(v[e]);
+      *reinterpret_cast<P*>(p) = pk;
+    } else {
+#pragma unroll
+      for (int e = 0; e < W; ++e) p[e] = narrow<T>(v[e]);
+    }
+  };
+  for (int64_t idx = global_thread(); idx < tokens * lanes; idx += grid_threads()) {
+    const int64_t t = idx / lanes, lane = idx % lanes;
+    const bool rotating = lane < rot_lanes;
+    const int64_t first = rotating ? lane * W : rotary_dim + (lane - rot_lanes) * W;
+    float c[W], s[W];
+    if (rotating) {
+#pragma unroll
+      for (int e = 0; e < W; ++e) rope_angle(pos[t], first + e, rotary_dim, base, sign, c[e], s[e]);
+    }
+    T* fused = qkv + t * width;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t slot = 0; slot < hpg + 2; ++slot) {
+        T* whole = fused + (g * (hpg + 2) + slot) * d;
+        T* part = slot < hpg    ? q + t * q_width + (g * hpg + slot) * d
+                  : slot == hpg ? k + t * kv_width + g * d
+                                : v + t * kv_width + g * d;
+        T* src = to_fused ? part : whole;
+        T* dst = to_fused ? whole : part;
+        auto a = load(src + first);
+        if (!rotating) {
+          store(dst + first, a.v);
+          continue;
+        }
+        auto b = load(src + first + half);
+        if (slot <= hpg) {  // a query or key head: rotated
+#pragma unroll
+          for (int e = 0; e < W; ++e) rotate(a.v[e], b.v[e], c[e], s[e], a.v[e], b.v[e]);
+        }
+        store(dst + first, a.v);
+        store(dst + first + half, b.v);
+      }
+    }
+  }
+}
+
+// Launches qkv_rope_kernel when qkv, q, k and v share a dtype (else returns false): packs when
+// every head's runs [0, half) and [rotary_dim, head_dim) split into aligned 16-byte packs.
+bool launch_qkv_rope(cudaStream_t stream, const Tensor& qkv, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const int32_t* pos, int64_t tokens, int64_t groups, int64_t hpg, int64_t d, int64_t rotary_dim,
+                     double base, bool to_fused) {
+  if (q.dtype != qkv.dtype || k.dtype != qkv.dtype || v.dtype != qkv.dtype) return false;
+  auto run = [&](auto type) {
+    using T = decltype(type);
+    constexpr int W = Pack<T>::kSize;
+    const bool vec = (rotary_dim / 2) % W == 0 && (d - rotary_dim) % W == 0 &&
+                     aligned16({qkv.data, q.data, k.data, v.data});
+    const int w = vec ? W : 1;
+    const int64_t lanes = rotary_dim / 2 / w + (d - rotary_dim) / w, n = tokens * lanes;
+    if (n == 0) return;
+    T *pf = static_cast<T*>(qkv.data), *pq = static_cast<T*>(q.data);
+    T *pk = static_cast<T*>(k.data), *pv = static_cast<T*>(v.data);
+    const double sign = to_fused ? -1.0 : 1.0;
+    if (vec)
+      qkv_rope_kernel<T, W><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(pf, pq, pk, pv, pos, tokens, groups, hpg,
+                                                                             d, rotary_dim, base, sign, to_fused);
+    else
+      qkv_rope_kernel<T, 1><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(pf, pq, pk, pv, pos, tokens, groups, hpg,
+                                                                             d, rotary_dim, base, sign, to_fused);
+    MPT_CUDA_LAUNCH("qkv_rope_kernel");
+  };
+  if (qkv.dtype == DType::kBF16)
+    run(uint16_t{});
+  else
+    run(float{});
+  return true;
+}
+
+// RoPE's argument rules (the CPU backend's), for rope and the fused qkv ops.
+void check_rope(const char* op, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base) {
+  MPT_CHECK(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0,
+            Status::kInvalidArgument, op, ": heads ", heads, ", head_dim ", head_dim, ", rotary_dim ", rotary_dim,
+            ": need rotary_dim even and in (0, head_dim]");
+  MPT_CHECK(base > 0 && std::isfinite(base), Status::kInvalidArgument, op, ": base ", base, " must be positive");
+  // The CPU backend's limit, kept so that both backends accept the same calls.
+  constexpr int64_t kMaxRotaryDim = 1024;
+  MPT_CHECK(rotary_dim <= kMaxRotaryDim, Status::kInvalidArgument, op, ": rotary_dim ", rotary_dim, " exceeds ",
+            kMaxRotaryDim);
 }
 
 // --- activations -----------------------------------------------------------------------------
@@ -254,22 +393,29 @@ __device__ __forceinline__ ValueGrad evaluate(Activation act, float x) {
   return {0, 0};
 }
 
-// One thread per output feature (t, j); gated rows are [gate | up].
-__global__ void activation_fwd_kernel(Out out, In x, int64_t rows, int64_t f, Activation act, bool gated) {
-  const int64_t width = gated ? 2 * f : f, n = rows * f;
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t t = i / f, j = i % f;
-    const In xr = x.at(t * width);
+// One thread per output feature (t, j); gated rows are [gate | up]. Index is uint32_t when
+// the call's elements fit (32-bit division for t and j).
+template <typename V, typename Index>
+__global__ void activation_fwd_kernel(typename V::O out, typename V::I x, Index rows, Index f, Activation act,
+                                      bool gated) {
+  const Index width = gated ? 2 * f : f, n = rows * f;
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const Index t = i / f, j = i % f;
+    const auto xr = x.at(static_cast<int64_t>(t) * width);
     out.set(i, evaluate(act, xr[j]).value * (gated ? xr[f + j] : 1.0f));
   }
 }
 
-__global__ void activation_bwd_kernel(Out dx, In dout, In x, int64_t rows, int64_t f, Activation act, bool gated) {
-  const int64_t width = gated ? 2 * f : f, n = rows * f;
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t t = i / f, j = i % f;
-    const In xr = x.at(t * width);
-    const Out dr = dx.at(t * width);
+template <typename V, typename Index>
+__global__ void activation_bwd_kernel(typename V::O dx, typename V::I dout, typename V::I x, Index rows, Index f,
+                                      Activation act, bool gated) {
+  const Index width = gated ? 2 * f : f, n = rows * f;
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const Index t = i / f, j = i % f;
+    const auto xr = x.at(static_cast<int64_t>(t) * width);
+    const auto dr = dx.at(static_cast<int64_t>(t) * width);
     const ValueGrad a = evaluate(act, xr[j]);
     const float g = dout[i];
     if (gated) {
@@ -340,8 +486,13 @@ void CudaOps::layernorm_fwd(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tens
     check_float(op, "bias", bias, h);
   }
   if (rows == 0) return;
-  layernorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(out), fp(mean), fp(rstd), in_view(x), in_view(weight), has_bias ? in_view(bias) : In{}, rows, h, eps);
+  const bool vec = norm_packs(h, x.dtype, {out.data, x.data, weight.data, bias.data});
+  with_views({&out, &x, &weight, &bias}, [&](auto v) {
+    using V = decltype(v);
+    layernorm_fwd_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(out), fp(mean), fp(rstd), V::in(x), V::in(weight), has_bias ? V::in(bias) : typename V::I{}, rows, h,
+        eps, vec);
+  });
   MPT_CUDA_LAUNCH("layernorm_fwd_kernel");
 }
 
@@ -359,8 +510,11 @@ void CudaOps::layernorm_bwd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dout
     check_float(op, "dbias", dbias, h);
   }
   if (rows == 0) return;
-  norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(dx), in_view(dout), in_view(x), in_view(weight), fp(mean), fp(rstd), rows, h);
+  with_views({&dx, &dout, &x, &weight}, [&](auto v) {
+    using V = decltype(v);
+    norm_bwd_dx_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(dx), V::in(dout), V::in(x), V::in(weight), fp(mean), fp(rstd), rows, h);
+  });
   MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
   norm_param_grads(*this, out_view(dweight), has_bias ? out_view(dbias) : Out{}, in_view(dout), in_view(x), fp(mean),
                    fp(rstd), rows, h);
@@ -372,8 +526,12 @@ void CudaOps::rmsnorm_fwd(Tensor out, Tensor rstd, Tensor x, Tensor weight, floa
   check_float(op, "out", out, x.numel());
   check_f32(op, "rstd", rstd, rows);
   if (rows == 0) return;
-  rmsnorm_fwd_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(out), fp(rstd), in_view(x), in_view(weight), rows, h, eps);
+  const bool vec = norm_packs(h, x.dtype, {out.data, x.data, weight.data});
+  with_views({&out, &x, &weight}, [&](auto v) {
+    using V = decltype(v);
+    rmsnorm_fwd_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(out), fp(rstd), V::in(x), V::in(weight), rows, h, eps, vec);
+  });
   MPT_CUDA_LAUNCH("rmsnorm_fwd_kernel");
 }
 
@@ -385,8 +543,11 @@ void CudaOps::rmsnorm_bwd(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tens
   check_float(op, "dweight", dweight, h);
   check_f32(op, "rstd", rstd, rows);
   if (rows == 0) return;
-  norm_bwd_dx_kernel<<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
-      out_view(dx), in_view(dout), in_view(x), in_view(weight), nullptr, fp(rstd), rows, h);
+  with_views({&dx, &dout, &x, &weight}, [&](auto v) {
+    using V = decltype(v);
+    norm_bwd_dx_kernel<V><<<blocks_for(rows, kRowWarps), kRowWarps * kWarp, 0, stream()>>>(
+        V::out(dx), V::in(dout), V::in(x), V::in(weight), nullptr, fp(rstd), rows, h);
+  });
   MPT_CUDA_LAUNCH("norm_bwd_dx_kernel");
   norm_param_grads(*this, out_view(dweight), Out{}, in_view(dout), in_view(x), nullptr, fp(rstd), rows, h);
 }
@@ -396,6 +557,7 @@ void CudaOps::qkv_split(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups
   const int64_t tokens = qkv_tokens("qkv_split", qkv, q, k, v, groups, heads_per_group, head_dim);
   const int64_t n = qkv.numel();
   if (n == 0) return;
+  if (launch_qkv_rope(stream(), qkv, q, k, v, nullptr, tokens, groups, heads_per_group, head_dim, 0, 0, false)) return;
   qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
       out_view(qkv), out_view(q), out_view(k), out_view(v), tokens, groups, heads_per_group, head_dim, false);
   MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
@@ -406,9 +568,37 @@ void CudaOps::qkv_merge(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t gr
   const int64_t tokens = qkv_tokens("qkv_merge", dqkv, dq, dk, dv, groups, heads_per_group, head_dim);
   const int64_t n = dqkv.numel();
   if (n == 0) return;
+  if (launch_qkv_rope(stream(), dqkv, dq, dk, dv, nullptr, tokens, groups, heads_per_group, head_dim, 0, 0, true))
+    return;
   qkv_shuffle_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(
       out_view(dqkv), out_view(dq), out_view(dk), out_view(dv), tokens, groups, heads_per_group, head_dim, true);
   MPT_CUDA_LAUNCH("qkv_shuffle_kernel");
+}
+
+void CudaOps::qkv_split_rope(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                             int64_t head_dim, Tensor positions, int64_t rotary_dim, float base) {
+  const char* op = "qkv_split_rope";
+  const int64_t tokens = qkv_tokens(op, qkv, q, k, v, groups, heads_per_group, head_dim);
+  check_rope(op, groups * heads_per_group, head_dim, rotary_dim, base);
+  check_i32(op, "positions", positions);
+  check_numel(op, "positions", positions, tokens);
+  if (tokens == 0) return;
+  if (!launch_qkv_rope(stream(), qkv, q, k, v, ip(positions), tokens, groups, heads_per_group, head_dim, rotary_dim,
+                       static_cast<double>(base), false))
+    Ops::qkv_split_rope(q, k, v, qkv, groups, heads_per_group, head_dim, positions, rotary_dim, base);
+}
+
+void CudaOps::qkv_merge_rope(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                             int64_t head_dim, Tensor positions, int64_t rotary_dim, float base) {
+  const char* op = "qkv_merge_rope";
+  const int64_t tokens = qkv_tokens(op, dqkv, dq, dk, dv, groups, heads_per_group, head_dim);
+  check_rope(op, groups * heads_per_group, head_dim, rotary_dim, base);
+  check_i32(op, "positions", positions);
+  check_numel(op, "positions", positions, tokens);
+  if (tokens == 0) return;
+  if (!launch_qkv_rope(stream(), dqkv, dq, dk, dv, ip(positions), tokens, groups, heads_per_group, head_dim,
+                       rotary_dim, static_cast<double>(base), true))
+    Ops::qkv_merge_rope(dqkv, dq, dk, dv, groups, heads_per_group, head_dim, positions, rotary_dim, base);
 }
 
 void CudaOps::rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
@@ -416,24 +606,20 @@ void CudaOps::rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, 
   const char* op = "rope";
   check_float(op, "x", x);
   check_i32(op, "positions", positions);
-  MPT_CHECK(heads > 0 && head_dim > 0 && rotary_dim > 0 && rotary_dim <= head_dim && rotary_dim % 2 == 0,
-            Status::kInvalidArgument, op, ": heads ", heads, ", head_dim ", head_dim, ", rotary_dim ", rotary_dim,
-            ": need rotary_dim even and in (0, head_dim]");
-  MPT_CHECK(base > 0 && std::isfinite(base), Status::kInvalidArgument, op, ": base ", base, " must be positive");
+  check_rope(op, heads, head_dim, rotary_dim, base);
   const int64_t width = heads * head_dim;
   MPT_CHECK(x.numel() % width == 0, Status::kInvalidArgument, op, ": x ", describe(x),
             " rows must hold heads*head_dim = ", width);
   const int64_t tokens = x.numel() / width;
   check_numel(op, "positions", positions, tokens);
-  // The CPU backend's limit, kept so that both backends accept the same calls.
-  constexpr int64_t kMaxRotaryDim = 1024;
-  MPT_CHECK(rotary_dim <= kMaxRotaryDim, Status::kInvalidArgument, op, ": rotary_dim ", rotary_dim, " exceeds ",
-            kMaxRotaryDim);
   const int64_t n = tokens * (rotary_dim / 2);
   if (n == 0) return;
-  rope_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(out_view(x), ip(positions), tokens, heads,
-                                                                  head_dim, rotary_dim, static_cast<double>(base),
-                                                                  inverse ? -1.0 : 1.0);
+  with_views({&x}, [&](auto v) {
+    using V = decltype(v);
+    rope_kernel<V><<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(V::out(x), ip(positions), tokens, heads,
+                                                                       head_dim, rotary_dim, static_cast<double>(base),
+                                                                       inverse ? -1.0 : 1.0);
+  });
   MPT_CUDA_LAUNCH("rope_kernel");
 }
 
@@ -441,8 +627,17 @@ void CudaOps::activation_fwd(Tensor out, Tensor x, Activation act, bool gated) {
   int64_t rows = 0, f = 0;
   activation_shapes("activation_fwd", x, out, act, gated, &rows, &f);
   if (rows * f == 0) return;
-  activation_fwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(out_view(out), in_view(x), rows,
-                                                                                   f, act, gated);
+  // 32-bit indices when the input's elements (gated: 2 per output) fit.
+  const bool small = index32(x.numel());
+  with_views({&out, &x}, [&](auto v) {
+    using V = decltype(v);
+    const unsigned blocks = blocks_for(rows * f, kThreads);
+    if (small)
+      activation_fwd_kernel<V, uint32_t><<<blocks, kThreads, 0, stream()>>>(
+          V::out(out), V::in(x), static_cast<uint32_t>(rows), static_cast<uint32_t>(f), act, gated);
+    else
+      activation_fwd_kernel<V, int64_t><<<blocks, kThreads, 0, stream()>>>(V::out(out), V::in(x), rows, f, act, gated);
+  });
   MPT_CUDA_LAUNCH("activation_fwd_kernel");
 }
 
@@ -452,8 +647,17 @@ void CudaOps::activation_bwd(Tensor dx, Tensor dout, Tensor x, Activation act, b
   check_float("activation_bwd", "dx", dx);
   check_numel("activation_bwd", "dx", dx, x.numel());
   if (rows * f == 0) return;
-  activation_bwd_kernel<<<blocks_for(rows * f, kThreads), kThreads, 0, stream()>>>(
-      out_view(dx), in_view(dout), in_view(x), rows, f, act, gated);
+  const bool small = index32(x.numel());
+  with_views({&dx, &dout, &x}, [&](auto v) {
+    using V = decltype(v);
+    const unsigned blocks = blocks_for(rows * f, kThreads);
+    if (small)
+      activation_bwd_kernel<V, uint32_t><<<blocks, kThreads, 0, stream()>>>(
+          V::out(dx), V::in(dout), V::in(x), static_cast<uint32_t>(rows), static_cast<uint32_t>(f), act, gated);
+    else
+      activation_bwd_kernel<V, int64_t><<<blocks, kThreads, 0, stream()>>>(V::out(dx), V::in(dout), V::in(x), rows,
+                                                                           f, act, gated);
+  });
   MPT_CUDA_LAUNCH("activation_bwd_kernel");
 }
 

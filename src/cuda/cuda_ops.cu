@@ -1,6 +1,6 @@
 // The CUDA backend's core: construction, memory, the dropout seed, casts and elementwise
-// ops, the double-precision reductions (gradient norm, loss sums) and AdamW. The other op
-// families live beside it (see cuda_ops.h).
+// ops and the double-precision reductions (gradient norm, loss sums). The other op families
+// live beside it (see cuda_ops.h; AdamW in cuda_adamw.cu).
 #include "cuda/cuda_ops.h"
 #include "cuda/elements.cuh"
 #include "cuda/op_checks.h"
@@ -88,6 +88,78 @@ __global__ void scale_kernel(Out x, int64_t n, float s) {
   for (int64_t i = first_index(); i < n; i += index_stride()) x.set(i, x[i] * s);
 }
 
+// The elementwise ops on tensors of one dtype T: out[i] = op(a[i], b[i]) (a, b widened; an
+// absent one reads 0), 16-byte packs when every pointer is aligned (Vec), then the tail one
+// element at a time; Index is uint32_t when n fits, so the loop does 32-bit arithmetic.
+// The same fp32 expression per element as the kernels above, rounded once.
+struct FillOp {
+  float value;
+  __device__ float operator()(float, float) const { return value; }
+};
+struct AddOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct ScaleOp {
+  float s;
+  __device__ float operator()(float x, float) const { return x * s; }
+};
+
+template <typename T, bool Vec, typename Index, typename Op>
+__global__ void elementwise_kernel(T* out, const T* a, const T* b, Index n, Op op) {
+  const Index first = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  constexpr int W = Pack<T>::kSize;
+  Index done = 0;
+  if constexpr (Vec) {
+    const Index packs = n / W;
+    for (Index p = first; p < packs; p += stride) {
+      Pack<T> pa{}, pb{}, r;
+      if (a) pa = *reinterpret_cast<const Pack<T>*>(a + p * W);
+      if (b) pb = *reinterpret_cast<const Pack<T>*>(b + p * W);
+#pragma unroll
+      for (int k = 0; k < W; ++k) r.v[k] = narrow<T>(op(a ? widen(pa.v[k]) : 0.0f, b ? widen(pb.v[k]) : 0.0f));
+      *reinterpret_cast<Pack<T>*>(out + p * W) = r;
+    }
+    done = packs * W;
+  }
+  for (Index i = done + first; i < n; i += stride)
+    out[i] = narrow<T>(op(a ? widen(a[i]) : 0.0f, b ? widen(b[i]) : 0.0f));
+}
+
+template <typename T, typename Op>
+void launch_typed(cudaStream_t stream, void* out, const void* a, const void* b, int64_t n, Op op) {
+  auto* o = static_cast<T*>(out);
+  const T *x = static_cast<const T*>(a), *y = static_cast<const T*>(b);
+  const int blocks = elementwise_blocks(n);
+  const bool vec = aligned16({out, a, b});
+  if (n <= INT32_MAX) {
+    const auto m = static_cast<uint32_t>(n);
+    if (vec)
+      elementwise_kernel<T, true><<<blocks, kThreads, 0, stream>>>(o, x, y, m, op);
+    else
+      elementwise_kernel<T, false><<<blocks, kThreads, 0, stream>>>(o, x, y, m, op);
+  } else if (vec) {
+    elementwise_kernel<T, true><<<blocks, kThreads, 0, stream>>>(o, x, y, n, op);
+  } else {
+    elementwise_kernel<T, false><<<blocks, kThreads, 0, stream>>>(o, x, y, n, op);
+  }
+  MPT_CUDA_LAUNCH(elementwise_kernel);
+}
+
+// Runs op through elementwise_kernel when out, a and b (those given) share a dtype; returns
+// false when they mix dtypes (the caller then runs its In/Out kernel).
+template <typename Op>
+bool elementwise_same_dtype(cudaStream_t stream, const Tensor& out, const Tensor* a, const Tensor* b, Op op) {
+  if ((a && a->dtype != out.dtype) || (b && b->dtype != out.dtype)) return false;
+  const void* pa = a ? a->data : nullptr;
+  const void* pb = b ? b->data : nullptr;
+  if (out.dtype == DType::kBF16)
+    launch_typed<uint16_t>(stream, out.data, pa, pb, out.numel(), op);
+  else
+    launch_typed<float>(stream, out.data, pa, pb, out.numel(), op);
+  return true;
+}
+
 struct SquareTerm {
   In x;
   __device__ double operator()(int64_t i) const {
@@ -145,29 +217,6 @@ __global__ void find_non_finite_kernel(const Bits* bits, int64_t n, Bits exponen
     }
 }
 
-struct AdamWScalars {
-  float lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, grad_scale;
-  float bias_correction1, bias_correction2;
-};
-
-// The CPU backend's arithmetic, operation for operation; the _rn intrinsics keep the
-// compiler from fusing multiply-adds, so the results round as the CPU's do.
-__global__ void adamw_kernel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, int64_t n,
-                             AdamWScalars s) {
-  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
-  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const float g = __fmul_rn(grad[i], s.grad_scale);
-    const float m = __fadd_rn(__fmul_rn(s.beta1, exp_avg[i]), __fmul_rn(s.one_minus_beta1, g));
-    const float v = __fadd_rn(__fmul_rn(s.beta2, exp_avg_sq[i]), __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    const float p = param[i];
-    const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, s.bias_correction2)), s.eps);
-    const float update = __fadd_rn(__fdiv_rn(__fdiv_rn(m, s.bias_correction1), denom), __fmul_rn(s.weight_decay, p));
-    param[i] = __fsub_rn(p, __fmul_rn(s.lr, update));
-  }
-}
-
 // The sum of term(i) over [0, n) in double, in a fixed order, read back to the host.
 template <typename Term>
 double device_sum(CudaOps& ops, Term term, int64_t n) {
@@ -223,12 +272,26 @@ CudaOps::CudaOps(int device) : device_(device) {
     check_cublas(cublasLtCreate(&lt_), "cublasLtCreate");
     lt_workspace_bytes_ = kLtWorkspaceBytes;
     lt_workspace_ = alloc_->allocate(lt_workspace_bytes_);
+    CachingAllocator* blocks = alloc_.get();
+    // Called from graph destructors too, so it never throws (every block it gets came from
+    // this allocator, which could only refuse a pointer it never gave out).
+    scratch_ledger_ = std::make_shared<ScratchLedger>([blocks](void* p) {
+      try {
+        blocks->release(p);
+      } catch (...) {
+      }
+    });
     dropout_seed_on_device_ = static_cast<uint64_t*>(alloc_->allocate(sizeof(uint64_t)));
     MPT_CUDA_CHECK(cudaMemsetAsync(dropout_seed_on_device_, 0, sizeof(uint64_t), stream_));
+    init_attention();
   } catch (const Error& e) {
+    fused_attention_.reset();
+    if (scratch_ledger_) scratch_ledger_->detach();
     release_resources(device_, stream_, alloc_, lt_, pinned_);
     fail(e.status(), name_, ": ", e.what());
   } catch (...) {
+    fused_attention_.reset();
+    if (scratch_ledger_) scratch_ledger_->detach();
     release_resources(device_, stream_, alloc_, lt_, pinned_);
     throw;
   }
@@ -239,6 +302,9 @@ CudaOps::~CudaOps() {
     cudaGraph_t graph = nullptr;
     if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
   }
+  fused_attention_.reset();  // its cuDNN handle works on the stream
+  // The allocator frees the retired scratch blocks with every other block it gave out.
+  if (scratch_ledger_) scratch_ledger_->detach();
   release_resources(device_, stream_, alloc_, lt_, pinned_);
 }
 
@@ -250,7 +316,8 @@ void CudaOps::synchronize() {
 int64_t CudaOps::peak_bytes() const { return static_cast<int64_t>(alloc_->peak_bytes_in_use()); }
 
 int64_t CudaOps::workspace_bytes() const {
-  return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + second_scratch_bytes_ + pinned_bytes_);
+  return static_cast<int64_t>(lt_workspace_bytes_ + scratch_bytes_ + second_scratch_bytes_ + pinned_bytes_ +
+                              scratch_ledger_->retired_bytes());
 }
 
 namespace {
@@ -259,23 +326,29 @@ constexpr const char* kGrowthInCapture =
 }  // namespace
 
 // Grows one of the scratch areas to `bytes`: the new area is taken before the old one is
-// given back, so a failure leaves the old one valid.
-void* CudaOps::grow_scratch(void*& area, size_t& size, size_t bytes, const char* what) {
+// given back, so a failure leaves the old one valid. The old one goes to the ledger, which
+// keeps it while a live graph recorded in its lifetime may replay its address. Released at
+// once, it may still be used by queued kernels: that is safe, as the allocator reuses a
+// block only for work queued after it on this one stream (allocator.h).
+void* CudaOps::grow_scratch(void*& area, size_t& size, uint64_t& since, size_t bytes, const char* what) {
   if (bytes > size) {
     if (capturing_)
       refuse_in_capture(str("growth of the ", what, " to ", bytes, " bytes (from ", size, ")"), kGrowthInCapture);
     void* grown = alloc_->allocate(bytes);
-    alloc_->release(area);
+    scratch_ledger_->retire(area, size, since);
     area = grown;
     size = bytes;
+    since = scratch_ledger_->generation();
   }
   return area;
 }
 
-void* CudaOps::scratch(size_t bytes) { return grow_scratch(scratch_, scratch_bytes_, bytes, "scratch area"); }
+void* CudaOps::scratch(size_t bytes) {
+  return grow_scratch(scratch_, scratch_bytes_, scratch_since_, bytes, "scratch area");
+}
 
 void* CudaOps::second_scratch(size_t bytes) {
-  return grow_scratch(second_scratch_, second_scratch_bytes_, bytes, "second scratch area");
+  return grow_scratch(second_scratch_, second_scratch_bytes_, second_scratch_since_, bytes, "second scratch area");
 }
 
 void* CudaOps::pinned(size_t bytes) {
@@ -388,6 +461,7 @@ void CudaOps::fill(Tensor x, float value) {
   check_float("fill", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return;
+  if (elementwise_same_dtype(stream_, x, nullptr, nullptr, FillOp{value})) return;
   fill_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(x), n, value);
   MPT_CUDA_LAUNCH(fill_kernel);
 }
@@ -415,6 +489,7 @@ void CudaOps::add(Tensor out, Tensor a, Tensor b) {
   check_numel("add", "b", b, out.numel());
   const int64_t n = out.numel();
   if (n == 0) return;
+  if (elementwise_same_dtype(stream_, out, &a, &b, AddOp{})) return;
   add_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(out), in_view(a), in_view(b), n);
   MPT_CUDA_LAUNCH(add_kernel);
 }
@@ -425,6 +500,7 @@ void CudaOps::add_inplace(Tensor y, Tensor x) {
   check_numel("add_inplace", "x", x, y.numel());
   const int64_t n = y.numel();
   if (n == 0) return;
+  if (elementwise_same_dtype(stream_, y, &y, &x, AddOp{})) return;
   add_inplace_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(y), in_view(x), n);
   MPT_CUDA_LAUNCH(add_inplace_kernel);
 }
@@ -433,6 +509,7 @@ void CudaOps::scale(Tensor x, float s) {
   check_float("scale", "x", x);
   const int64_t n = x.numel();
   if (n == 0) return;
+  if (elementwise_same_dtype(stream_, x, &x, nullptr, ScaleOp{s})) return;
   scale_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(out_view(x), n, s);
   MPT_CUDA_LAUNCH(scale_kernel);
 }
@@ -471,39 +548,6 @@ bool CudaOps::all_finite(Tensor x) {
   MPT_CUDA_CHECK(cudaMemcpyAsync(host, flag, sizeof(int), cudaMemcpyDeviceToHost, stream_));
   MPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return *host == 0;
-}
-
-// --- optimizer ------------------------------------------------------------------------------
-
-void CudaOps::adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const backend::AdamWArgs& a) {
-  const char* op = "adamw";
-  check_f32(op, "param", param);
-  check_f32(op, "grad", grad);
-  check_f32(op, "exp_avg", exp_avg);
-  check_f32(op, "exp_avg_sq", exp_avg_sq);
-  const int64_t n = param.numel();
-  check_numel(op, "grad", grad, n);
-  check_numel(op, "exp_avg", exp_avg, n);
-  check_numel(op, "exp_avg_sq", exp_avg_sq, n);
-  MPT_CHECK(a.step >= 1, Status::kInvalidArgument, op, ": step ", a.step, " must be >= 1");
-  MPT_CHECK(a.beta1 >= 0 && a.beta1 < 1 && a.beta2 >= 0 && a.beta2 < 1, Status::kInvalidArgument, op, ": beta1 ",
-            a.beta1, " and beta2 ", a.beta2, " must be in [0, 1)");
-  if (n == 0) return;
-  AdamWScalars s;
-  s.lr = a.lr;
-  s.beta1 = a.beta1;
-  s.one_minus_beta1 = 1.0f - a.beta1;
-  s.beta2 = a.beta2;
-  s.one_minus_beta2 = 1.0f - a.beta2;
-  s.eps = a.eps;
-  s.weight_decay = a.weight_decay;
-  s.grad_scale = a.grad_scale;
-  // Bias corrections in double, then rounded to float, as the CPU backend does.
-  s.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.step)));
-  s.bias_correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.step)));
-  adamw_kernel<<<elementwise_blocks(n), kThreads, 0, stream_>>>(param.f(), grad.f(), exp_avg.f(), exp_avg_sq.f(), n,
-                                                                 s);
-  MPT_CUDA_LAUNCH(adamw_kernel);
 }
 
 }  // namespace mpt::cuda

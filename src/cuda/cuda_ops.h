@@ -8,14 +8,16 @@
 //
 // The ops live in several files, one family each:
 //   cuda_ops.cu            construction, memory, the dropout seed, casts, elementwise,
-//                          reductions, AdamW
+//                          reductions
+//   cuda_adamw.cu          AdamW over many pieces in one launch, the norm's device sums
 //   cuda_graph.cu          graph capture and replay
 //   cuda_gemm.cu           matmul (cuBLASLt), matmul_bias_act (cuBLASLt epilogues), bias
 //   cuda_grouped_gemm.cu   grouped GEMM of the experts (shared pieces: gemm_internal.cuh)
 //   cuda_fused.cu          the residual add fused with the norm after it
 //   cuda_attention.cu      attention forward/backward (flash-style, GQA, causal, dropout),
-//                          attention_merge
-//   cuda_layers.cu         norms, qkv split/merge, RoPE, activations, dropout
+//                          attention_merge; cuDNN's fused attention in front of it
+//                          (cudnn_attention.cc, fused_attention.h)
+//   cuda_layers.cu         norms, qkv split/merge (with RoPE fused), RoPE, activations, dropout
 //   cuda_vocab.cu          embedding, cross-entropy pieces
 //   cuda_moe.cu            router top-k and losses, token permutes
 // Numerics: every floating tensor is f32 or bf16 on its own (ops.h, "Precision"; the f32-only
@@ -37,10 +39,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/ops.h"
+#include "core/log.h"
 #include "cuda/allocator.h"
+#include "cuda/fused_attention.h"
+#include "cuda/scratch_ledger.h"
 
 namespace mpt::cuda {
 
@@ -94,7 +100,12 @@ class CudaOps final : public backend::Ops {
   double sum_squares(Tensor x) override;
   double dot(Tensor a, Tensor b) override;
   bool all_finite(Tensor x) override;
+
+  // AdamW, the gradient norm's device sums and its clip factor (cuda_adamw.cu).
   void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const backend::AdamWArgs& a) override;
+  void adamw_multi(const backend::AdamWTensor* tensors, int64_t count, const backend::AdamWArgs& a) override;
+  void sum_squares_acc(Tensor acc, Tensor x) override;
+  void grad_clip_factor(Tensor factor, Tensor sumsq, double max_norm) override;
 
   // GEMM (cuda_gemm.cu).
   void matmul(Tensor c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, float beta) override;
@@ -104,8 +115,14 @@ class CudaOps final : public backend::Ops {
                        std::optional<backend::Activation> act) override;
   void grouped_matmul(Tensor c, Tensor a, Tensor b, const int64_t* counts, int64_t groups, backend::GroupedForm form,
                       float beta) override;  // cuda_grouped_gemm.cu
+  // Where the GEMMs report what a user may want to know, such as a bf16 GEMM run as an
+  // fp32 one on widened copies (once per shape); by default stderr at level info.
+  const Logger& logger() const { return log_; }
+  void set_logger(Logger log) { log_ = std::move(log); }
 
-  // Attention (cuda_attention.cu).
+  // Attention (cuda_attention.cu): cuDNN's fused attention where it serves the call
+  // (fused_attention.h, MPT_ATTENTION), else mptrain's own kernels.
+  std::string attention_summary(const backend::AttentionDims& d, DType dtype) override;
   void attention_fwd(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, const backend::AttentionDims& d) override;
   void attention_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                      Tensor lse, const backend::AttentionDims& d) override;
@@ -124,6 +141,10 @@ class CudaOps final : public backend::Ops {
                  int64_t head_dim) override;
   void rope(Tensor x, Tensor positions, int64_t heads, int64_t head_dim, int64_t rotary_dim, float base,
             bool inverse) override;
+  void qkv_split_rope(Tensor q, Tensor k, Tensor v, Tensor qkv, int64_t groups, int64_t heads_per_group,
+                      int64_t head_dim, Tensor positions, int64_t rotary_dim, float base) override;
+  void qkv_merge_rope(Tensor dqkv, Tensor dq, Tensor dk, Tensor dv, int64_t groups, int64_t heads_per_group,
+                      int64_t head_dim, Tensor positions, int64_t rotary_dim, float base) override;
   void activation_fwd(Tensor out, Tensor x, backend::Activation act, bool gated) override;
   void activation_bwd(Tensor dx, Tensor dout, Tensor x, backend::Activation act, bool gated) override;
   void dropout_fwd(Tensor out, Tensor x, float p, uint64_t key, int64_t row_offset) override;
@@ -133,6 +154,8 @@ class CudaOps final : public backend::Ops {
   void ce_row_max(Tensor row_max, Tensor logits, int64_t vocab_start, int64_t vocab_valid) override;
   void ce_sumexp_target(Tensor sumexp, Tensor target_logit, Tensor logits, Tensor row_max, Tensor targets,
                         int64_t vocab_start, int64_t vocab_valid) override;
+  void ce_stats(Tensor row_max, Tensor sumexp, Tensor target_logit, Tensor logits, Tensor targets,
+                int64_t vocab_start, int64_t vocab_valid) override;
   void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit) override;
   void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
               int64_t vocab_start, int64_t vocab_valid) override;
@@ -160,7 +183,9 @@ class CudaOps final : public backend::Ops {
   // for), a small pinned host buffer for results the host reads, f32/bf16 conversion, and
   // the cuBLASLt handle and its workspace. During graph capture the areas may not grow (a
   // recorded op may use the memory growth would give back): the first call of each shape
-  // must come before the capture.
+  // must come before the capture. An area outgrown outside capture stays allocated while a
+  // graph recorded during its lifetime lives (the graph replays its address); see
+  // scratch_ledger.h.
   void* scratch(size_t bytes);
   void* second_scratch(size_t bytes);
   void* pinned(size_t bytes);
@@ -172,7 +197,8 @@ class CudaOps final : public backend::Ops {
   size_t lt_workspace_bytes() const { return lt_workspace_bytes_; }
 
  private:
-  void* grow_scratch(void*& area, size_t& size, size_t bytes, const char* what);
+  void* grow_scratch(void*& area, size_t& size, uint64_t& since, size_t bytes, const char* what);
+  void init_attention();  // cuda_attention.cu: the library's attention as MPT_ATTENTION asks
   int device_ = 0;
   char name_[32] = "cuda";
   cudaStream_t stream_ = nullptr;
@@ -184,6 +210,11 @@ class CudaOps final : public backend::Ops {
   size_t scratch_bytes_ = 0;
   void* second_scratch_ = nullptr;
   size_t second_scratch_bytes_ = 0;
+  // The scratch generation each area became current in, and the outgrown areas that live
+  // recorded graphs may still use (shared with those graphs).
+  uint64_t scratch_since_ = 0, second_scratch_since_ = 0;
+  std::shared_ptr<ScratchLedger> scratch_ledger_;
+  Logger log_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   uint64_t* dropout_seed_on_device_ = nullptr;  // one value, from the allocator; 0 at construction
@@ -192,7 +223,21 @@ class CudaOps final : public backend::Ops {
   bool capturing_ = false;
   std::string capture_error_;
   std::vector<void*> released_in_capture_;
+  // The library's attention (null: none, for fused_attention_why_) and MPT_ATTENTION's choice.
+  std::unique_ptr<FusedAttention> fused_attention_;
+  std::string fused_attention_why_;
+  AttentionChoice attention_choice_ = AttentionChoice::kAuto;
 };
+
+// How the GEMMs chose their cuBLASLt algorithms so far, in this process (cuda_gemm.cu):
+// shapes planned (each first call of a shape and dtypes), shapes whose candidates were
+// timed, and bf16 shapes run as fp32 GEMMs on widened copies. A shape's first call outside
+// capture times the heuristic's candidates and keeps the fastest (the choice may differ
+// between runs); MPT_GEMM_AUTOTUNE=0 takes the heuristic's first instead.
+struct GemmTuningCounts {
+  int64_t planned = 0, timed = 0, widened = 0;
+};
+GemmTuningCounts gemm_tuning_counts();
 
 // Checks a kernel launch (cudaGetLastError) naming the kernel.
 #define MPT_CUDA_LAUNCH(name) \

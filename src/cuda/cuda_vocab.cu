@@ -3,6 +3,7 @@
 // Each follows its CPU twin in src/backend/cpu; every reduction has a fixed shape. The
 // embedding's table and rows are f32 or bf16 each (elements.cuh); the cross-entropy pieces are
 // f32, except the gradient handed back to the output layer (dlogits), which may be bf16.
+// ce_stats reads each row once (an online softmax), ce_bwd moves four logits per access.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
@@ -131,27 +132,156 @@ __global__ void ce_sumexp_target_kernel(float* sumexp, float* target_logit, cons
   }
 }
 
+// ce_stats in one read of each row: every thread keeps a running max m and the sum s of
+// exp(x - m) over its columns (in double; rescaled by exp(m_old - m_new) when m grows), then
+// the block combines the pairs in a fixed tree. vec: 16-byte loads (cols a multiple of 4,
+// logits aligned). A column at -inf adds nothing (as exp(-inf - max) = 0 does in two passes).
+struct MaxSum {
+  float m;
+  double s;
+};
+
+__device__ __forceinline__ void online_add(MaxSum& a, float x) {
+  if (x > a.m) {
+    a.s = a.s * exp(static_cast<double>(a.m) - static_cast<double>(x)) + 1.0;
+    a.m = x;
+  } else if (x != -INFINITY) {
+    a.s += expf(x - a.m);
+  }
+}
+
+__device__ __forceinline__ double rescaled(double s, float from, float to) {
+  return from == to ? s : s * exp(static_cast<double>(from) - static_cast<double>(to));
+}
+
+__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  return {m, rescaled(a.s, a.m, m) + rescaled(b.s, b.m, m)};
+}
+
+__device__ MaxSum block_max_sum(MaxSum v) {
+  __shared__ float part_m[kThreads / kWarp];
+  __shared__ double part_s[kThreads / kWarp];
+  for (int off = kWarp / 2; off > 0; off /= 2)
+    v = combine(v, {__shfl_xor_sync(0xffffffffu, v.m, off), __shfl_xor_sync(0xffffffffu, v.s, off)});
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __syncthreads();  // the partials may still be read by a previous row
+  if (lane == 0) part_m[warp] = v.m, part_s[warp] = v.s;
+  __syncthreads();
+  MaxSum r{part_m[0], part_s[0]};
+  for (int w = 1; w < kThreads / kWarp; ++w) r = combine(r, {part_m[w], part_s[w]});
+  return r;
+}
+
+__global__ void ce_stats_kernel(float* row_max, float* sumexp, float* target_logit, const float* logits,
+                                const int32_t* targets, int64_t tokens, int64_t cols, int64_t valid,
+                                int64_t vocab_start, bool vec) {
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    const float* row = logits + t * cols;
+    MaxSum acc{-INFINITY, 0.0};
+    int64_t done = 0;
+    if (vec) {
+      const int64_t quads = valid / 4;
+      for (int64_t q = threadIdx.x; q < quads; q += kThreads) {
+        const float4 x = reinterpret_cast<const float4*>(row)[q];
+        online_add(acc, x.x);
+        online_add(acc, x.y);
+        online_add(acc, x.z);
+        online_add(acc, x.w);
+      }
+      done = quads * 4;
+    }
+    for (int64_t c = done + threadIdx.x; c < valid; c += kThreads) online_add(acc, row[c]);
+    acc = block_max_sum(acc);
+    if (threadIdx.x == 0) {
+      row_max[t] = acc.m;
+      sumexp[t] = static_cast<float>(acc.s);
+      const int64_t col = static_cast<int64_t>(targets[t]) - vocab_start;
+      target_logit[t] = col >= 0 && col < cols ? row[col] : 0.0f;
+    }
+  }
+}
+
 __global__ void ce_loss_kernel(float* loss, const float* row_max, const float* sumexp, const float* target_logit,
                                int64_t tokens) {
   for (int64_t t = global_thread(); t < tokens; t += grid_threads())
     loss[t] = static_cast<float>(log(static_cast<double>(sumexp[t]))) + row_max[t] - target_logit[t];
 }
 
-// One thread per logit; each reads its element before writing it, so dlogits may be logits.
-__global__ void ce_bwd_kernel(Out dlogits, const float* logits, const float* row_max, const float* sumexp,
-                              const int32_t* targets, const float* grad_scale, int64_t tokens, int64_t cols,
-                              int64_t valid, int64_t vocab_start) {
-  const int64_t n = tokens * cols;
-  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const int64_t t = i / cols, c = i % cols;
-    if (c >= valid) {
-      dlogits.set(i, 0.0f);
-      continue;
-    }
+// One logit's gradient: the expression of every ce_bwd path.
+__device__ __forceinline__ float ce_grad(float x, float mx, float inv_sum, bool target, float scale) {
+  return (expf(x - mx) * inv_sum - (target ? 1.0f : 0.0f)) * scale;
+}
+
+// Four f32 or bf16 values to dst[0, 4) in one 16- or 8-byte store.
+__device__ __forceinline__ void store4(float* dst, const float* v) {
+  *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(uint16_t* dst, const float* v) {
+  uint2 packed;  // little-endian: the lower element in the lower half
+  packed.x = f32_to_bf16(v[0]) | static_cast<uint32_t>(f32_to_bf16(v[1])) << 16;
+  packed.y = f32_to_bf16(v[2]) | static_cast<uint32_t>(f32_to_bf16(v[3])) << 16;
+  *reinterpret_cast<uint2*>(dst) = packed;
+}
+
+// W logits per thread (4 with aligned rows of a multiple of 4 columns, else 1), each read
+// before it is written, so an f32 dlogits may be logits. T: dlogits' element (float or bf16
+// bits); Index uint32_t when the logits fit.
+template <typename T, int W, typename Index>
+__global__ void ce_bwd_kernel(T* dlogits, const float* logits, const float* row_max, const float* sumexp,
+                              const int32_t* targets, const float* grad_scale, Index tokens, Index cols, Index valid,
+                              int64_t vocab_start) {
+  const Index runs = tokens * cols / W;
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index r = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; r < runs; r += stride) {
+    const Index i = r * W, t = i / cols, c = i % cols;
     const int64_t target = static_cast<int64_t>(targets[t]) - vocab_start;
-    const float inv_sum = 1.0f / sumexp[t];
-    dlogits.set(i, (expf(logits[i] - row_max[t]) * inv_sum - (c == target ? 1.0f : 0.0f)) * grad_scale[t]);
+    const float mx = row_max[t], inv_sum = 1.0f / sumexp[t], scale = grad_scale[t];
+    float x[W], g[W];
+    if constexpr (W == 4) {
+      const float4 q = *reinterpret_cast<const float4*>(logits + i);
+      x[0] = q.x, x[1] = q.y, x[2] = q.z, x[3] = q.w;
+    } else {
+      x[0] = logits[i];
+    }
+#pragma unroll
+    for (int e = 0; e < W; ++e)
+      g[e] = c + e >= valid ? 0.0f : ce_grad(x[e], mx, inv_sum, static_cast<int64_t>(c + e) == target, scale);
+    if constexpr (W == 4)
+      store4(dlogits + i, g);
+    else
+      dlogits[i] = narrow<T>(g[0]);
   }
+}
+
+template <typename T>
+void launch_ce_bwd(cudaStream_t stream, T* dlogits, const float* logits, const float* row_max, const float* sumexp,
+                   const int32_t* targets, const float* grad_scale, int64_t tokens, int64_t cols, int64_t valid,
+                   int64_t vocab_start) {
+  const int64_t n = tokens * cols;
+  const bool vec = cols % 4 == 0 && aligned16({dlogits, logits});
+  const unsigned blocks = blocks_for(vec ? n / 4 : n, kThreads);
+  auto run = [&](auto index) {
+    using Index = decltype(index);
+    const auto nt = static_cast<Index>(tokens), nc = static_cast<Index>(cols), nv = static_cast<Index>(valid);
+    if (vec)
+      ce_bwd_kernel<T, 4, Index><<<blocks, kThreads, 0, stream>>>(dlogits, logits, row_max, sumexp, targets,
+                                                                  grad_scale, nt, nc, nv, vocab_start);
+    else
+      ce_bwd_kernel<T, 1, Index><<<blocks, kThreads, 0, stream>>>(dlogits, logits, row_max, sumexp, targets,
+                                                                  grad_scale, nt, nc, nv, vocab_start);
+  };
+  if (index32(n))
+    run(uint32_t{});
+  else
+    run(int64_t{});
+  MPT_CUDA_LAUNCH("ce_bwd_kernel");
+}
+
+bool overlaps(const Tensor& x, const Tensor& y) {
+  if (x.data == nullptr || y.data == nullptr || x.bytes() == 0 || y.bytes() == 0) return false;
+  const auto xb = reinterpret_cast<uintptr_t>(x.data), yb = reinterpret_cast<uintptr_t>(y.data);
+  return xb < yb + y.bytes() && yb < xb + x.bytes();
 }
 
 }  // namespace
@@ -247,16 +377,35 @@ void CudaOps::ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumex
   const char* op = "ce_bwd";
   const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
   check_float(op, "dlogits", dlogits, logits.numel());
+  MPT_CHECK(dlogits.dtype == logits.dtype || !overlaps(dlogits, logits), Status::kInvalidArgument, op, ": dlogits ",
+            describe(dlogits), " must not overlap logits ", describe(logits), " unless it has their dtype");
   check_per_token(op, "row_max", row_max, l.tokens);
   check_per_token(op, "sumexp", sumexp, l.tokens);
   check_per_token(op, "targets", targets, l.tokens, true);
   check_per_token(op, "grad_scale", grad_scale, l.tokens);
-  const int64_t n = l.tokens * l.cols;
-  if (n == 0) return;
-  ce_bwd_kernel<<<blocks_for(n, kThreads), kThreads, 0, stream()>>>(out_view(dlogits), fp(logits), fp(row_max),
-                                                                    fp(sumexp), ip(targets), fp(grad_scale), l.tokens,
-                                                                    l.cols, l.valid, vocab_start);
-  MPT_CUDA_LAUNCH("ce_bwd_kernel");
+  if (l.tokens * l.cols == 0) return;
+  if (dlogits.dtype == DType::kBF16)
+    launch_ce_bwd(stream(), static_cast<uint16_t*>(dlogits.data), fp(logits), fp(row_max), fp(sumexp), ip(targets),
+                  fp(grad_scale), l.tokens, l.cols, l.valid, vocab_start);
+  else
+    launch_ce_bwd(stream(), fp(dlogits), fp(logits), fp(row_max), fp(sumexp), ip(targets), fp(grad_scale), l.tokens,
+                  l.cols, l.valid, vocab_start);
+}
+
+void CudaOps::ce_stats(Tensor row_max, Tensor sumexp, Tensor target_logit, Tensor logits, Tensor targets,
+                       int64_t vocab_start, int64_t vocab_valid) {
+  const char* op = "ce_stats";
+  const CeLayout l = ce_layout(op, logits, vocab_start, vocab_valid);
+  check_per_token(op, "row_max", row_max, l.tokens);
+  check_per_token(op, "sumexp", sumexp, l.tokens);
+  check_per_token(op, "target_logit", target_logit, l.tokens);
+  check_per_token(op, "targets", targets, l.tokens, true);
+  if (l.tokens == 0) return;
+  const bool vec = l.cols % 4 == 0 && aligned16({logits.data});
+  ce_stats_kernel<<<blocks_for(l.tokens, 1), kThreads, 0, stream()>>>(fp(row_max), fp(sumexp), fp(target_logit),
+                                                                      fp(logits), ip(targets), l.tokens, l.cols,
+                                                                      l.valid, vocab_start, vec);
+  MPT_CUDA_LAUNCH("ce_stats_kernel");
 }
 
 }  // namespace mpt::cuda

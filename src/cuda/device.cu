@@ -2,9 +2,19 @@
 
 #include <cuda_runtime.h>
 
+#include "backend/devices.h"
 #include "core/error.h"
 
 namespace mpt::cuda {
+
+static_assert(backend::kCudaErrorStubLibrary == cudaErrorStubLibrary &&
+                  backend::kCudaErrorInsufficientDriver == cudaErrorInsufficientDriver &&
+                  backend::kCudaErrorDevicesUnavailable == cudaErrorDevicesUnavailable &&
+                  backend::kCudaErrorNoDevice == cudaErrorNoDevice &&
+                  backend::kCudaErrorInvalidDevice == cudaErrorInvalidDevice &&
+                  backend::kCudaErrorSystemDriverMismatch == cudaErrorSystemDriverMismatch &&
+                  backend::kCudaErrorCompatNotSupportedOnDevice == cudaErrorCompatNotSupportedOnDevice,
+              "backend/devices.h names cudaError_t values as plain numbers");
 
 void check(int err, const char* call, const char* file, int line) {
   if (err == cudaSuccess) return;
@@ -15,9 +25,18 @@ void check(int err, const char* call, const char* file, int line) {
 std::vector<DeviceInfo> visible_devices() {
   std::vector<DeviceInfo> out;
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver" / "no device" error
-    return out;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the error, so that a later launch check does not report it
+    backend::DeviceCountFailure f;
+    f.error = static_cast<int>(err);
+    f.name = cudaGetErrorName(err);
+    f.text = cudaGetErrorString(err);
+    if (cudaDriverGetVersion(&f.driver_version) != cudaSuccess) f.driver_version = 0;
+    if (cudaRuntimeGetVersion(&f.runtime_version) != cudaSuccess) f.runtime_version = CUDART_VERSION;
+    cudaGetLastError();
+    if (backend::device_count_means_no_gpu(f)) return out;  // a machine without a GPU is normal
+    fail(Status::kDevice, backend::device_count_problem(f));
   }
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp p;

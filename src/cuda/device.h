@@ -16,7 +16,9 @@ struct DeviceInfo {
 };
 
 // Devices visible to this process; empty when there is no driver or no GPU (never throws
-// for that case: a machine without a GPU is normal).
+// for that case: a machine without a GPU is normal). Any other failure to count them (a
+// driver older than the runtime, a driver mismatch, GPUs the process may not open) throws
+// Error(kDevice) naming the CUDA error and what to check (backend/devices.h has the rule).
 std::vector<DeviceInfo> visible_devices();
 
 // Throws mpt::Error(kDevice) naming `call`, the CUDA error and file:line when err != 0.

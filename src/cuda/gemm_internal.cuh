@@ -33,9 +33,11 @@ void scale_matrix(cudaStream_t stream, Out c, int64_t rows, int64_t cols, int64_
 // Row-major c[m,n] = alpha * op(a) @ op(b) + beta * c with leading dimensions in elements
 // (a is [k,m] when trans_a, b is [n,k] when trans_b), the CPU sgemm's contract: nothing
 // for an empty c, c = beta * c for k == 0 (zeros at beta 0). a and b are both bf16
-// (ab_bf16) or both f32; c is f32 or bf16.
+// (ab_bf16) or both f32; c is f32 or bf16. The first call of a shape times cuBLASLt's
+// candidates when `autotune` (cuda_gemm.cu); false takes the heuristic's first.
 void gemm(CudaOps& ops, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
-          int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc);
+          int64_t lda, const void* b, int64_t ldb, bool ab_bf16, float beta, Out c, int64_t ldc,
+          bool autotune = true);
 
 inline size_t element_bytes(bool bf16) { return bf16 ? 2 : 4; }
 

@@ -31,6 +31,10 @@ inline unsigned blocks_for(int64_t work, int64_t per_block) {
   return static_cast<unsigned>(std::min((work + per_block - 1) / per_block, kMaxBlocks));
 }
 
+// Whether a grid-strided loop over n elements may count in uint32_t: an index below n <=
+// 2^31 - 1 plus one grid's threads (at most kMaxBlocks x kThreads = 2^28) stays below 2^32.
+inline bool index32(int64_t n) { return n <= INT32_MAX; }
+
 __device__ __forceinline__ int64_t global_thread() {
   return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
 }

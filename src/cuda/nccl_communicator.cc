@@ -550,11 +550,8 @@ std::unique_ptr<NcclCommunicator> make_nccl_communicator(dist::Store& store, con
   st->recv_seq.assign(global_ranks.size(), 0);
   MPT_CHECK(options.timeout_s > 0, Status::kInvalidArgument, st->where("create"), ": timeout ", options.timeout_s,
             " s is not positive");
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
-    cudaGetLastError();
-    devices = 0;
-  }
+  // visible_devices() reads "no GPU" as none and throws, naming the cause, for any other failure.
+  const int devices = static_cast<int>(visible_devices().size());
   MPT_CHECK(device >= 0 && device < devices, Status::kDevice, st->where("create"), ": GPU ", device,
             " is not one of the ", devices, " visible GPUs");
 

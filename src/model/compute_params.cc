@@ -5,7 +5,6 @@
 #include "core/error.h"
 
 namespace mpt::model {
-
 ComputeParams::ComputeParams(backend::Ops& ops, DType dtype, const std::vector<ParamUnit>& units, bool resident)
     : ops_(ops), dtype_(dtype), units_(units), resident_(resident), arena_(&ops) {
   MPT_CHECK(dtype == DType::kF32 || dtype == DType::kBF16, Status::kInvalidArgument,
@@ -57,8 +56,20 @@ void* ComputeParams::unit(int u, float* master) {
   return copy;
 }
 
+void* ComputeParams::resident_copy(int u) {
+  if (dtype_ == DType::kF32 || !resident_) return nullptr;
+  MPT_ASSERT(u >= 0 && static_cast<size_t>(u) < slots_.size());
+  return arena_.at<uint8_t>(slots_[static_cast<size_t>(u)].offset);
+}
+
+void ComputeParams::copies_written() {
+  MPT_ASSERT(dtype_ != DType::kF32 && resident_);
+  written_ = true;
+}
+
 void ComputeParams::invalidate() {
-  for (Slot& s : slots_) s.fresh = false;
+  for (Slot& s : slots_) s.fresh = written_;
+  written_ = false;
 }
 
 }  // namespace mpt::model

@@ -19,13 +19,29 @@ class ComputeParams {
   // here); otherwise (a sharding storage gathers units on demand) two unit-sized copies are
   // reused, enough for the two units the model holds at once (the head and a tied embedding).
   ComputeParams(backend::Ops& ops, DType dtype, const std::vector<ParamUnit>& units, bool resident);
+  ComputeParams(const ComputeParams&) = delete;
+  ComputeParams& operator=(const ComputeParams&) = delete;
+
+  // Whether each unit keeps its own copy (resident parameters): the copies an optimizer that
+  // updates every element may write with its update.
+  bool resident() const { return resident_; }
 
   DType dtype() const { return dtype_; }
+  const std::vector<ParamUnit>& units() const { return units_; }
+  // Unit u's copy where every unit keeps its own (bf16 with resident parameters), else null:
+  // memory an optimizer may write with its update (backend::AdamWTensor::compute_copy).
+  void* resident_copy(int u);
+  // Every resident copy was just written from the master values (by the optimizer's update,
+  // which changed them): the next invalidate() leaves the copies as they are, once, so the
+  // step after it casts nothing.
+  void copies_written();
+  // Drops copies_written(): the master values were replaced since (a checkpoint load).
+  void forget_written() { written_ = false; }
   // Unit u's parameters in dtype(), from `master`, the storage's area for the unit (returned
   // as is in fp32). Valid until the unit's area is released or another unit takes its copy.
   void* unit(int u, float* master);
   // The master values changed (an optimizer step, a load): every unit is cast again at its
-  // next use.
+  // next use (but see copies_written).
   void invalidate();
   // Bytes of the copies.
   int64_t bytes() const { return static_cast<int64_t>(arena_.size()); }
@@ -44,6 +60,7 @@ class ComputeParams {
   Arena arena_;
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
+  bool written_ = false;  // copies_written() since the last invalidate()
 };
 
 }  // namespace mpt::model

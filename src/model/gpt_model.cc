@@ -289,6 +289,7 @@ void GPTModel::plan_activations() {
     if (d.layernorm) plan.f32(h.mean, {R});
     plan.f32(h.rstd, {R});
     plan.f32(h.logits, {C, d.local_vocab()});
+    if (d.compute == DType::kBF16) plan.act(h.dlogits, {C, d.local_vocab()});
     plan.f32(h.row_max, {C});
     plan.f32(h.loss, {C});
     plan.f32(h.sumexp_target, {2 * C});
@@ -484,12 +485,13 @@ GPTModel::LossSums GPTModel::forward_prepared(uint64_t key, bool training, int64
   }
 
   LossSums sums;
+  ResidualSum pending;  // the previous layer's residual add, left to the next norm
   for (int64_t i = 0; i < chunk_.count(); ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     const LayerContext c = layer_context(d, i, unit_params(u), nullptr, training, 1.0f);
-    layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
-                  mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
+    pending = layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], a.residual[li + 1],
+                            mix_key(key, static_cast<uint64_t>(chunk_.begin + i)), pending, defers_residual(i));
     st.params_done(u);
     expert_unit_done(i, false);
     if (ids_.layers[li].moe) {
@@ -504,8 +506,15 @@ GPTModel::LossSums GPTModel::forward_prepared(uint64_t key, bool training, int64
   }
   if (!chunk_.post_process) return sums;
 
-  head_forward(a, grads);
+  head_forward(a, grads, pending);
   return sums;
+}
+
+bool GPTModel::defers_residual(int64_t i) const {
+  const int64_t L = chunk_.count();
+  if (i + 1 == L) return chunk_.post_process;
+  const Recompute::Group g = dims_.recompute.group(i, L);
+  return !g.recomputed() || i + 1 < g.end;
 }
 
 double GPTModel::mask_sum(int64_t slot) {
@@ -529,17 +538,23 @@ void GPTModel::reset_loss() {
   if (chunk_.post_process) ops_.fill(head_.loss_sum, 0.0f);
 }
 
-void GPTModel::head_forward(SlotActs& a, bool grads) {
+void GPTModel::head_forward(SlotActs& a, bool grads, const ResidualSum& last) {
   const GPTDims& d = dims_;
   ParamStorage& st = *storage_;
   HeadScratch& s = head_;
   const int hu = head_unit();
   void* head = unit_params(hu);
   const Tensor h = a.residual.back();
-  if (d.layernorm)
-    ops_.layernorm_fwd(s.normed, s.mean, s.rstd, h, P(hu, head, ids_.final_w), P(hu, head, ids_.final_b), d.norm_eps);
+  const Tensor norm_w = P(hu, head, ids_.final_w), norm_b = d.layernorm ? P(hu, head, ids_.final_b) : Tensor();
+  // The final norm forms the chunk's output from the last layer's residual add as it reads it.
+  if (last.pending() && d.layernorm)
+    ops_.add_layernorm_fwd(h, s.normed, s.mean, s.rstd, last.a, last.b, norm_w, norm_b, d.norm_eps);
+  else if (last.pending())
+    ops_.add_rmsnorm_fwd(h, s.normed, s.rstd, last.a, last.b, norm_w, d.norm_eps);
+  else if (d.layernorm)
+    ops_.layernorm_fwd(s.normed, s.mean, s.rstd, h, norm_w, norm_b, d.norm_eps);
   else
-    ops_.rmsnorm_fwd(s.normed, s.rstd, h, P(hu, head, ids_.final_w), d.norm_eps);
+    ops_.rmsnorm_fwd(s.normed, s.rstd, h, norm_w, d.norm_eps);
 
   // The output layer is column-parallel over the vocabulary: each rank computes its columns
   // of the logits of every token, one row block at a time. The cross-entropy pieces of a
@@ -564,20 +579,26 @@ void GPTModel::head_forward(SlotActs& a, bool grads) {
     const Tensor labels = a.labels.rows(t0, n);
     const Tensor loss_w = Tensor::f32(s.weights.f() + t0, {n, 1}), grad_w = Tensor::f32(s.weights.f() + T + t0, {n});
     ops_.matmul(logits, x.rows(t0, n), weight, false, true, 1.0f, 0.0f);
-    ops_.ce_row_max(row_max, logits, d.vocab_start(), d.vocab);
-    tp_.all_reduce(row_max, dist::ReduceOp::kMax);
-    ops_.ce_sumexp_target(sumexp, target, logits, row_max, labels, d.vocab_start(), d.vocab);
-    tp_.all_reduce(sumexp_target, dist::ReduceOp::kSum);
+    if (d.tp == 1) {
+      ops_.ce_stats(row_max, sumexp, target, logits, labels, d.vocab_start(), d.vocab);  // one read of the logits
+    } else {
+      // Vocab-parallel: the sums of exponentials are taken against the global max.
+      ops_.ce_row_max(row_max, logits, d.vocab_start(), d.vocab);
+      tp_.all_reduce(row_max, dist::ReduceOp::kMax);
+      ops_.ce_sumexp_target(sumexp, target, logits, row_max, labels, d.vocab_start(), d.vocab);
+      tp_.all_reduce(sumexp_target, dist::ReduceOp::kSum);
+    }
     ops_.ce_loss(loss, row_max, sumexp, target);
     // loss_sum += sum_t loss[t] * mask[t] * weights.loss, as a [1, n] x [n, 1] product on
     // the device.
     ops_.matmul(Tensor::f32(s.loss_sum.f(), {1, 1}), Tensor::f32(loss.f(), {1, n}), loss_w, false, false, 1.0f,
                 1.0f);
     if (!grads) continue;
-    ops_.ce_bwd(logits, logits, row_max, sumexp, labels, grad_w, d.vocab_start(), d.vocab);
+    const Tensor dlogits = s.dlogits.data ? s.dlogits.rows(0, n) : logits;
+    ops_.ce_bwd(dlogits, logits, row_max, sumexp, labels, grad_w, d.vocab_start(), d.vocab);
     // logits = x W^T: d(x) = d(logits) W; dW += d(logits)^T x.
-    ops_.matmul(dx.rows(t0, n), logits, weight, false, false, 1.0f, 0.0f);
-    ops_.matmul(dweight, logits, x.rows(t0, n), true, false, 1.0f, 1.0f);
+    ops_.matmul(dx.rows(t0, n), dlogits, weight, false, false, 1.0f, 0.0f);
+    ops_.matmul(dweight, dlogits, x.rows(t0, n), true, false, 1.0f, 1.0f);
   }
   if (out_unit_ != hu) st.params_done(out_unit_);
   a.head_grads = grads;
@@ -600,15 +621,16 @@ void GPTModel::head_forward(SlotActs& a, bool grads) {
 
 void GPTModel::recompute_group(SlotActs& a, const Recompute::Group& g, uint64_t key) {
   ParamStorage& st = *storage_;
+  ResidualSum pending;  // the group's input is kept: its first norm reads it as it is
   for (int64_t i = g.begin; i < g.end; ++i) {
     const int u = layer_unit(i);
     const size_t li = static_cast<size_t>(i);
     const LayerContext c = layer_context(dims_, i, unit_params(u), nullptr, true, 1.0f);
-    // The group's output is kept already; the recomputed copy goes to d(norm), which is
-    // free until the layer's backward (forward does not use it).
-    const Tensor out = i + 1 < g.end ? a.residual[li + 1] : scratch_.dnorm;
-    layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li], out,
-                  mix_key(key, static_cast<uint64_t>(chunk_.begin + i)));
+    // Each layer's residual add is formed by the next one's first norm, as in forward; the
+    // group's output is kept already, so the last layer's add is not formed at all.
+    pending = layer_forward(c, ids_.layers[li], a.layers[li], scratch_, a.residual[li],
+                            i + 1 < g.end ? a.residual[li + 1] : Tensor(),
+                            mix_key(key, static_cast<uint64_t>(chunk_.begin + i)), pending, true);
     st.params_done(u);
     expert_unit_done(i, false);
   }

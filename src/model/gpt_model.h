@@ -166,6 +166,10 @@ class GPTModel {
   // its first use in a pass, so that every micro-batch of a step runs the same backend calls
   // (a recorded graph holds no casts). Needs resident parameters; nothing without copies.
   void cast_compute_params();
+  // The compute copies of the dense and the expert parameters (the latter null without
+  // experts): an optimizer may write them with its update (ComputeParams::resident_copy).
+  ComputeParams& compute_params() { return *compute_; }
+  ComputeParams* expert_compute_params() { return expert_compute_.get(); }
   // The weighted losses summed on the device since the last call (one device read); 0 on a
   // chunk without the loss.
   double take_loss();
@@ -205,7 +209,10 @@ class GPTModel {
   // output and statistics, one row block's logits and cross-entropy pieces.
   struct HeadScratch {
     Tensor normed, mean, rstd;  // [R,H], [R], [R]
-    Tensor logits;              // [C, Vp / TP] fp32; becomes d(logits) in place
+    Tensor logits;              // [C, Vp / TP] fp32; becomes d(logits) in place under fp32
+    // [C, Vp / TP] bf16 d(logits) under bf16 mixed precision (rounded once, as the GEMMs that
+    // read it would round an fp32 operand), so both backward GEMMs run bf16 x bf16; empty else.
+    Tensor dlogits;
     Tensor row_max, loss;       // [C]
     Tensor sumexp_target;       // [2C]: a block's sums of exponentials, then its target logits
     Tensor loss_sum;            // [1]: the weighted losses since take_loss()
@@ -216,7 +223,14 @@ class GPTModel {
   };
   // The output layer and cross-entropy of one micro-batch, in row blocks; with gradient
   // weights, their backward and the final norm's into a.dhead.
-  void head_forward(SlotActs& a, bool grads);
+  // `last` is the last layer's closing residual add when it left it to the final norm.
+  void head_forward(SlotActs& a, bool grads, const ResidualSum& last);
+  // Whether local layer i leaves its closing residual add to the norm that reads its output
+  // next (the next layer's first norm, or the final norm): not when the output leaves the
+  // chunk (the next pipeline stage), nor across full recompute's groups (the next group lays
+  // the shared region out again, over this layer's resid_mid, and its recompute starts from
+  // its kept input).
+  bool defers_residual(int64_t i) const;
   SlotActs& slot_at(int64_t s);
   // Every slot keeps what d.recompute keeps; what it drops lives in one region all slots
   // share (see ActPlanner in gpt_model.cc).

@@ -145,20 +145,23 @@ LayerParams register_layer(ParamRegistry& reg, ParamRegistry& experts, const GPT
   return p;
 }
 
-void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor out,
-                   uint64_t key) {
+ResidualSum layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x,
+                          Tensor out, uint64_t key, const ResidualSum& in, bool defer) {
   backend::Ops& ops = c.ops;
   const GPTDims& d = c.dims;
   auto P = [&](int i) { return c.P(i); };
 
-  // Attention branch.
-  norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
+  // Attention branch; the previous layer's residual add, when left to it, fused into norm1.
+  if (in.pending())
+    add_norm_forward(c, p.norm1_w, p.norm1_b, x, a.norm1_out, a.norm1_mean, a.norm1_rstd, in.a, in.b);
+  else
+    norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
   column_parallel_forward(ops, c.tp, s.qkv, a.norm1_out, P(p.qkv_w), P(p.qkv_b), s.full);
-  ops.qkv_split(a.q, a.k, a.v, s.qkv, d.local_groups(), d.heads / d.groups, d.head_dim);
-  if (d.rope) {
-    ops.rope(a.q, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, false);
-    ops.rope(a.k, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, false);
-  }
+  if (d.rope)
+    ops.qkv_split_rope(a.q, a.k, a.v, s.qkv, d.local_groups(), d.heads / d.groups, d.head_dim, c.positions,
+                       d.rotary_dim, d.rotary_base);
+  else
+    ops.qkv_split(a.q, a.k, a.v, s.qkv, d.local_groups(), d.heads / d.groups, d.head_dim);
   c.cp.attention_forward(ops, s.cp_work, a.attn_out, a.lse, a.q, a.k, a.v, attention_dims(d, key));
   row_parallel_forward(ops, c.tp, s.branch, a.attn_out, P(p.proj_w), P(p.proj_b), s.partial);
   if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kAttnOut));
@@ -172,7 +175,10 @@ void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, La
     row_parallel_forward(ops, c.tp, s.branch, a.act_out, P(p.fc2_w), P(p.fc2_b), s.partial);
   }
   if (d.hidden_dropout > 0) dropout_rows_fwd(ops, c.runs, s.branch, s.branch, d.hidden_dropout, mix_key(key, kMlpOut));
-  ops.add(out, a.resid_mid, s.branch);
+  const ResidualSum closing{a.resid_mid, s.branch};
+  if (defer) return closing;
+  ops.add(out, closing.a, closing.b);
+  return {};
 }
 
 void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor dres,
@@ -212,12 +218,12 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   row_parallel_backward(ops, c.tp, s.dattn, G(p.proj_w), G(p.proj_b), dbranch, a.attn_out, P(p.proj_w), s.full);
   c.cp.attention_backward(ops, s.cp_work, s.dq, s.dk, s.dv, s.dattn, a.q, a.k, a.v, a.attn_out, a.lse,
                           attention_dims(d, key));
-  if (d.rope) {
-    ops.rope(s.dq, c.positions, d.local_heads(), d.head_dim, d.rotary_dim, d.rotary_base, true);
-    ops.rope(s.dk, c.positions, d.local_groups(), d.head_dim, d.rotary_dim, d.rotary_base, true);
-  }
   Tensor dqkv = s.qkv;
-  ops.qkv_merge(dqkv, s.dq, s.dk, s.dv, d.local_groups(), d.heads / d.groups, d.head_dim);
+  if (d.rope)
+    ops.qkv_merge_rope(dqkv, s.dq, s.dk, s.dv, d.local_groups(), d.heads / d.groups, d.head_dim, c.positions,
+                       d.rotary_dim, d.rotary_base);
+  else
+    ops.qkv_merge(dqkv, s.dq, s.dk, s.dv, d.local_groups(), d.heads / d.groups, d.head_dim);
   if (rc.layernorm) norm_forward(c, p.norm1_w, p.norm1_b, a.norm1_out, a.norm1_mean, a.norm1_rstd, x);
   column_parallel_backward(ops, c.tp, s.dnorm, G(p.qkv_w), G(p.qkv_b), dqkv, a.norm1_out, P(p.qkv_w), s.full,
                            s.partial);

@@ -105,9 +105,20 @@ struct LayerContext {
   Tensor G(int i) const { return reg.view(grads, base, i); }
 };
 
+// A residual sum still to be formed: x = a + b, a layer's closing residual add (its
+// resid_mid and branch) left to the norm that reads x next, which writes x as it normalises
+// (add_layernorm_fwd / add_rmsnorm_fwd). Empty a: x is formed already.
+struct ResidualSum {
+  Tensor a, b;
+  bool pending() const { return a.data != nullptr; }
+};
+
 // x [R,H] -> out [R,H] (out must not alias x). dropout_key selects this layer's masks.
-void layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor out,
-                   uint64_t dropout_key);
+// With `in` pending, x is formed here from it by the first norm. Returns the closing add
+// out = resid_mid + branch: done here unless `defer`, then only returned (pending), and the
+// caller must form out with the next norm before anything writes the scratch's branch.
+ResidualSum layer_forward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x,
+                          Tensor out, uint64_t dropout_key, const ResidualSum& in = {}, bool defer = false);
 // dres holds d(out) on entry and d(x) on return; x is the layer's saved input. Regenerates
 // first what dims.recompute's selective modules dropped.
 void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, LayerScratch& s, Tensor x, Tensor dres,

@@ -1,5 +1,7 @@
 #include "train/engine_impl.h"
 
+#include "model/transformer_layer.h"
+
 namespace mpt::train {
 
 // The backend this process trains on: MPT_BACKEND (cpu, cuda, cpu-device) when set, else
@@ -8,10 +10,11 @@ namespace mpt::train {
 std::unique_ptr<backend::Ops> make_backend(const dist::LaunchPlace& place) {
   const char* env = std::getenv("MPT_BACKEND");
   const std::string want = env ? env : "";
-  const int gpus = backend::cuda_device_count();
   if (want == "cpu") return backend::make_cpu_ops(0);
   if (want == "cpu-device") return backend::make_emulated_device_ops(0);
-  if (want == "cuda" || (want.empty() && gpus > 0 && backend::built_with_cuda())) {
+  // Counted only when a GPU is an option: a broken driver is an error there, not on the CPU.
+  const int gpus = backend::built_with_cuda() && (want.empty() || want == "cuda") ? backend::cuda_device_count() : 0;
+  if (want == "cuda" || (want.empty() && gpus > 0)) {
     MPT_CHECK(gpus > 0, Status::kDevice, "MPT_BACKEND=cuda: no CUDA GPU is visible");
     return backend::make_cuda_ops(static_cast<int>(place.local_rank % gpus));
   }
@@ -29,10 +32,11 @@ Engine::Impl::Impl(const config::Recipe& r, Logger l, const dist::LaunchPlace& p
   if (!rank0) log.set_level(LogLevel::kWarn);
   ops = make_backend(place);
   const bool on_gpu = std::string(ops->name()).rfind("cuda", 0) == 0;
+  dims = model::make_dims(recipe);
   log.info(str("mptrain: backend ", ops->name(), on_gpu ? str(" (", backend::cuda_device_summary(), ")") : std::string(),
                ops->host_memory() ? "" : ", device memory",
-               config::uses_bf16(recipe) ? ", bf16 mixed precision (fp32 master weights and gradients)" : ", fp32"));
-  dims = model::make_dims(recipe);
+               config::uses_bf16(recipe) ? ", bf16 mixed precision (fp32 master weights and gradients)" : ", fp32",
+               "; attention: ", ops->attention_summary(model::attention_dims(dims, 0), dims.compute)));
   whole_reg = model::whole_model_registry(dims);
   num_microbatches = recipe.derived.num_microbatches;
   rows = dims.micro_batch * num_microbatches;
@@ -245,10 +249,16 @@ void Engine::Impl::build_chunks() {
     oc.beta2 = recipe.optimizer.adam_beta2;
     oc.eps = recipe.optimizer.adam_eps;
     oc.clip_grad = recipe.optimizer.clip_grad;
-    for (Part* part : {&ch.dense, &ch.experts})
-      if (part->reg)
-        part->optimizer = std::make_unique<optim::AdamW>(
-            *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
+    for (Part* part : {&ch.dense, &ch.experts}) {
+      if (!part->reg) continue;
+      part->optimizer = std::make_unique<optim::AdamW>(
+          *part->reg, *ops, oc, part->dp ? part->dp->owned() : std::vector<optim::FlatRange>{});
+      // Where the update covers every element of the model's bf16 compute copies, it writes
+      // them too, and the next step casts none.
+      model::ComputeParams* copies =
+          part == &ch.dense ? &ch.model->compute_params() : ch.model->expert_compute_params();
+      if (copies && copies->resident()) part->optimizer->write_compute_copies(*copies);
+    }
     const size_t n = static_cast<size_t>(ch.model->slots());
     ch.out_send.resize(n);
     ch.grad_send.resize(n);
@@ -632,6 +642,10 @@ void Engine::load_checkpoint(const std::string& dir) {
   if (error) std::rethrow_exception(error);
   MPT_CHECK(!failed, Status::kCorruptData, "rank ", m.place.rank, ": loading the checkpoint in '", dir,
             "' failed on another rank (see its error); nothing was loaded");
+  // The compute copies the last step wrote are stale from here on, even if storing fails part-way.
+  for (Impl::Chunk& ch : m.chunks)
+    for (Impl::Part* part : {&ch.dense, &ch.experts})
+      if (part->optimizer) part->optimizer->params_replaced();
   m.store_local_copies(copies);
   if (!m.recipe.checkpoint.finetune) {
     m.iteration = st.iteration;

@@ -15,7 +15,8 @@
 // T = tokens of a micro-batch on this rank (seq / CP x micro-batch), R = the residual rows
 // it holds (T / TP under sequence parallelism); widths are this rank's (heads, groups and
 // ffn / TP). The chunk holding the loss runs its output layer, cross-entropy and their
-// backward in forward, in row blocks of fp32 logits [C, vocab / TP] (GPTDims::loss_chunk),
+// backward in forward, in row blocks of fp32 logits [C, vocab / TP] (GPTDims::loss_chunk;
+// under bf16 their gradient goes to a bf16 block beside them, read by the output layer's GEMMs),
 // and keeps only d(last layer's output) [R, H] per micro-batch; each chunk has one set of
 // working buffers (gradients of one layer, the sequence-parallel gathers, the
 // context-parallel ring's buffers, the loss's row block) shared by its micro-batches.
@@ -127,6 +128,7 @@ int64_t head_working_bytes(const model::GPTDims& d) {
   t.act(R * d.hidden);
   for (int64_t i = 0; i < (d.layernorm ? 2 : 1); ++i) t.f32(R);
   t.f32(C * d.local_vocab());  // logits, fp32
+  if (d.compute == DType::kBF16) t.act(C * d.local_vocab());  // d(logits), bf16
   t.f32(C);                    // row max
   t.f32(C);                    // token loss
   t.f32(2 * d.tokens());       // the micro-batch's per-token loss and gradient weights

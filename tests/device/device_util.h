@@ -20,10 +20,27 @@
 
 namespace mpt::device_testing {
 
-#define MPT_SKIP_WITHOUT_GPU()                                              \
-  do {                                                                      \
-    if (::mpt::cuda::visible_devices().empty()) GTEST_SKIP() << "no CUDA GPU visible"; \
+// Skips the test on a machine without a GPU. When the GPUs cannot be counted for another
+// reason (a driver older than the runtime, a driver mismatch) the test fails, naming the CUDA
+// error: a broken driver must not pass as a run where every test skipped.
+#define MPT_SKIP_WITHOUT_GPU()                                                     \
+  do {                                                                             \
+    std::string gpu_problem_;                                                      \
+    if (!::mpt::device_testing::gpu_visible(&gpu_problem_)) {                      \
+      if (gpu_problem_.empty()) GTEST_SKIP() << "no CUDA GPU visible";             \
+      FAIL() << "the CUDA GPUs cannot be counted: " << gpu_problem_;               \
+    }                                                                              \
   } while (0)
+
+// Whether a GPU is visible; false with *problem set when counting them failed.
+inline bool gpu_visible(std::string* problem) {
+  try {
+    return !cuda::visible_devices().empty();
+  } catch (const Error& e) {
+    *problem = e.what();
+    return false;
+  }
+}
 
 // A tensor held twice: host values (the CPU op's input/output) and a device copy.
 struct Pair {

@@ -67,6 +67,8 @@ log=$results/device_tests.log
 summary=$results/summary.txt
 rm -f "$json" "$log" "$summary"
 
+# The tests read recipes from this tree, wherever the build was made.
+export MPT_SOURCE_DIR=$root
 cmd=("$bin" "--gtest_output=json:$json")
 [ -n "$filter" ] && cmd+=("--gtest_filter=$filter")
 if [ "$sanitize" = 1 ]; then

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -118,7 +119,9 @@ TEST(CudaAllocator, RejectsPointersItDidNotGiveOut) {
 // --- construction and memory ------------------------------------------------------------
 
 TEST(CudaCore, FactoryRefusesWithoutAGpu) {
-  if (!cuda::visible_devices().empty()) GTEST_SKIP() << "a GPU is visible";
+  std::string problem;
+  if (gpu_visible(&problem)) GTEST_SKIP() << "a GPU is visible";
+  ASSERT_TRUE(problem.empty()) << "the CUDA GPUs cannot be counted: " << problem;
   expect_error([] { backend::make_cuda_ops(0); }, Status::kDevice, {"cuda:0", "no CUDA GPU is visible"});
 }
 
@@ -257,6 +260,65 @@ TEST(CudaCore, CopyMovesAnyDtypeAndShape) {
   EXPECT_EQ(dst->download_i32(), values);
   b.gpu->copy(src->gpu_t(), src->gpu_t());  // onto itself: nothing to do
   EXPECT_EQ(src->download_i32(), values);
+}
+
+// --- device_copy: memmove semantics -------------------------------------------------------
+
+// One overlapping (or disjoint) device_copy inside a buffer of `total` pattern bytes against
+// std::memmove on the host copy, eagerly or recorded in a graph and replayed.
+void check_device_copy(Backends& b, size_t total, size_t dst_at, size_t src_at, size_t bytes, bool graphed) {
+  std::vector<uint8_t> host(total);
+  for (size_t i = 0; i < total; ++i) host[i] = static_cast<uint8_t>((i * 131 + i / 251) & 0xff);
+  auto* base = static_cast<uint8_t*>(b.gpu->allocate(total));
+  b.gpu->to_device(base, host.data(), total);
+  if (graphed) {
+    b.gpu->begin_capture();
+    b.gpu->device_copy(base + dst_at, base + src_at, bytes);
+    const std::unique_ptr<backend::Graph> graph = b.gpu->end_capture();
+    graph->replay();
+  } else {
+    b.gpu->device_copy(base + dst_at, base + src_at, bytes);
+  }
+  std::memmove(host.data() + dst_at, host.data() + src_at, bytes);
+  std::vector<uint8_t> got(total);
+  b.gpu->to_host(got.data(), base, total);
+  b.gpu->release(base);
+  size_t first_bad = total;
+  for (size_t i = 0; i < total && first_bad == total; ++i)
+    if (got[i] != host[i]) first_bad = i;
+  EXPECT_EQ(first_bad, total) << "device_copy of " << bytes << " bytes from offset " << src_at << " to " << dst_at
+                              << (graphed ? " (graph)" : "") << ": first wrong byte at " << first_bad;
+}
+
+// Forward (dst below src) and backward (dst above src) shifts: by one byte (the byte kernel),
+// by 4 and 16 bytes (wider words), by a fraction of the length (copies of disjoint pieces),
+// across several of the kernel's tiles and with odd lengths; disjoint copies as before.
+TEST(CudaCore, DeviceCopyHandlesOverlapInBothDirections) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends b;
+  struct Case {
+    size_t bytes, shift, offset;
+  };
+  const Case cases[] = {{17, 1, 0},           {1000, 1, 3},       {4096, 4, 0},        {300001, 4, 8},
+                        {1 << 20, 16, 0},     {(1 << 20) + 48, 16, 16}, {3000017, 7, 1}, {1 << 20, 1 << 18, 0},
+                        {1000003, 500000, 5}, {1 << 20, (1 << 20) - 1, 0}, {64, 63, 0},   {1 << 16, 1 << 16, 0},
+                        {4096, 8192, 0}};
+  for (const Case& c : cases) {
+    const size_t total = c.offset + c.bytes + c.shift + 64;
+    check_device_copy(b, total, c.offset, c.offset + c.shift, c.bytes, false);  // forward
+    check_device_copy(b, total, c.offset + c.shift, c.offset, c.bytes, false);  // backward
+  }
+  check_device_copy(b, 4096, 0, 0, 4096, false);  // onto itself
+  check_device_copy(b, 64, 3, 5, 0, false);        // empty
+}
+
+TEST(CudaCore, DeviceCopyWithOverlapRecordsIntoAGraph) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends b;
+  check_device_copy(b, (1 << 20) + 256, 0, 4, 1 << 20, true);        // the kernel, forward
+  check_device_copy(b, (1 << 20) + 256, 4, 0, 1 << 20, true);        // the kernel, backward
+  check_device_copy(b, (1 << 20) + 256, 0, 1 << 18, 1 << 20, true);  // pieces, forward
+  check_device_copy(b, (1 << 20) + (1 << 18), 1 << 18, 0, 1 << 20, true);  // pieces, backward
 }
 
 // --- reductions -----------------------------------------------------------------------------

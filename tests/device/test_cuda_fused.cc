@@ -5,11 +5,15 @@
 // norm. matmul_bias_act runs each of its paths: cuBLASLt's bias epilogue, its GELU epilogue
 // (gelu_tanh, bf16), and the fallbacks (k = 0, rows that are not a multiple of 8 elements, a
 // bias or pre off a 16-byte boundary, a bias in another dtype, f32 operands with a bf16 y).
+// qkv_split_rope / qkv_merge_rope and ce_stats against the CPU and the GPU's unfused ops, bf16
+// d(logits) against the f32 ones rounded, and the packed and one-element paths of the
+// elementwise and norm kernels (sizes around the pack, tensors off a 16-byte boundary).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -418,6 +422,264 @@ TEST(CudaFused, MatmulBiasActRefusesBadArguments) {
       "a bias of the wrong length");
   expect_invalid([&] { be.gpu->matmul_bias_act(y.gpu(), y.gpu(), x.gpu(), w.gpu(), bias.gpu(), Activation::kGelu); },
                  "y over pre");
+}
+
+// ---- qkv split + RoPE -----------------------------------------------------------------------
+
+struct QkvRopeCase {
+  int64_t tokens, groups, hpg, d, rotary;
+  DType qkv = kF, parts = kF;
+  int64_t skip = 0;  // elements off the allocations' start: the one-element path
+};
+
+std::string label(const QkvRopeCase& c) {
+  return "qkv rope T=" + std::to_string(c.tokens) + " groups=" + std::to_string(c.groups) + " hpg=" +
+         std::to_string(c.hpg) + " D=" + std::to_string(c.d) + " rotary=" + std::to_string(c.rotary) + " qkv:" +
+         dtype_label(c.qkv) + " parts:" + dtype_label(c.parts) + " skip=" + std::to_string(c.skip);
+}
+
+// Positions of a context-parallel rank's two chunks: not in order, large values included.
+std::vector<int32_t> rope_positions(int64_t tokens) {
+  std::vector<int32_t> p(static_cast<size_t>(tokens));
+  for (int64_t t = 0; t < tokens; ++t) p[static_cast<size_t>(t)] = static_cast<int32_t>((t * 7919) % 32768);
+  return p;
+}
+
+// The fused ops on the GPU against the CPU (within tolerance: sincos differ in the last bits)
+// and against the GPU's own qkv_split + rope / rope + qkv_merge (bit for bit).
+void check_qkv_rope(Backends& be, const QkvRopeCase& c, uint64_t seed) {
+  const std::string what = label(c);
+  const int64_t T = c.tokens, width = c.groups * (c.hpg + 2) * c.d, qw = c.groups * c.hpg * c.d, kvw = c.groups * c.d;
+  const float base = 10000.0f;
+  auto pos = be.i32({T}, rope_positions(T));
+  Both qkv = make(be, c.qkv, {T, width}, seed, 1.0f, 0.0f, c.skip);
+  Both q = make(be, c.parts, {T, qw}, seed + 1, 1.0f, 0.0f, c.skip);
+  Both k = make(be, c.parts, {T, kvw}, seed + 2, 1.0f, 0.0f, c.skip);
+  Both v = make(be, c.parts, {T, kvw}, seed + 3, 1.0f, 0.0f, c.skip);
+  Both q2 = make(be, c.parts, {T, qw}, seed + 4), k2 = make(be, c.parts, {T, kvw}, seed + 5);
+  Both v2 = make(be, c.parts, {T, kvw}, seed + 6);
+  be.cpu->qkv_split_rope(q.cpu(), k.cpu(), v.cpu(), qkv.cpu(), c.groups, c.hpg, c.d, pos->cpu(), c.rotary, base);
+  be.gpu->qkv_split_rope(q.gpu(), k.gpu(), v.gpu(), qkv.gpu(), c.groups, c.hpg, c.d, pos->gpu_t(), c.rotary, base);
+  const double tol = c.parts == kB ? kBf16Tol : kF32Tol;
+  expect_matches_cpu(q, tol, what + ": q");
+  expect_matches_cpu(k, tol, what + ": k");
+  expect_matches_cpu(v, 0, what + ": v");
+  be.gpu->qkv_split(q2.gpu(), k2.gpu(), v2.gpu(), qkv.gpu(), c.groups, c.hpg, c.d);
+  be.gpu->rope(q2.gpu(), pos->gpu_t(), c.groups * c.hpg, c.d, c.rotary, base, false);
+  be.gpu->rope(k2.gpu(), pos->gpu_t(), c.groups, c.d, c.rotary, base, false);
+  auto same_values = [&](const Both& got, const Both& want, const std::string& name) {
+    const std::vector<uint8_t> g = device_bytes(got), w = device_bytes(want);
+    const size_t bytes = static_cast<size_t>(got.numel()) * dtype_size(got.dtype());
+    EXPECT_TRUE(std::equal(g.begin() + got.skip * dtype_size(got.dtype()),
+                           g.begin() + got.skip * dtype_size(got.dtype()) + bytes,
+                           w.begin() + want.skip * dtype_size(want.dtype())))
+        << what << ": " << name << " differs from the GPU's unfused ops";
+  };
+  same_values(q, q2, "q");
+  same_values(k, k2, "k");
+  same_values(v, v2, "v");
+
+  // Backward: d(qkv) from the rotated parts as gradients.
+  Both dqkv = make(be, c.qkv, {T, width}, seed + 7, 100.0f, 0.0f, c.skip);
+  Both dqkv2 = make(be, c.qkv, {T, width}, seed + 8);
+  be.cpu->qkv_merge_rope(dqkv.cpu(), q.cpu(), k.cpu(), v.cpu(), c.groups, c.hpg, c.d, pos->cpu(), c.rotary, base);
+  be.gpu->qkv_merge_rope(dqkv.gpu(), q2.gpu(), k2.gpu(), v2.gpu(), c.groups, c.hpg, c.d, pos->gpu_t(), c.rotary,
+                         base);
+  // The CPU rotated its q and k back in place; the GPU's inputs were q2, k2 (the same values).
+  expect_matches_cpu(dqkv, c.qkv == kB || c.parts == kB ? kBf16Tol : kF32Tol, what + ": dqkv");
+  be.gpu->rope(q.gpu(), pos->gpu_t(), c.groups * c.hpg, c.d, c.rotary, base, true);
+  be.gpu->rope(k.gpu(), pos->gpu_t(), c.groups, c.d, c.rotary, base, true);
+  be.gpu->qkv_merge(dqkv2.gpu(), q.gpu(), k.gpu(), v.gpu(), c.groups, c.hpg, c.d);
+  same_values(dqkv, dqkv2, "dqkv");
+}
+
+TEST(CudaFused, QkvSplitRopeMatchesCpuAndTheUnfusedOps) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends be;
+  uint64_t seed = 7000;
+  // Packed (head and rotary widths in whole 16-byte packs), partial rotary, odd widths, one
+  // token, none; each aligned and one element off (the one-element path).
+  const std::vector<QkvRopeCase> shapes = {{9, 2, 4, 64, 64}, {5, 1, 3, 128, 32}, {3, 2, 1, 6, 4},
+                                           {7, 3, 2, 24, 16}, {1, 1, 1, 2, 2},    {0, 2, 2, 16, 16}};
+  for (QkvRopeCase c : shapes)
+    for (DType dt : {kF, kB})
+      for (int64_t skip : {0, 1}) {
+        c.qkv = c.parts = dt;
+        c.skip = skip;
+        check_qkv_rope(be, c, seed += 16);
+      }
+  // Mixed dtypes take the composed path.
+  QkvRopeCase mixed{4, 2, 2, 16, 8};
+  mixed.qkv = kF, mixed.parts = kB;
+  check_qkv_rope(be, mixed, seed += 16);
+}
+
+// ---- cross-entropy: one-pass statistics, bf16 d(logits) ---------------------------------------
+
+struct CeCase {
+  int64_t tokens, cols, start, valid;
+  int64_t skip = 0;
+};
+
+// ce_stats on the GPU (one pass, online) against the CPU's two passes: row_max and the target
+// logit exactly, sumexp within fp32 rounding.
+TEST(CudaFused, CeStatsMatchesCpu) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends be;
+  uint64_t seed = 8000;
+  // Packed rows (cols a multiple of 4), odd columns, a shard with an offset, a padding-only
+  // shard, a long row; aligned and one element off.
+  const std::vector<CeCase> cases = {{6, 64, 0, 60}, {5, 13, 0, 13}, {4, 40, 40, 70}, {3, 8, 80, 70},
+                                     {2, 50257, 0, 50257}, {0, 16, 0, 16}};
+  for (CeCase c : cases)
+    for (int64_t skip : {0, 1}) {
+      c.skip = skip;
+      const std::string what = "ce_stats T=" + std::to_string(c.tokens) + " cols=" + std::to_string(c.cols) +
+                               " from " + std::to_string(c.start) + " skip=" + std::to_string(skip);
+      Both logits = make(be, kF, {c.tokens, c.cols}, seed += 8, 4.0f, 0.0f, skip);
+      if (c.tokens > 1) {  // a column at -inf, and one far above the rest, in the first row
+        float ninf = -std::numeric_limits<float>::infinity(), big = 80.0f;
+        std::memcpy(logits.store->host.data() + 4 * (skip + 1), &ninf, 4);
+        std::memcpy(logits.store->host.data() + 4 * (skip + c.cols / 2), &big, 4);
+        logits.store->upload();
+      }
+      std::vector<int32_t> ids(static_cast<size_t>(c.tokens));
+      for (int64_t t = 0; t < c.tokens; ++t)
+        ids[static_cast<size_t>(t)] = static_cast<int32_t>((t * 37) % (c.start + c.cols));
+      auto targets = be.i32({c.tokens}, ids);
+      Both row_max = make(be, kF, {c.tokens}, seed + 1), sumexp = make(be, kF, {c.tokens}, seed + 2);
+      Both target = make(be, kF, {c.tokens}, seed + 3);
+      be.cpu->ce_stats(row_max.cpu(), sumexp.cpu(), target.cpu(), logits.cpu(), targets->cpu(), c.start, c.valid);
+      be.gpu->ce_stats(row_max.gpu(), sumexp.gpu(), target.gpu(), logits.gpu(), targets->gpu_t(), c.start, c.valid);
+      expect_matches_cpu(row_max, 0, what + ": row_max");
+      expect_matches_cpu(target, 0, what + ": target_logit");
+      expect_matches_cpu(sumexp, kF32Tol, what + ": sumexp");
+    }
+}
+
+// ce_bwd into bf16: the GPU's f32 d(logits) rounded once, bit for bit, on the packed and the
+// one-element paths; and a bf16 dlogits over the logits is refused.
+TEST(CudaFused, CeBwdBf16IsTheF32GradientRounded) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends be;
+  uint64_t seed = 9000;
+  const std::vector<CeCase> cases = {{6, 64, 0, 60}, {5, 13, 0, 13}, {4, 40, 40, 70}, {3, 1024, 0, 1000}};
+  for (CeCase c : cases)
+    for (int64_t skip : {0, 1}) {
+      const std::string what = "ce_bwd T=" + std::to_string(c.tokens) + " cols=" + std::to_string(c.cols) +
+                               " skip=" + std::to_string(skip);
+      Both logits = make(be, kF, {c.tokens, c.cols}, seed += 8, 3.0f, 0.0f, skip);
+      std::vector<int32_t> ids(static_cast<size_t>(c.tokens));
+      for (int64_t t = 0; t < c.tokens; ++t) ids[static_cast<size_t>(t)] = static_cast<int32_t>(c.start + t % c.cols);
+      auto targets = be.i32({c.tokens}, ids);
+      Both row_max = make(be, kF, {c.tokens}, 1), sumexp = make(be, kF, {c.tokens}, 2);
+      Both target = make(be, kF, {c.tokens}, 3), scale = make(be, kF, {c.tokens}, seed + 4, 0.5f, 1.0f);
+      be.cpu->ce_stats(row_max.cpu(), sumexp.cpu(), target.cpu(), logits.cpu(), targets->cpu(), c.start, c.valid);
+      for (Both* t : {&row_max, &sumexp}) t->store->upload();  // the same statistics on both
+      Both d32 = make(be, kF, {c.tokens, c.cols}, seed + 5);
+      Both d16 = make(be, kB, {c.tokens, c.cols}, seed + 6, 1.0f, 0.0f, skip);
+      be.cpu->ce_bwd(d16.cpu(), logits.cpu(), row_max.cpu(), sumexp.cpu(), targets->cpu(), scale.cpu(), c.start,
+                     c.valid);
+      be.gpu->ce_bwd(d32.gpu(), logits.gpu(), row_max.gpu(), sumexp.gpu(), targets->gpu_t(), scale.gpu(), c.start,
+                     c.valid);
+      be.gpu->ce_bwd(d16.gpu(), logits.gpu(), row_max.gpu(), sumexp.gpu(), targets->gpu_t(), scale.gpu(), c.start,
+                     c.valid);
+      expect_matches_cpu(d16, kBf16Tol, what + ": bf16 dlogits");
+      const std::vector<uint8_t> b16 = device_bytes(d16), b32 = device_bytes(d32);
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < c.tokens * c.cols; ++i) {
+        uint16_t h;
+        float f;
+        std::memcpy(&h, b16.data() + 2 * (skip + i), 2);
+        std::memcpy(&f, b32.data() + 4 * i, 4);
+        if (h != f32_to_bf16(f) && ++mismatches <= 5)
+          ADD_FAILURE() << what << ": element " << i << " is not rounded once";
+      }
+      EXPECT_EQ(mismatches, 0) << what;
+      Tensor over = logits.gpu();
+      over.dtype = kB;
+      expect_invalid([&] { be.gpu->ce_bwd(over, logits.gpu(), row_max.gpu(), sumexp.gpu(), targets->gpu_t(),
+                                          scale.gpu(), c.start, c.valid); },
+                     what + ": bf16 dlogits over the logits");
+    }
+}
+
+// ---- packed and one-element paths of the elementwise and norm kernels ----------------------
+
+// add, add_inplace, scale and fill give the CPU's bits in f32 and bf16, with every size around
+// the pack (the tail), aligned and one element off (no packs).
+TEST(CudaFused, ElementwiseOpsGiveTheCpuBitsOnEveryPath) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends be;
+  uint64_t seed = 11000;
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{4099}, int64_t{65536 * 3 + 5}})
+    for (DType dt : {kF, kB})
+      for (int64_t skip : {0, 1}) {
+        const std::string what =
+            std::string(dtype_label(dt)) + " n=" + std::to_string(n) + " skip=" + std::to_string(skip);
+        Both a = make(be, dt, {n}, seed += 4, 1.0f, 0.0f, skip), b = make(be, dt, {n}, seed + 1, 1.0f, 0.0f, skip);
+        Both out = make(be, dt, {n}, seed + 2, 1.0f, 0.0f, skip);
+        auto same_as_cpu = [&](const Both& t, const std::string& op) {
+          EXPECT_EQ(device_bytes(t), t.store->host) << what << ": " << op << " differs from the CPU's bits";
+        };
+        be.cpu->add(out.cpu(), a.cpu(), b.cpu());
+        be.gpu->add(out.gpu(), a.gpu(), b.gpu());
+        same_as_cpu(out, "add");
+        be.cpu->add_inplace(out.cpu(), a.cpu());
+        be.gpu->add_inplace(out.gpu(), a.gpu());
+        same_as_cpu(out, "add_inplace");
+        be.cpu->scale(out.cpu(), 0.3f);
+        be.gpu->scale(out.gpu(), 0.3f);
+        same_as_cpu(out, "scale");
+        be.cpu->fill(a.cpu(), 1.7f);
+        be.gpu->fill(a.gpu(), 1.7f);
+        same_as_cpu(a, "fill");
+      }
+}
+
+// t's values `skip` elements into a new allocation.
+Both shifted(Backends& be, const Both& t, int64_t skip) {
+  Both c = make(be, t.dtype(), t.shape, 1, 1.0f, 0.0f, skip);
+  const size_t e = dtype_size(t.dtype());
+  std::copy(t.store->host.begin() + t.skip * e, t.store->host.begin() + (t.skip + t.numel()) * e,
+            c.store->host.begin() + skip * e);
+  c.store->upload();
+  return c;
+}
+
+// A norm over rows of whole packs gives the same bits aligned (packed output pass) and one
+// element off (lane by lane).
+TEST(CudaFused, NormPackedAndLaneStridedPathsGiveTheSameBits) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends be;
+  uint64_t seed = 12000;
+  for (DType dt : {kF, kB})
+    for (bool layernorm : {true, false}) {
+      const int64_t rows = 11, h = 1024;
+      Both outs[2], xs[2], means[2], rstds[2];
+      xs[0] = make(be, dt, {rows, h}, seed, 2.0f, 1.0f);
+      xs[1] = shifted(be, xs[0], 1);
+      for (int64_t skip : {0, 1}) {
+        outs[skip] = make(be, dt, {rows, h}, seed + 1, 1.0f, 0.0f, skip);
+        means[skip] = make(be, kF, {rows}, seed + 2);
+        rstds[skip] = make(be, kF, {rows}, seed + 3);
+      }
+      Both w = make(be, dt, {h}, seed + 4, 0.5f, 1.0f), bias = make(be, dt, {h}, seed + 5);
+      Both w1 = shifted(be, w, 1), bias1 = shifted(be, bias, 1);
+      for (int64_t skip : {0, 1}) {
+        const Tensor wt = skip ? w1.gpu() : w.gpu(), bt = skip ? bias1.gpu() : bias.gpu();
+        if (layernorm)
+          be.gpu->layernorm_fwd(outs[skip].gpu(), means[skip].gpu(), rstds[skip].gpu(), xs[skip].gpu(), wt, bt, kEps);
+        else
+          be.gpu->rmsnorm_fwd(outs[skip].gpu(), rstds[skip].gpu(), xs[skip].gpu(), wt, kEps);
+      }
+      const std::vector<uint8_t> o0 = device_bytes(outs[0]), o1 = device_bytes(outs[1]);
+      const size_t e = dtype_size(dt), bytes = static_cast<size_t>(rows * h) * e;
+      EXPECT_TRUE(std::equal(o0.begin(), o0.begin() + bytes, o1.begin() + e))
+          << dtype_label(dt) << (layernorm ? " layernorm" : " rmsnorm") << ": packed and lane-strided outputs differ";
+      EXPECT_EQ(device_bytes(rstds[0]), device_bytes(rstds[1]));
+      seed += 16;
+    }
 }
 
 }  // namespace

@@ -1,17 +1,23 @@
 // The CUDA GEMM family (matmul, add_bias, bias_grad, grouped_matmul) against the CPU
 // oracle on random inputs: every transpose combination and scale, degenerate extents
 // (1xN, Mx1, K = 1, empty), misaligned views, groups without rows, bit-for-bit repeats
-// and the argument checks.
+// and the argument checks; the algorithm choice per shape (timed once, cached, untimed
+// during capture or with MPT_GEMM_AUTOTUNE=0) and the widened bf16 fallback's notice.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
+#include "core/log.h"
+#include "cuda/cuda_ops.h"
 #include "device_util.h"
 
 namespace mpt {
@@ -22,6 +28,8 @@ using device_testing::Backends;
 using device_testing::Pair;
 
 constexpr double kTol = 1e-5;
+// bf16 operands: exact products, fp32 sums in another order than the CPU's.
+constexpr double kBf16GemmTol = 1e-4;
 
 std::string shape_name(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -171,6 +179,187 @@ TEST(CudaGemm, MatmulRejectsBadArguments) {
   Tensor no_data = a->gpu_t();
   no_data.data = nullptr;
   expect_invalid([&] { be.gpu->matmul(c->gpu_t(), no_data, b->gpu_t(), false, true, 1, 0); }, "matmul");
+}
+
+// ---- algorithm choice per shape ------------------------------------------------------------
+
+cuda::CudaOps& as_cuda(backend::Ops& ops) { return dynamic_cast<cuda::CudaOps&>(ops); }
+
+// Sets MPT_GEMM_AUTOTUNE for one scope, restoring what was there.
+class AutotuneSetting {
+ public:
+  explicit AutotuneSetting(const char* value) {
+    const char* old = std::getenv("MPT_GEMM_AUTOTUNE");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    if (value)
+      ::setenv("MPT_GEMM_AUTOTUNE", value, 1);
+    else
+      ::unsetenv("MPT_GEMM_AUTOTUNE");
+  }
+  ~AutotuneSetting() {
+    if (had_)
+      ::setenv("MPT_GEMM_AUTOTUNE", old_.c_str(), 1);
+    else
+      ::unsetenv("MPT_GEMM_AUTOTUNE");
+  }
+  AutotuneSetting(const AutotuneSetting&) = delete;
+  AutotuneSetting& operator=(const AutotuneSetting&) = delete;
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+struct TunedShape {
+  int64_t m, n, k;
+  bool ta, tb;
+  float alpha, beta;
+};
+
+// The first call of each shape (none used by another test) plans it and, with more than one
+// candidate, times them; its result equals the CPU's. The second call reuses the plan (nothing
+// planned or timed) and gives the same bits. At beta != 0 the timing must leave c as it was:
+// the result then still equals the CPU's single accumulation.
+void check_tuned_shapes(Backends& be, const std::vector<TunedShape>& shapes, uint64_t seed, int64_t* timed) {
+  for (const TunedShape& s : shapes) {
+    const std::string what = "matmul " + shape_name({s.m, s.n, s.k}) + (s.ta ? " a^T" : "") + (s.tb ? " b^T" : "") +
+                             " beta " + std::to_string(s.beta);
+    auto a = be.f32(s.ta ? std::vector<int64_t>{s.k, s.m} : std::vector<int64_t>{s.m, s.k}, seed);
+    auto b = be.f32(s.tb ? std::vector<int64_t>{s.n, s.k} : std::vector<int64_t>{s.k, s.n}, seed + 1);
+    auto c = be.f32({s.m, s.n}, seed + 2);
+    auto c_again = be.f32({s.m, s.n}, seed + 2);
+    seed += 3;
+    const cuda::GemmTuningCounts before = cuda::gemm_tuning_counts();
+    be.gpu->matmul(c->gpu_t(), a->gpu_t(), b->gpu_t(), s.ta, s.tb, s.alpha, s.beta);
+    const cuda::GemmTuningCounts first = cuda::gemm_tuning_counts();
+    EXPECT_EQ(first.planned - before.planned, 1) << what << ": a new shape is planned once";
+    EXPECT_LE(first.timed - before.timed, 1) << what;
+    *timed += first.timed - before.timed;
+    be.gpu->matmul(c_again->gpu_t(), a->gpu_t(), b->gpu_t(), s.ta, s.tb, s.alpha, s.beta);
+    const cuda::GemmTuningCounts second = cuda::gemm_tuning_counts();
+    EXPECT_EQ(second.planned, first.planned) << what << ": the second call must reuse the cached choice";
+    EXPECT_EQ(second.timed, first.timed) << what << ": the second call must not time again";
+    expect_bitwise_equal(c->download_f32(), c_again->download_f32(), what + " (first and second call)");
+    be.cpu->matmul(c->cpu(), a->cpu(), b->cpu(), s.ta, s.tb, s.alpha, s.beta);
+    expect_matches_cpu(*c, kTol, what);
+  }
+}
+
+TEST(CudaGemm, AutotunedShapesMatchTheCpuAndReuseTheirChoice) {
+  MPT_SKIP_WITHOUT_GPU();
+  AutotuneSetting on(nullptr);  // the default: timed
+  Backends be;
+  const std::vector<TunedShape> shapes = {{191, 263, 317, false, true, 1.0f, 0.0f},
+                                          {512, 384, 768, false, false, 1.0f, 0.0f},
+                                          {250, 130, 1030, true, false, 0.5f, 1.0f},
+                                          {1000, 64, 4099, false, true, 1.0f, -0.5f},
+                                          {96, 2048, 96, true, true, 2.0f, 0.0f},
+                                          {2047, 1025, 129, false, false, 1.0f, 1.0f}};
+  int64_t timed = 0;
+  check_tuned_shapes(be, shapes, 900, &timed);
+  EXPECT_GT(timed, 0) << "no shape had more than one candidate to time";
+}
+
+// MPT_GEMM_AUTOTUNE=0: the heuristic's first, nothing timed; results as before.
+TEST(CudaGemm, AutotuneOffTakesTheHeuristicsFirst) {
+  MPT_SKIP_WITHOUT_GPU();
+  AutotuneSetting off("0");
+  Backends be;
+  int64_t timed = 0;
+  check_tuned_shapes(be, {{193, 261, 319, false, true, 1.0f, 0.0f}, {252, 132, 1028, true, false, 1.0f, 1.0f}}, 950,
+                     &timed);
+  EXPECT_EQ(timed, 0) << "MPT_GEMM_AUTOTUNE=0 must not time";
+}
+
+// A shape first met during graph capture takes the heuristic's first untimed (nothing may wait
+// during a capture), and keeps it for the eager calls after, which give the graph's bits.
+TEST(CudaGemm, AShapeFirstMetInACaptureIsNotTimed) {
+  MPT_SKIP_WITHOUT_GPU();
+  AutotuneSetting on(nullptr);
+  Backends be;
+  auto a = be.f32({177, 311}, 971), b = be.f32({229, 311}, 972);
+  auto c = be.f32({177, 229}), c_eager = be.f32({177, 229});
+  const cuda::GemmTuningCounts before = cuda::gemm_tuning_counts();
+  be.gpu->begin_capture();
+  be.gpu->matmul(c->gpu_t(), a->gpu_t(), b->gpu_t(), false, true, 1.0f, 0.0f);
+  const std::unique_ptr<backend::Graph> graph = be.gpu->end_capture();
+  const cuda::GemmTuningCounts captured = cuda::gemm_tuning_counts();
+  EXPECT_EQ(captured.planned - before.planned, 1);
+  EXPECT_EQ(captured.timed, before.timed) << "timed during a capture";
+  graph->replay();
+  be.gpu->matmul(c_eager->gpu_t(), a->gpu_t(), b->gpu_t(), false, true, 1.0f, 0.0f);
+  EXPECT_EQ(cuda::gemm_tuning_counts().timed, before.timed) << "the eager call must keep the graph's choice";
+  expect_bitwise_equal(c->download_f32(), c_eager->download_f32(), "graph and eager call of one shape");
+  be.cpu->matmul(c->cpu(), a->cpu(), b->cpu(), false, true, 1.0f, 0.0f);
+  expect_matches_cpu(*c, kTol, "matmul planned in a capture");
+}
+
+// bf16 operands on tensor cores, where cuBLASLt proposes many algorithms: the timed choice
+// agrees with the CPU on the same (bf16-rounded) values; a bf16 GEMM on 2-byte-aligned
+// operands, which cuBLASLt may have no algorithm for, runs on widened copies and is then
+// counted and logged once for its shape.
+TEST(CudaGemm, AutotunedBf16GemmsMatchTheCpu) {
+  MPT_SKIP_WITHOUT_GPU();
+  AutotuneSetting on(nullptr);
+  Backends be;
+  std::vector<std::string> notices;
+  as_cuda(*be.gpu).set_logger(Logger([&](LogLevel, const std::string& m) { notices.push_back(m); }, LogLevel::kDebug));
+  struct Shape {
+    int64_t m, n, k, skip;  // skip: elements the operands start into their buffers
+  };
+  uint64_t seed = 980;
+  for (const Shape& s : {Shape{320, 448, 576, 0}, Shape{129, 255, 383, 0}, Shape{37, 45, 53, 1}}) {
+    const std::string what = "bf16 matmul " + shape_name({s.m, s.n, s.k}) + " skip " + std::to_string(s.skip);
+    auto a = be.f32({s.m * s.k + s.skip}, seed), b = be.f32({s.n * s.k + s.skip}, seed + 1);
+    auto c = be.f32({s.m, s.n}), c_again = be.f32({s.m, s.n});
+    seed += 2;
+    // The CPU's operands: the values rounded to bf16 (exact in f32); the GPU's: them in bf16.
+    auto round_host = [](Pair& p) {
+      for (int64_t i = 0; i < p.numel(); ++i) p.f()[i] = bf16_to_f32(f32_to_bf16(p.f()[i]));
+      p.upload();
+    };
+    round_host(*a);
+    round_host(*b);
+    void* a16 = be.gpu->allocate(static_cast<size_t>(a->numel()) * 2);
+    void* b16 = be.gpu->allocate(static_cast<size_t>(b->numel()) * 2);
+    Tensor a16_t = a->gpu_t(), b16_t = b->gpu_t();
+    a16_t.data = a16;
+    a16_t.dtype = DType::kBF16;
+    b16_t.data = b16;
+    b16_t.dtype = DType::kBF16;
+    be.gpu->cast(a16_t, a->gpu_t());
+    be.gpu->cast(b16_t, b->gpu_t());
+    const auto matrix = [&](Tensor t, int64_t rows, int64_t cols) {
+      t.data = static_cast<char*>(t.data) + s.skip * static_cast<int64_t>(dtype_size(t.dtype));
+      t.ndim = 2;
+      t.shape[0] = rows;
+      t.shape[1] = cols;
+      return t;
+    };
+    const cuda::GemmTuningCounts before = cuda::gemm_tuning_counts();
+    const size_t notices_before = notices.size();
+    be.gpu->matmul(c->gpu_t(), matrix(a16_t, s.m, s.k), matrix(b16_t, s.n, s.k), false, true, 1.0f, 0.0f);
+    be.gpu->matmul(c_again->gpu_t(), matrix(a16_t, s.m, s.k), matrix(b16_t, s.n, s.k), false, true, 1.0f, 0.0f);
+    const cuda::GemmTuningCounts after = cuda::gemm_tuning_counts();
+    // Whether cuBLASLt has an algorithm for 2-byte-aligned bf16 depends on its version: the
+    // fallback, where taken, is counted and logged once for the shape, else neither.
+    const int64_t widened = after.widened - before.widened;
+    EXPECT_TRUE(widened == 0 || (widened == 1 && s.skip)) << what << ": widened " << widened;
+    ASSERT_EQ(static_cast<int64_t>(notices.size() - notices_before), widened) << what << ": one notice per shape";
+    if (widened) {
+      const std::string& notice = notices.back();
+      EXPECT_NE(notice.find("widened"), std::string::npos) << notice;
+      EXPECT_NE(notice.find("c[37, 45]"), std::string::npos) << notice;
+      EXPECT_NE(notice.find("k 53"), std::string::npos) << notice;
+      EXPECT_NE(notice.find("bf16"), std::string::npos) << notice;
+    }
+    expect_bitwise_equal(c->download_f32(), c_again->download_f32(), what + " (first and second call)");
+    be.cpu->matmul(c->cpu(), matrix(a->cpu(), s.m, s.k), matrix(b->cpu(), s.n, s.k), false, true, 1.0f, 0.0f);
+    expect_matches_cpu(*c, kBf16GemmTol, what);
+    be.gpu->release(a16);
+    be.gpu->release(b16);
+  }
 }
 
 // ---- bias -----------------------------------------------------------------------------------

@@ -403,6 +403,54 @@ TEST(CudaGraph, ScratchCannotGrowDuringCapture) {
   EXPECT_EQ(c->download_f32(), eager);
 }
 
+// A graph replays the scratch addresses it was recorded with. A scratch area outgrown after
+// the recording must stay allocated while the graph lives: were it given back, the tensors
+// allocated next would get it and each replay would write its partial sums into them.
+TEST(CudaGraph, ScratchOutgrownAfterTheRecordingStaysWithTheGraph) {
+  MPT_SKIP_WITHOUT_GPU();
+  Backends b;  // a fresh backend: no scratch yet
+  backend::Ops& gpu = *b.gpu;
+  cuda::CudaOps& cuda = as_cuda(gpu);
+  // bias_grad over 4096 rows of 64 sums 64 chunks of rows in 64 x 64 doubles of scratch (32 KiB).
+  auto dy = b.f32({4096, 64}, 51);
+  auto dbias = b.f32({64});
+  gpu.bias_grad(dbias->gpu_t(), dy->gpu_t());  // eagerly first: the scratch area grows
+  void* recorded = cuda.scratch(0);
+  ASSERT_NE(recorded, nullptr);
+  gpu.fill(dbias->gpu_t(), 0.0f);
+  gpu.begin_capture();
+  gpu.bias_grad(dbias->gpu_t(), dy->gpu_t());
+  std::unique_ptr<Graph> graph = gpu.end_capture();
+
+  // A larger op outside capture: 64 chunks of 1024 columns need 512 KiB, so the area grows.
+  auto dy_big = b.f32({8192, 1024}, 52);
+  auto dbias_big = b.f32({1024});
+  gpu.bias_grad(dbias_big->gpu_t(), dy_big->gpu_t());
+  ASSERT_NE(cuda.scratch(0), recorded) << "the scratch area should have grown";
+  // Tensors of the recorded area's size class, holding a value the replay must not touch.
+  const float sentinel = 12345.0f;
+  std::vector<std::unique_ptr<Pair>> fresh;
+  for (int i = 0; i < 4; ++i) {
+    fresh.push_back(b.f32({64, 128}));  // 32 KiB
+    EXPECT_NE(fresh.back()->dev, recorded) << "the scratch area of a live graph was handed out again";
+    gpu.fill(fresh.back()->gpu_t(), sentinel);
+  }
+  graph->replay();
+  b.cpu->bias_grad(dbias->cpu(), dy->cpu());
+  expect_close(*dbias, 1e-5, "bias_grad replayed after the scratch area grew");
+  for (const auto& f : fresh)
+    for (float v : f->download_f32()) ASSERT_EQ(v, sentinel) << "a replay wrote into a tensor allocated after it";
+  b.cpu->bias_grad(dbias_big->cpu(), dy_big->cpu());
+  expect_close(*dbias_big, 1e-5, "the larger bias_grad");
+
+  // Once the graph is gone the outgrown area goes back to the allocator.
+  const int64_t held = gpu.workspace_bytes();
+  graph.reset();
+  EXPECT_EQ(held - gpu.workspace_bytes(), int64_t{64} * 64 * 8) << "the retired area is counted until then";
+  auto after = b.f32({64, 128});
+  expect_backend_works(gpu, *after, "after the graph that held the old scratch area is gone");
+}
+
 TEST(CudaGraph, ACaptureInvalidatedByACudaErrorIsEndedAndReported) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;

@@ -17,16 +17,26 @@
 #include <thread>
 #include <vector>
 
+#include <cstdlib>
+#include <string>
+
 #include "config/recipe.h"
 #include "core/error.h"
 #include "train/engine.h"
 
 namespace mpt::train::testing {
 
+// The source tree the test reads recipes from: $MPT_SOURCE_DIR when set (a build run on
+// another machine: tests/device/run.sh sets it), else the tree this build was configured from.
+inline std::string source_dir() {
+  const char* env = std::getenv("MPT_SOURCE_DIR");
+  return env && *env ? std::string(env) : std::string(MPT_SOURCE_DIR);
+}
+
 // recipes/tiny.toml for 10 steps: 4 micro-batches of 4 per step at one rank, so DP = 2 and
 // 4 split each step evenly.
 inline config::Recipe tiny(const std::vector<std::string>& overrides) {
-  config::Recipe r = config::load_recipe_file(std::string(MPT_SOURCE_DIR) + "/recipes/tiny.toml");
+  config::Recipe r = config::load_recipe_file(source_dir() + "/recipes/tiny.toml");
   config::apply_overrides(r, {"train.train_iters=10", "validation.eval_interval=null", "checkpoint.save=null",
                               "dataset.num_workers=1", "dist.distributed_timeout_minutes=0.5"});
   config::apply_overrides(r, overrides);

@@ -1,4 +1,7 @@
+#include <cstring>
 #include <limits>
+
+#include "core/bf16.h"
 
 #include "test_ops_util.h"
 
@@ -99,6 +102,50 @@ TEST(OpsCrossEntropy, GradientOfScaledLoss) {
   ops->ce_bwd(view(in_place, {kT, cols}), view(in_place, {kT, cols}), view(p.row_max, {kT}), view(p.sumexp, {kT}),
               view(targets, {kT}), view(scale, {kT}), start, valid);
   EXPECT_EQ(in_place, dlogits);
+}
+
+// ce_stats equals ce_row_max then ce_sumexp_target bit for bit: on a whole vocabulary with
+// padding, on a shard with an offset, and on a shard holding padding only.
+TEST(OpsCrossEntropy, StatsEqualRowMaxThenSumexp) {
+  auto ops = backend::make_cpu_ops(2);
+  struct Case {
+    int64_t cols, start;
+  };
+  std::vector<int32_t> targets = {0, 7, 3, 9, 5};
+  for (const Case& c : {Case{kCols, 0}, Case{5, 3}, Case{2, 8}}) {
+    std::vector<float> logits = random_vector(kT * c.cols, 4, 3.0f);
+    Pieces want = run_pieces(*ops, logits, c.cols, targets, c.start, kValid);
+    std::vector<float> row_max(kT, 7.0f), sumexp(kT, 7.0f), target(kT, 7.0f);
+    ops->ce_stats(view(row_max, {kT}), view(sumexp, {kT}), view(target, {kT}), view(logits, {kT, c.cols}),
+                  view(targets, {kT}), c.start, kValid);
+    EXPECT_EQ(row_max, want.row_max) << "columns from " << c.start;
+    EXPECT_EQ(sumexp, want.sumexp) << "columns from " << c.start;
+    EXPECT_EQ(target, want.target_logit) << "columns from " << c.start;
+  }
+}
+
+// bf16 d(logits) are the f32 ones rounded once (what a bf16 GEMM would make of the f32
+// operand); a bf16 dlogits over the f32 logits' memory is refused.
+TEST(OpsCrossEntropy, Bf16GradientIsTheF32OneRounded) {
+  auto ops = backend::make_cpu_ops(2);
+  const int64_t cols = 7, start = 3, valid = 8;
+  std::vector<float> logits = random_vector(kT * cols, 5, 2.0f);
+  std::vector<int32_t> targets = {3, 7, 1, 5, 4};
+  std::vector<float> scale = {0.5f, 1.0f, 2.0f, 0.0f, 1.5f};
+  Pieces p = run_pieces(*ops, logits, cols, targets, start, valid);
+  std::vector<float> f32(kT * cols);
+  ops->ce_bwd(view(f32, {kT, cols}), view(logits, {kT, cols}), view(p.row_max, {kT}), view(p.sumexp, {kT}),
+              view(targets, {kT}), view(scale, {kT}), start, valid);
+  std::vector<uint16_t> bf16(kT * cols, 0xffffu);
+  const Tensor dlogits(bf16.data(), DType::kBF16, {kT, cols});
+  ops->ce_bwd(dlogits, view(logits, {kT, cols}), view(p.row_max, {kT}), view(p.sumexp, {kT}), view(targets, {kT}),
+              view(scale, {kT}), start, valid);
+  for (size_t i = 0; i < f32.size(); ++i) EXPECT_EQ(bf16[i], f32_to_bf16(f32[i])) << "element " << i;
+  const Tensor over_logits(logits.data(), DType::kBF16, {kT, cols});
+  expect_invalid([&] {
+    ops->ce_bwd(over_logits, view(logits, {kT, cols}), view(p.row_max, {kT}), view(p.sumexp, {kT}),
+                view(targets, {kT}), view(scale, {kT}), start, valid);
+  });
 }
 
 TEST(OpsCrossEntropy, RejectsMismatchedShapes) {

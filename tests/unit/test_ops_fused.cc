@@ -2,7 +2,8 @@
 // and add_rmsnorm_fwd equal add() then the norm, and matmul_bias_act equals matmul, add_bias
 // and activation_fwd, bit for bit, for every f32/bf16 mix of their arguments, with sum
 // aliasing a or b, empty and odd shapes. Also: the norm reads the rounded sum, bad calls
-// are refused before anything is written, and the emulated device backend forwards them.
+// are refused before anything is written, and the emulated device backend forwards them (and
+// runs the fused defaults of ops_fused.cc on its own ops).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -497,6 +498,54 @@ TEST(OpsFused, EmulatedDeviceBackendGivesTheCpuBits) {
     expect_same_bytes(host.pre, want.pre, "emulated matmul_bias_act: pre");
     for (void* p : {py, ppre, px, pw, pbias}) dev->release(p);
   }
+}
+
+// The fused defaults of Ops (ops_fused.cc: qkv_split_rope, qkv_merge_rope, ce_stats) run the
+// emulated device's own ops on its memory, bf16 included: the CPU bits, and recordable.
+TEST(OpsFused, EmulatedDeviceRunsTheFusedDefaults) {
+  auto cpu = backend::make_cpu_ops(2);
+  auto dev = backend::make_emulated_device_ops(2);
+  const int64_t T = 4, groups = 2, hpg = 2, d = 8, rotary = 4;
+  Buf qkv = random_buf(kB, {T, groups * (hpg + 2) * d}, 51), q = random_buf(kB, {T, groups * hpg * d}, 52);
+  Buf k = random_buf(kB, {T, groups * d}, 53), v = random_buf(kB, {T, groups * d}, 54);
+  Buf pos{DType::kI32, {T}, std::vector<uint8_t>(4 * T)};
+  const int32_t positions[T] = {3, 1, 4, 1};
+  std::memcpy(pos.bytes.data(), positions, sizeof(positions));
+  Buf wq = q, wk = k, wv = v, wqkv = qkv;
+  cpu->qkv_split_rope(wq.t(), wk.t(), wv.t(), wqkv.t(), groups, hpg, d, pos.t(), rotary, 10000.0f);
+  void *pqkv = upload(*dev, qkv), *pq = upload(*dev, q), *pk = upload(*dev, k), *pv = upload(*dev, v);
+  void* ppos = upload(*dev, pos);
+  dev->begin_capture();
+  dev->qkv_split_rope(on(pq, q), on(pk, k), on(pv, v), on(pqkv, qkv), groups, hpg, d, on(ppos, pos), rotary, 10000.0f);
+  std::unique_ptr<backend::Graph> graph = dev->end_capture();
+  graph->replay();
+  download(*dev, q, pq);
+  download(*dev, k, pk);
+  download(*dev, v, pv);
+  expect_same_bytes(q, wq, "emulated qkv_split_rope: q");
+  expect_same_bytes(k, wk, "emulated qkv_split_rope: k");
+  expect_same_bytes(v, wv, "emulated qkv_split_rope: v");
+  cpu->qkv_merge_rope(wqkv.t(), wq.t(), wk.t(), wv.t(), groups, hpg, d, pos.t(), rotary, 10000.0f);
+  dev->qkv_merge_rope(on(pqkv, qkv), on(pq, q), on(pk, k), on(pv, v), groups, hpg, d, on(ppos, pos), rotary, 10000.0f);
+  download(*dev, qkv, pqkv);
+  expect_same_bytes(qkv, wqkv, "emulated qkv_merge_rope: dqkv");
+
+  const int64_t cols = 12;
+  Buf logits = random_buf(kF, {T, cols}, 55, 3.0f), targets{DType::kI32, {T}, std::vector<uint8_t>(4 * T)};
+  std::memcpy(targets.bytes.data(), positions, sizeof(positions));
+  Buf row_max = random_buf(kF, {T}, 56), sumexp = random_buf(kF, {T}, 57), target = random_buf(kF, {T}, 58);
+  Buf wmax = row_max, wsum = sumexp, wtarget = target;
+  cpu->ce_stats(wmax.t(), wsum.t(), wtarget.t(), logits.t(), targets.t(), 0, 10);
+  void *plog = upload(*dev, logits), *ptar = upload(*dev, targets), *pmax = upload(*dev, row_max);
+  void *psum = upload(*dev, sumexp), *ptl = upload(*dev, target);
+  dev->ce_stats(on(pmax, row_max), on(psum, sumexp), on(ptl, target), on(plog, logits), on(ptar, targets), 0, 10);
+  download(*dev, row_max, pmax);
+  download(*dev, sumexp, psum);
+  download(*dev, target, ptl);
+  expect_same_bytes(row_max, wmax, "emulated ce_stats: row_max");
+  expect_same_bytes(sumexp, wsum, "emulated ce_stats: sumexp");
+  expect_same_bytes(target, wtarget, "emulated ce_stats: target_logit");
+  for (void* p : {pqkv, pq, pk, pv, ppos, plog, ptar, pmax, psum, ptl}) dev->release(p);
 }
 
 }  // namespace

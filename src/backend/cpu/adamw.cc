@@ -23,7 +23,13 @@ void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const A
   // Bias corrections in double: 1 - 0.999^step loses digits in float for small steps.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(a.step)));
   const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(a.step)));
-  const float b1 = a.beta1, b2 = a.beta2, lr = a.lr, wd = a.weight_decay, eps = a.eps, gs = a.grad_scale;
+  float gs = a.grad_scale;
+  if (!is_empty(a.grad_scale_device)) {
+    check_f32(op, "grad_scale_device", a.grad_scale_device);
+    check_numel(op, "grad_scale_device", a.grad_scale_device, 1);
+    gs = *a.grad_scale_device.f();
+  }
+  const float b1 = a.beta1, b2 = a.beta2, lr = a.lr, wd = a.weight_decay, eps = a.eps;
   float *p = param.f(), *m = exp_avg.f(), *v = exp_avg_sq.f();
   const float* g = grad.f();
 #pragma omp parallel for schedule(static) if(n >= kMinParallelWork)

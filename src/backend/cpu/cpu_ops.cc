@@ -247,6 +247,7 @@ class CpuOps final : public Ops {
   void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
               int64_t vocab_start, int64_t vocab_valid) override {
     ThreadScope ts(threads_);
+    cpu::check_dlogits_apart(dlogits, logits);
     staged("ce_bwd",
            {{"dlogits", &dlogits, kOut}, {"logits", &logits, kF32}, {"row_max", &row_max, kF32},
             {"sumexp", &sumexp, kF32}, {"grad_scale", &grad_scale, kF32}},

@@ -1,6 +1,7 @@
 #include "backend/cpu/cross_entropy.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <limits>
 
@@ -109,6 +110,14 @@ void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor
       drow[c] = (std::exp(row[c] - mx) * inv_sum - (c == target ? 1.0f : 0.0f)) * scale;
     std::fill(drow + l.valid, drow + l.cols, 0.0f);
   }
+}
+
+void check_dlogits_apart(const Tensor& dlogits, const Tensor& logits) {
+  if (dlogits.dtype == logits.dtype || dlogits.data == nullptr || logits.data == nullptr) return;
+  const auto d = reinterpret_cast<uintptr_t>(dlogits.data), l = reinterpret_cast<uintptr_t>(logits.data);
+  MPT_CPU_CHECK(d + dlogits.bytes() <= l || l + logits.bytes() <= d, "ce_bwd",
+                "dlogits " + describe(dlogits) + " must not overlap logits " + describe(logits) +
+                    " unless it has their dtype");
 }
 
 }  // namespace mpt::backend::cpu

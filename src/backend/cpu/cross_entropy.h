@@ -22,5 +22,8 @@ void ce_loss(Tensor loss, Tensor row_max, Tensor sumexp, Tensor target_logit);
 // may alias logits.
 void ce_bwd(Tensor dlogits, Tensor logits, Tensor row_max, Tensor sumexp, Tensor targets, Tensor grad_scale,
             int64_t vocab_start, int64_t vocab_valid);
+// ce_bwd's rule for a dlogits in another dtype than logits (bf16): it must not overlap them,
+// as a GPU writes elements while others are still to be read. Checked before staging.
+void check_dlogits_apart(const Tensor& dlogits, const Tensor& logits);
 
 }  // namespace mpt::backend::cpu

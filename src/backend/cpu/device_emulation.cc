@@ -45,6 +45,12 @@ Tensor U(Tensor t) {
   return t;
 }
 
+// AdamW's arguments with the clip factor's memory untagged.
+AdamWArgs U(AdamWArgs a) {
+  a.grad_scale_device = U(a.grad_scale_device);
+  return a;
+}
+
 using Call = std::function<void()>;
 
 class RecordedGraph final : public Graph {
@@ -192,11 +198,35 @@ class EmulatedDeviceOps final : public Ops {
     std::vector<int64_t> n(counts, counts + (groups > 0 ? groups : 0));
     run([=, this, n = std::move(n)] { inner_->grouped_matmul(U(c), U(a), U(b), n.data(), groups, form, beta); });
   }
-  void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) override { run([=, this] { inner_->adamw(U(param), U(grad), U(exp_avg), U(exp_avg_sq), a); }); }
+  void adamw(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, const AdamWArgs& a) override { run([=, this] { inner_->adamw(U(param), U(grad), U(exp_avg), U(exp_avg_sq), U(a)); }); }
+  void adamw_multi(const AdamWTensor* tensors, int64_t count, const AdamWArgs& a) override {
+    MPT_CHECK(count >= 0 && (count == 0 || tensors != nullptr), Status::kInvalidArgument, "adamw_multi: ", count,
+              " pieces", tensors ? "" : " and no table");
+    if (!capturing_) {
+      inner_->adamw_multi(untagged(tensors, count), count, U(a));
+      return;
+    }
+    // The table is read when the call is made, as a GPU's launch arguments are.
+    std::vector<AdamWTensor> table(tensors, tensors + count);
+    run([=, this, table = std::move(table)] { inner_->adamw_multi(untagged(table.data(), count), count, U(a)); });
+  }
+  // On the device: no host read, and recorded like any op while capturing.
+  void sum_squares_acc(Tensor acc, Tensor x) override { run([=, this] { inner_->sum_squares_acc(U(acc), U(x)); }); }
+  void grad_clip_factor(Tensor factor, Tensor sumsq, double max_norm) override { run([=, this] { inner_->grad_clip_factor(U(factor), U(sumsq), max_norm); }); }
 
  private:
   // Hands the seed as it is now to the CPU ops about to run.
   void seeded() { inner_->set_dropout_seed(dropout_seed_); }
+  // adamw_multi's table with its memory untagged, in a buffer kept between calls (a step
+  // allocates nothing).
+  const AdamWTensor* untagged(const AdamWTensor* tensors, int64_t count) {
+    multi_table_.assign(tensors, tensors + count);
+    for (AdamWTensor& x : multi_table_) {
+      x.param = U(x.param), x.grad = U(x.grad), x.exp_avg = U(x.exp_avg), x.exp_avg_sq = U(x.exp_avg_sq);
+      x.compute_copy = U(x.compute_copy);
+    }
+    return multi_table_.data();
+  }
   // Runs an op now, or records it while capturing.
   template <class F>
   void run(F&& f) {
@@ -217,6 +247,7 @@ class EmulatedDeviceOps final : public Ops {
   std::vector<Call> recording_;
   std::string spoiled_;  // the first refused call of this capture
   std::vector<void*> released_;  // memory released during this capture
+  std::vector<AdamWTensor> multi_table_;  // see untagged()
 };
 
 }  // namespace
