@@ -190,11 +190,14 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   // Selective recompute regenerates what forward dropped just before backward reads it.
   const Recompute& rc = d.recompute;
 
-  // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))).
-  Tensor dbranch = s.branch;
+  // MLP branch: out = resid_mid + drop(fc2(act(fc1(norm2(resid_mid))))). Without dropout
+  // the branch's gradient is dres itself: the dense MLP only reads it before norm_backward
+  // adds into dres (the MoE layer gets a copy: its backward is not held to that).
+  Tensor dbranch = dres;
+  if (d.hidden_dropout > 0 || p.moe) dbranch = s.branch;
   if (d.hidden_dropout > 0)
     dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kMlpOut));
-  else
+  else if (p.moe)
     ops.copy(dbranch, dres);
   if (rc.layernorm) norm_forward(c, p.norm2_w, p.norm2_b, a.norm2_out, a.norm2_mean, a.norm2_rstd, a.resid_mid);
   if (p.moe) {
@@ -210,11 +213,13 @@ void layer_backward(const LayerContext& c, const LayerParams& p, LayerActs& a, L
   }
   norm_backward(c, p.norm2_w, p.norm2_b, dres, s.dnorm, a.resid_mid, a.norm2_mean, a.norm2_rstd);
 
-  // Attention branch: resid_mid = x + drop(proj(attn(...))).
-  if (d.hidden_dropout > 0)
+  // Attention branch: resid_mid = x + drop(proj(attn(...))); linear_proj's backward only
+  // reads the branch's gradient, so without dropout it is dres itself.
+  dbranch = dres;
+  if (d.hidden_dropout > 0) {
+    dbranch = s.branch;
     dropout_rows_bwd(ops, c.runs, dbranch, dres, d.hidden_dropout, mix_key(key, kAttnOut));
-  else
-    ops.copy(dbranch, dres);
+  }
   row_parallel_backward(ops, c.tp, s.dattn, G(p.proj_w), G(p.proj_b), dbranch, a.attn_out, P(p.proj_w), s.full);
   c.cp.attention_backward(ops, s.cp_work, s.dq, s.dk, s.dv, s.dattn, a.q, a.k, a.v, a.attn_out, a.lse,
                           attention_dims(d, key));
