@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backend/ops.h"
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "cuda/device.h"
@@ -148,6 +150,79 @@ inline void expect_error(const std::function<void()>& f, Status status, const st
       EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
           << what << ": '" << e.what() << "' lacks '" << part << "'";
   }
+}
+
+// --- tensors in either dtype ------------------------------------------------------------------
+
+// Host storage of p from fp32 values (rounded to nearest even for bf16); not uploaded.
+inline void set_host(Pair& p, const std::vector<float>& v) {
+  if (p.dtype == DType::kBF16) {
+    auto* h = reinterpret_cast<uint16_t*>(p.host.data());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+  } else {
+    std::memcpy(p.host.data(), v.data(), v.size() * sizeof(float));
+  }
+}
+
+// n values of dtype dt (f32 or bf16, widened exactly) at bytes.
+inline std::vector<float> widen(const uint8_t* bytes, DType dt, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    if (dt == DType::kBF16) {
+      uint16_t h;
+      std::memcpy(&h, bytes + 2 * i, 2);
+      v[static_cast<size_t>(i)] = bf16_to_f32(h);
+    } else {
+      std::memcpy(&v[static_cast<size_t>(i)], bytes + 4 * i, 4);
+    }
+  }
+  return v;
+}
+
+inline std::vector<float> host_values(const Pair& p) { return widen(p.host.data(), p.dtype, p.numel()); }
+
+inline std::vector<uint8_t> device_bytes(const Pair& p) {
+  std::vector<uint8_t> out(p.host.size());
+  if (!out.empty()) p.gpu->to_host(out.data(), p.dev, out.size());
+  return out;
+}
+
+inline std::vector<float> device_values(const Pair& p) { return widen(device_bytes(p).data(), p.dtype, p.numel()); }
+
+// A tensor of `shape` in dtype dt on both backends: normal(0, std) values from `seed`
+// (rounded for bf16), or zeros.
+inline std::unique_ptr<Pair> make_tensor(Backends& b, DType dt, std::vector<int64_t> shape, uint64_t seed = 0,
+                                         float std = 1.0f) {
+  auto p = std::make_unique<Pair>();
+  p->gpu = b.gpu.get();
+  p->dtype = dt;
+  p->shape = std::move(shape);
+  p->host.assign(static_cast<size_t>(p->numel()) * dtype_size(dt), 0);
+  std::vector<float> v(static_cast<size_t>(p->numel()), 0.0f);
+  if (seed && !v.empty()) fill_normal(v.data(), p->numel(), seed, 0, 0.0f, std);
+  set_host(*p, v);
+  p->dev = b.gpu->allocate(p->host.size());
+  if (!v.empty()) p->upload();
+  return p;
+}
+
+// An attention call's dims with the usual 1/sqrt(head_dim) scale, and a dropout key and head
+// offset for the calls that draw masks.
+inline backend::AttentionDims attention_dims(int64_t sq, int64_t skv, int64_t batch, int64_t heads, int64_t groups,
+                                             int64_t dim, bool causal, float dropout_p = 0) {
+  backend::AttentionDims d;
+  d.seq_q = sq;
+  d.seq_kv = skv;
+  d.batch = batch;
+  d.heads = heads;
+  d.groups = groups;
+  d.head_dim = dim;
+  d.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  d.causal = causal;
+  d.dropout_p = dropout_p;
+  d.dropout_key = 0x5eed1234;
+  d.head_offset = 3;
+  return d;
 }
 
 // One attention problem held on both backends: inputs, forward outputs, gradients. The

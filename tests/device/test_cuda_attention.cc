@@ -25,23 +25,6 @@ using backend::AttentionDims;
 constexpr double kTol = 1e-5;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-AttentionDims dims(int64_t sq, int64_t skv, int64_t batch, int64_t heads, int64_t groups, int64_t dim, bool causal,
-                   float dropout_p) {
-  AttentionDims d;
-  d.seq_q = sq;
-  d.seq_kv = skv;
-  d.batch = batch;
-  d.heads = heads;
-  d.groups = groups;
-  d.head_dim = dim;
-  d.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  d.causal = causal;
-  d.dropout_p = dropout_p;
-  d.dropout_key = 0x5eed1234;
-  d.head_offset = 3;
-  return d;
-}
-
 std::string label(const AttentionDims& d) {
   return "sq=" + std::to_string(d.seq_q) + " skv=" + std::to_string(d.seq_kv) + " B=" + std::to_string(d.batch) +
          " H=" + std::to_string(d.heads) + " G=" + std::to_string(d.groups) + " D=" + std::to_string(d.head_dim) +
@@ -96,61 +79,62 @@ AttentionDims with_positions(AttentionDims d) {
 // seq_q, seq_kv, batch, heads, groups, head_dim, causal, dropout
 TEST(CudaAttention, MhaCausal) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(37, 37, 2, 4, 4, 64, true, 0), 1);
+  check_problem(attention_dims(37, 37, 2, 4, 4, 64, true, 0), 1);
 }
 TEST(CudaAttention, MhaFull) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(45, 45, 2, 2, 2, 64, false, 0), 2);
+  check_problem(attention_dims(45, 45, 2, 2, 2, 64, false, 0), 2);
 }
 TEST(CudaAttention, GqaFullMoreKeys) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(33, 70, 2, 8, 2, 128, false, 0), 3);
+  check_problem(attention_dims(33, 70, 2, 8, 2, 128, false, 0), 3);
 }
 TEST(CudaAttention, GqaCausalLong) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(300, 300, 2, 8, 2, 128, true, 0), 4);
+  check_problem(attention_dims(300, 300, 2, 8, 2, 128, true, 0), 4);
 }
 TEST(CudaAttention, MqaCausal) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(129, 129, 3, 6, 1, 64, true, 0), 5);
+  check_problem(attention_dims(129, 129, 3, 6, 1, 64, true, 0), 5);
 }
 // Fewer queries than keys under a causal mask: the queries are the last seq_q positions.
 TEST(CudaAttention, CausalBottomRight) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(19, 77, 2, 4, 2, 80, true, 0), 6);
-  check_problem(dims(70, 200, 1, 2, 2, 64, true, 0), 7);
-  check_problem(dims(1, 65, 2, 2, 1, 16, true, 0), 8);
+  check_problem(attention_dims(19, 77, 2, 4, 2, 80, true, 0), 6);
+  check_problem(attention_dims(70, 200, 1, 2, 2, 64, true, 0), 7);
+  check_problem(attention_dims(1, 65, 2, 2, 1, 16, true, 0), 8);
 }
 // More queries than keys (no mask) and tiny problems.
 TEST(CudaAttention, EdgeShapes) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(90, 20, 2, 2, 1, 48, false, 0), 9);
-  check_problem(dims(1, 1, 1, 1, 1, 1, true, 0), 10);
-  check_problem(dims(1, 3, 1, 3, 3, 5, false, 0), 11);
+  check_problem(attention_dims(90, 20, 2, 2, 1, 48, false, 0), 9);
+  check_problem(attention_dims(1, 1, 1, 1, 1, 1, true, 0), 10);
+  check_problem(attention_dims(1, 3, 1, 3, 3, 5, false, 0), 11);
 }
 // Every head_dim class (16 -> 32, 64, 80 -> 128, 128, 200 -> 256, 256), with odd head dims
 // taking the scalar tile loads.
 TEST(CudaAttention, HeadDims) {
   MPT_SKIP_WITHOUT_GPU();
-  for (int64_t dim : {16, 33, 64, 80, 128, 130, 200, 256}) check_problem(dims(67, 67, 2, 4, 2, dim, true, 0), 20 + dim);
+  for (int64_t dim : {16, 33, 64, 80, 128, 130, 200, 256})
+    check_problem(attention_dims(67, 67, 2, 4, 2, dim, true, 0), 20 + dim);
 }
 TEST(CudaAttention, Dropout) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(dims(65, 65, 2, 4, 2, 64, true, 0.1f), 30);
-  check_problem(dims(33, 50, 2, 4, 4, 128, false, 0.1f), 31);
-  check_problem(dims(35, 35, 1, 2, 1, 256, true, 0.1f), 32);
+  check_problem(attention_dims(65, 65, 2, 4, 2, 64, true, 0.1f), 30);
+  check_problem(attention_dims(33, 50, 2, 4, 4, 128, false, 0.1f), 31);
+  check_problem(attention_dims(35, 35, 1, 2, 1, 256, true, 0.1f), 32);
 }
 TEST(CudaAttention, DropoutWithPositions) {
   MPT_SKIP_WITHOUT_GPU();
-  check_problem(with_positions(dims(21, 45, 2, 4, 2, 16, true, 0.1f)), 40);
-  check_problem(with_positions(dims(70, 70, 3, 3, 1, 36, true, 0.1f)), 41);
-  check_problem(with_positions(dims(40, 90, 2, 4, 2, 80, false, 0.3f)), 42);
+  check_problem(with_positions(attention_dims(21, 45, 2, 4, 2, 16, true, 0.1f)), 40);
+  check_problem(with_positions(attention_dims(70, 70, 3, 3, 1, 36, true, 0.1f)), 41);
+  check_problem(with_positions(attention_dims(40, 90, 2, 4, 2, 80, false, 0.3f)), 42);
 }
 
 // Unaligned views (one float past a 16-byte boundary) take the scalar tile loads.
 TEST(CudaAttention, UnalignedViews) {
   MPT_SKIP_WITHOUT_GPU();
-  const auto d = dims(50, 50, 2, 2, 1, 64, true, 0.1f);
+  const auto d = attention_dims(50, 50, 2, 2, 1, 64, true, 0.1f);
   SCOPED_TRACE(label(d));
   Backends b;
   Problem p(b, d, 50);
@@ -187,7 +171,7 @@ TEST(CudaAttention, UnalignedViews) {
 // The same call twice gives the same bits (no atomics, fixed-order sums).
 TEST(CudaAttention, Deterministic) {
   MPT_SKIP_WITHOUT_GPU();
-  const auto d = with_positions(dims(150, 150, 2, 8, 2, 64, true, 0.1f));
+  const auto d = with_positions(attention_dims(150, 150, 2, 8, 2, 64, true, 0.1f));
   Backends b;
   Problem p(b, d, 70);
   std::vector<std::vector<float>> first;
@@ -300,13 +284,13 @@ void check_key_split(const AttentionDims& whole, int64_t split, uint64_t seed) {
 
 TEST(CudaAttention, KeySplitMergeAndBackward) {
   MPT_SKIP_WITHOUT_GPU();
-  check_key_split(dims(20, 90, 2, 4, 2, 32, false, 0), 37, 100);
-  check_key_split(dims(70, 150, 2, 4, 4, 128, false, 0), 64, 110);
+  check_key_split(attention_dims(20, 90, 2, 4, 2, 32, false, 0), 37, 100);
+  check_key_split(attention_dims(70, 150, 2, 4, 4, 128, false, 0), 64, 110);
 }
 TEST(CudaAttention, KeySplitMergeAndBackwardWithDropout) {
   MPT_SKIP_WITHOUT_GPU();
-  check_key_split(dims(20, 90, 1, 4, 2, 64, false, 0.1f), 64, 120);
-  check_key_split(with_positions(dims(33, 71, 2, 2, 1, 80, false, 0.1f)), 30, 130);
+  check_key_split(attention_dims(20, 90, 1, 4, 2, 64, false, 0.1f), 64, 120);
+  check_key_split(with_positions(attention_dims(33, 71, 2, 2, 1, 80, false, 0.1f)), 30, 130);
 }
 
 // A causal call cut into query halves (the first half over the first half of the keys, the
@@ -315,13 +299,14 @@ TEST(CudaAttention, KeySplitMergeAndBackwardWithDropout) {
 TEST(CudaAttention, CausalQueryHalvesMatchWholeCall) {
   MPT_SKIP_WITHOUT_GPU();
   const int64_t S = 100, half = 50;
-  const auto whole = with_positions(dims(S, S, 2, 4, 2, 64, true, 0.1f));
+  const auto whole = with_positions(attention_dims(S, S, 2, 4, 2, 64, true, 0.1f));
   SCOPED_TRACE(label(whole));
   Backends b;
   Problem p(b, whole, 140);
   p.forward(b);
   p.backward(b);
-  const int64_t per_q = whole.batch * whole.heads * whole.head_dim, per_kv = whole.batch * whole.groups * whole.head_dim;
+  const int64_t per_q = whole.batch * whole.heads * whole.head_dim,
+                per_kv = whole.batch * whole.groups * whole.head_dim;
   const int64_t hd = whole.heads * whole.head_dim, gd = whole.groups * whole.head_dim, B = whole.batch;
   auto first = whole, second = whole;
   first.seq_q = first.seq_kv = half;
@@ -433,7 +418,7 @@ void expect_status(F f, Status status, const std::string& needle, const std::str
 TEST(CudaAttention, RejectsBadArguments) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;
-  const auto good = dims(8, 8, 2, 4, 2, 16, true, 0);
+  const auto good = attention_dims(8, 8, 2, 4, 2, 16, true, 0);
   Problem p(b, good, 300);
   auto fwd = [&](const AttentionDims& d) {
     return [&b, &p, d] {
@@ -470,7 +455,7 @@ TEST(CudaAttention, RejectsBadArguments) {
   d.seq_q = 0;
   expect_status(fwd(d), Status::kInvalidArgument, "dims must be positive", "empty");
 
-  auto big = dims(1, 1, 1, 1, 1, 260, false, 0);
+  auto big = attention_dims(1, 1, 1, 1, 1, 260, false, 0);
   auto q = b.f32({1, 260}), k = b.f32({1, 260}), v = b.f32({1, 260}), out = b.f32({1, 260}), lse = b.f32({1, 1});
   expect_status([&] { b.gpu->attention_fwd(out->gpu_t(), lse->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(), big); },
                 Status::kNotSupported, "head_dim 260", "head_dim above 256");

@@ -43,57 +43,6 @@ const char* name(DType t) { return t == kB ? "bf16" : "f32"; }
 
 // --- tensors in either dtype on both backends ---------------------------------------------------
 
-// Host storage of p from fp32 values (rounded for BF16); not uploaded.
-void set_host(Pair& p, const std::vector<float>& v) {
-  if (p.dtype == kB) {
-    auto* h = reinterpret_cast<uint16_t*>(p.host.data());
-    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
-  } else {
-    std::memcpy(p.host.data(), v.data(), v.size() * sizeof(float));
-  }
-}
-
-std::vector<float> widen(const uint8_t* bytes, DType dt, int64_t n) {
-  std::vector<float> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    if (dt == kB) {
-      uint16_t h;
-      std::memcpy(&h, bytes + 2 * i, 2);
-      v[i] = bf16_to_f32(h);
-    } else {
-      std::memcpy(&v[i], bytes + 4 * i, 4);
-    }
-  }
-  return v;
-}
-
-std::vector<float> host_values(const Pair& p) { return widen(p.host.data(), p.dtype, p.numel()); }
-
-std::vector<uint8_t> device_bytes(const Pair& p) {
-  std::vector<uint8_t> out(p.host.size());
-  if (!out.empty()) p.gpu->to_host(out.data(), p.dev, out.size());
-  return out;
-}
-
-std::vector<float> device_values(const Pair& p) { return widen(device_bytes(p).data(), p.dtype, p.numel()); }
-
-// A tensor of `shape` in dtype dt: normal(0, std) values from `seed` (rounded to bf16 for
-// BF16), or zeros.
-std::unique_ptr<Pair> make(Backends& b, DType dt, std::vector<int64_t> shape, uint64_t seed = 0,
-                           float std = 1.0f) {
-  auto p = std::make_unique<Pair>();
-  p->gpu = b.gpu.get();
-  p->dtype = dt;
-  p->shape = std::move(shape);
-  p->host.assign(static_cast<size_t>(p->numel()) * dtype_size(dt), 0);
-  std::vector<float> v(static_cast<size_t>(p->numel()), 0.0f);
-  if (seed && !v.empty()) fill_normal(v.data(), p->numel(), seed, 0, 0.0f, std);
-  set_host(*p, v);
-  p->dev = b.gpu->allocate(p->host.size());
-  if (!v.empty()) p->upload();
-  return p;
-}
-
 // The host values (the CPU's) copied to the device, so that a next step starts equal on both.
 void upload(Pair& p) {
   if (!p.host.empty()) p.upload();
@@ -169,9 +118,9 @@ TEST(CudaBf16, CastIsBitExactOnEdgeValues) {
   for (int64_t i = 0; i < 1003; ++i) values.push_back(edges[static_cast<size_t>(i) % edges.size()]);
   for (int64_t skip : {int64_t{0}, int64_t{1}}) {
     const int64_t n = static_cast<int64_t>(values.size()) - skip;
-    auto src = make(b, kF, {static_cast<int64_t>(values.size())});
+    auto src = make_tensor(b, kF, {static_cast<int64_t>(values.size())});
     set_values(*src, values);
-    auto dst = make(b, kB, {static_cast<int64_t>(values.size())});
+    auto dst = make_tensor(b, kB, {static_cast<int64_t>(values.size())});
     b.gpu->cast(dst->gpu_t().rows(skip, n), src->gpu_t().rows(skip, n));
     const std::vector<uint8_t> got = device_bytes(*dst);
     for (int64_t i = skip; i < static_cast<int64_t>(values.size()); ++i) {
@@ -185,11 +134,11 @@ TEST(CudaBf16, CastIsBitExactOnEdgeValues) {
 
   // bf16 -> f32 over every bit pattern: exact widening.
   const int64_t all = 65536;
-  auto src = make(b, kB, {all});
+  auto src = make_tensor(b, kB, {all});
   auto* h = reinterpret_cast<uint16_t*>(src->host.data());
   for (int64_t i = 0; i < all; ++i) h[i] = static_cast<uint16_t>(i);
   src->upload();
-  auto dst = make(b, kF, {all});
+  auto dst = make_tensor(b, kF, {all});
   b.gpu->cast(dst->gpu_t(), src->gpu_t());
   const std::vector<uint8_t> got = device_bytes(*dst);
   for (int64_t i = 0; i < all; ++i) {
@@ -199,10 +148,10 @@ TEST(CudaBf16, CastIsBitExactOnEdgeValues) {
   }
 
   // Same dtype: a copy; and empty tensors.
-  auto copy = make(b, kB, {all});
+  auto copy = make_tensor(b, kB, {all});
   b.gpu->cast(copy->gpu_t(), src->gpu_t());
   EXPECT_EQ(device_bytes(*copy), device_bytes(*src));
-  auto empty_b = make(b, kB, {0}), empty_f = make(b, kF, {0});
+  auto empty_b = make_tensor(b, kB, {0}), empty_f = make_tensor(b, kF, {0});
   b.gpu->cast(empty_b->gpu_t(), empty_f->gpu_t());
   b.gpu->synchronize();
 }
@@ -216,19 +165,19 @@ TEST(CudaBf16, ElementwiseOpsMatchTheCpu) {
   for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{1001}, int64_t{70000}}) {
     const std::string at = " n " + std::to_string(n);
     for (int mask = 0; mask < 8; ++mask) {  // out, a, b
-      auto x = make(b, pick(mask, 1), {n}, seed++), y = make(b, pick(mask, 2), {n}, seed++);
-      auto out = make(b, pick(mask, 0), {n}, seed++);
+      auto x = make_tensor(b, pick(mask, 1), {n}, seed++), y = make_tensor(b, pick(mask, 2), {n}, seed++);
+      auto out = make_tensor(b, pick(mask, 0), {n}, seed++);
       b.gpu->add(out->gpu_t(), x->gpu_t(), y->gpu_t());
       b.cpu->add(out->cpu(), x->cpu(), y->cpu());
       expect_matches_cpu(*out, "add mask " + std::to_string(mask) + at);
     }
     for (int mask = 0; mask < 4; ++mask) {  // y, x
-      auto y = make(b, pick(mask, 0), {n}, seed++), x = make(b, pick(mask, 1), {n}, seed++);
+      auto y = make_tensor(b, pick(mask, 0), {n}, seed++), x = make_tensor(b, pick(mask, 1), {n}, seed++);
       b.gpu->add_inplace(y->gpu_t(), x->gpu_t());
       b.cpu->add_inplace(y->cpu(), x->cpu());
       expect_matches_cpu(*y, "add_inplace mask " + std::to_string(mask) + at);
     }
-    auto x = make(b, kB, {n}, seed++);
+    auto x = make_tensor(b, kB, {n}, seed++);
     b.gpu->scale(x->gpu_t(), -0.37f);
     b.cpu->scale(x->cpu(), -0.37f);
     expect_matches_cpu(*x, "scale" + at);
@@ -238,7 +187,7 @@ TEST(CudaBf16, ElementwiseOpsMatchTheCpu) {
 
     // copy: bytes for equal dtypes, rounded or widened across them.
     for (int mask = 0; mask < 4; ++mask) {  // dst, src
-      auto src = make(b, pick(mask, 1), {n}, seed++), dst = make(b, pick(mask, 0), {n}, seed++);
+      auto src = make_tensor(b, pick(mask, 1), {n}, seed++), dst = make_tensor(b, pick(mask, 0), {n}, seed++);
       b.gpu->copy(dst->gpu_t(), src->gpu_t());
       set_host(*dst, host_values(*src));
       expect_same_bits(*dst, "copy mask " + std::to_string(mask) + at);
@@ -250,7 +199,7 @@ TEST(CudaBf16, ReductionsReadBf16) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;
   for (int64_t n : {int64_t{0}, int64_t{3}, int64_t{300001}}) {
-    auto x = make(b, kB, {n}, 11), y = make(b, kF, {n}, 12);
+    auto x = make_tensor(b, kB, {n}, 11), y = make_tensor(b, kF, {n}, 12);
     const double want_sq = b.cpu->sum_squares(x->cpu()), got_sq = b.gpu->sum_squares(x->gpu_t());
     EXPECT_NEAR(got_sq, want_sq, 1e-12 * std::max(1.0, want_sq)) << "sum_squares n " << n;
     const double want_dot = b.cpu->dot(x->cpu(), y->cpu()), got_dot = b.gpu->dot(x->gpu_t(), y->gpu_t());
@@ -259,7 +208,7 @@ TEST(CudaBf16, ReductionsReadBf16) {
   }
   // all_finite on bf16: the largest finite value passes, any Inf or NaN fails.
   const int64_t n = 5000;
-  auto x = make(b, kB, {n}, 13);
+  auto x = make_tensor(b, kB, {n}, 13);
   auto* h = reinterpret_cast<uint16_t*>(x->host.data());
   h[17] = 0x7f7f;
   h[18] = 0xff7f;
@@ -289,9 +238,9 @@ void check_matmul(Backends& b, DType ta, DType tb, DType tc, int64_t m, int64_t 
                            std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k) +
                            (trans_a ? " a^T" : "") + (trans_b ? " b^T" : "") + " alpha " + std::to_string(alpha) +
                            " beta " + std::to_string(beta);
-  auto a = make(b, ta, trans_a ? std::vector<int64_t>{k, m} : std::vector<int64_t>{m, k}, seed);
-  auto bm = make(b, tb, trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n}, seed + 1);
-  auto c = make(b, tc, {m, n}, seed + 2);
+  auto a = make_tensor(b, ta, trans_a ? std::vector<int64_t>{k, m} : std::vector<int64_t>{m, k}, seed);
+  auto bm = make_tensor(b, tb, trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n}, seed + 1);
+  auto c = make_tensor(b, tc, {m, n}, seed + 2);
   if (beta == 0.0f) set_values(*c, std::vector<float>(static_cast<size_t>(m * n), kNan));
   b.gpu->matmul(c->gpu_t(), a->gpu_t(), bm->gpu_t(), trans_a, trans_b, alpha, beta);
   b.cpu->matmul(c->cpu(), a->cpu(), bm->cpu(), trans_a, trans_b, alpha, beta);
@@ -323,9 +272,9 @@ TEST(CudaBf16, MatmulAccumulatesBf16ProductsIntoF32) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;
   const int64_t out = 96, in = 160, tokens = 777;
-  auto grad = make(b, kF, {out, in}, 200);
+  auto grad = make_tensor(b, kF, {out, in}, 200);
   for (int micro = 0; micro < 3; ++micro) {
-    auto dy = make(b, kB, {tokens, out}, 201 + micro), x = make(b, kB, {tokens, in}, 211 + micro);
+    auto dy = make_tensor(b, kB, {tokens, out}, 201 + micro), x = make_tensor(b, kB, {tokens, in}, 211 + micro);
     b.gpu->matmul(grad->gpu_t(), dy->gpu_t(), x->gpu_t(), true, false, 1.0f, 1.0f);
     b.cpu->matmul(grad->cpu(), dy->cpu(), x->cpu(), true, false, 1.0f, 1.0f);
   }
@@ -335,8 +284,8 @@ TEST(CudaBf16, MatmulAccumulatesBf16ProductsIntoF32) {
 TEST(CudaBf16, MatmulRepeatsBitForBitAndStopsGrowingScratch) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;
-  auto a = make(b, kB, {256, 4096}, 300), w = make(b, kF, {384, 4096}, 301);
-  auto c = make(b, kF, {256, 384}), cb = make(b, kB, {256, 384});
+  auto a = make_tensor(b, kB, {256, 4096}, 300), w = make_tensor(b, kF, {384, 4096}, 301);
+  auto c = make_tensor(b, kF, {256, 384}), cb = make_tensor(b, kB, {256, 384});
   std::vector<uint8_t> first, first_b;
   int64_t workspace = 0;
   for (int run = 0; run < 3; ++run) {
@@ -362,14 +311,14 @@ void check_grouped(Backends& b, GroupedForm form, int mask, const std::vector<in
   const DType ta = pick(mask, 0), tb = pick(mask, 1), tc = pick(mask, 2);
   std::unique_ptr<Pair> a, w, c;
   if (form == GroupedForm::kWeightGrad) {
-    a = make(b, ta, {rows, out}, seed);
-    w = make(b, tb, {rows, in}, seed + 1);
-    c = make(b, tc, {groups, out, in}, seed + 2);
+    a = make_tensor(b, ta, {rows, out}, seed);
+    w = make_tensor(b, tb, {rows, in}, seed + 1);
+    c = make_tensor(b, tc, {groups, out, in}, seed + 2);
   } else {
     const bool fwd = form == GroupedForm::kForward;
-    a = make(b, ta, {rows, fwd ? in : out}, seed);
-    w = make(b, tb, {groups, out, in}, seed + 1);
-    c = make(b, tc, {rows, fwd ? out : in}, seed + 2);
+    a = make_tensor(b, ta, {rows, fwd ? in : out}, seed);
+    w = make_tensor(b, tb, {groups, out, in}, seed + 1);
+    c = make_tensor(b, tc, {rows, fwd ? out : in}, seed + 2);
   }
   if (beta == 0.0f) set_values(*c, std::vector<float>(static_cast<size_t>(c->numel()), kNan));
   b.gpu->grouped_matmul(c->gpu_t(), a->gpu_t(), w->gpu_t(), counts.data(), groups, form, beta);
@@ -402,11 +351,11 @@ TEST(CudaBf16, BiasOpsMatchTheCpu) {
     for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{128}})
       for (int mask = 1; mask < 4; ++mask) {
         const std::string at = " mask " + std::to_string(mask) + " " + shape_of({rows, n});
-        auto y = make(b, pick(mask, 0), {rows, n}, seed++), bias = make(b, pick(mask, 1), {n}, seed++);
+        auto y = make_tensor(b, pick(mask, 0), {rows, n}, seed++), bias = make_tensor(b, pick(mask, 1), {n}, seed++);
         b.gpu->add_bias(y->gpu_t(), bias->gpu_t());
         b.cpu->add_bias(y->cpu(), bias->cpu());
         expect_matches_cpu(*y, "add_bias" + at);
-        auto dbias = make(b, pick(mask, 0), {n}, seed++), dy = make(b, pick(mask, 1), {rows, n}, seed++);
+        auto dbias = make_tensor(b, pick(mask, 0), {n}, seed++), dy = make_tensor(b, pick(mask, 1), {rows, n}, seed++);
         b.gpu->bias_grad(dbias->gpu_t(), dy->gpu_t());
         b.cpu->bias_grad(dbias->cpu(), dy->cpu());
         expect_matches_cpu(*dbias, "bias_grad" + at);
@@ -419,8 +368,10 @@ TEST(CudaBf16, BiasOpsMatchTheCpu) {
 void check_norms(Backends& b, DType act, DType wt, DType gt, int64_t rows, int64_t h, uint64_t seed) {
   const std::string at = std::string(" act ") + name(act) + " weight " + name(wt) + " grads " + name(gt) + " " +
                          shape_of({rows, h});
-  auto x = make(b, act, {rows, h}, seed, 2.0f), w = make(b, wt, {h}, seed + 1), bias = make(b, wt, {h}, seed + 2);
-  auto out = make(b, act, {rows, h}, seed + 3), mean = make(b, kF, {rows}), rstd = make(b, kF, {rows});
+  auto x = make_tensor(b, act, {rows, h}, seed, 2.0f), w = make_tensor(b, wt, {h}, seed + 1),
+       bias = make_tensor(b, wt, {h}, seed + 2);
+  auto out = make_tensor(b, act, {rows, h}, seed + 3), mean = make_tensor(b, kF, {rows}),
+       rstd = make_tensor(b, kF, {rows});
   b.gpu->layernorm_fwd(out->gpu_t(), mean->gpu_t(), rstd->gpu_t(), x->gpu_t(), w->gpu_t(), bias->gpu_t(), 1e-5f);
   b.cpu->layernorm_fwd(out->cpu(), mean->cpu(), rstd->cpu(), x->cpu(), w->cpu(), bias->cpu(), 1e-5f);
   expect_matches_cpu(*out, "layernorm out" + at);
@@ -429,8 +380,8 @@ void check_norms(Backends& b, DType act, DType wt, DType gt, int64_t rows, int64
   // Each step starts from the CPU's tensors, so that both backends see equal inputs.
   upload(*mean);
   upload(*rstd);
-  auto dout = make(b, act, {rows, h}, seed + 4), dx = make(b, act, {rows, h}, seed + 5);
-  auto dw = make(b, gt, {h}, seed + 6), db = make(b, gt, {h}, seed + 7);
+  auto dout = make_tensor(b, act, {rows, h}, seed + 4), dx = make_tensor(b, act, {rows, h}, seed + 5);
+  auto dw = make_tensor(b, gt, {h}, seed + 6), db = make_tensor(b, gt, {h}, seed + 7);
   b.gpu->layernorm_bwd(dx->gpu_t(), dw->gpu_t(), db->gpu_t(), dout->gpu_t(), x->gpu_t(), w->gpu_t(), mean->gpu_t(),
                        rstd->gpu_t());
   b.cpu->layernorm_bwd(dx->cpu(), dw->cpu(), db->cpu(), dout->cpu(), x->cpu(), w->cpu(), mean->cpu(), rstd->cpu());
@@ -469,17 +420,18 @@ TEST(CudaBf16, QkvSplitAndMergeMoveTheCpuBits) {
   for (int mask = 1; mask < 4; ++mask) {  // fused, parts
     const DType fused = pick(mask, 0), parts = pick(mask, 1);
     const std::string at = std::string(" fused ") + name(fused) + " parts " + name(parts);
-    auto qkv = make(b, fused, {tokens, groups * (hpg + 2) * d}, 700 + mask);
-    auto q = make(b, parts, {tokens, groups * hpg * d}), k = make(b, parts, {tokens, groups * d});
-    auto v = make(b, parts, {tokens, groups * d});
+    auto qkv = make_tensor(b, fused, {tokens, groups * (hpg + 2) * d}, 700 + mask);
+    auto q = make_tensor(b, parts, {tokens, groups * hpg * d}), k = make_tensor(b, parts, {tokens, groups * d});
+    auto v = make_tensor(b, parts, {tokens, groups * d});
     b.gpu->qkv_split(q->gpu_t(), k->gpu_t(), v->gpu_t(), qkv->gpu_t(), groups, hpg, d);
     b.cpu->qkv_split(q->cpu(), k->cpu(), v->cpu(), qkv->cpu(), groups, hpg, d);
     expect_same_bits(*q, "q" + at);
     expect_same_bits(*k, "k" + at);
     expect_same_bits(*v, "v" + at);
-    auto dqkv = make(b, fused, {tokens, groups * (hpg + 2) * d}, 710 + mask);
-    auto dq = make(b, parts, {tokens, groups * hpg * d}, 720 + mask), dk = make(b, parts, {tokens, groups * d}, 730);
-    auto dv = make(b, parts, {tokens, groups * d}, 740);
+    auto dqkv = make_tensor(b, fused, {tokens, groups * (hpg + 2) * d}, 710 + mask);
+    auto dq = make_tensor(b, parts, {tokens, groups * hpg * d}, 720 + mask),
+         dk = make_tensor(b, parts, {tokens, groups * d}, 730);
+    auto dv = make_tensor(b, parts, {tokens, groups * d}, 740);
     b.gpu->qkv_merge(dqkv->gpu_t(), dq->gpu_t(), dk->gpu_t(), dv->gpu_t(), groups, hpg, d);
     b.cpu->qkv_merge(dqkv->cpu(), dq->cpu(), dk->cpu(), dv->cpu(), groups, hpg, d);
     expect_same_bits(*dqkv, "dqkv" + at);
@@ -495,7 +447,7 @@ TEST(CudaBf16, RopeMatchesTheCpu) {
   auto positions = b.i32({tokens}, pos);
   for (int64_t rotary : {int64_t{64}, int64_t{32}})
     for (bool inverse : {false, true}) {
-      auto x = make(b, kB, {tokens, heads * head_dim}, 800 + rotary);
+      auto x = make_tensor(b, kB, {tokens, heads * head_dim}, 800 + rotary);
       b.gpu->rope(x->gpu_t(), positions->gpu_t(), heads, head_dim, rotary, 10000.0f, inverse);
       b.cpu->rope(x->cpu(), positions->cpu(), heads, head_dim, rotary, 10000.0f, inverse);
       expect_matches_cpu(*x, "rope rotary " + std::to_string(rotary) + (inverse ? " inverse" : ""));
@@ -513,11 +465,13 @@ TEST(CudaBf16, ActivationsMatchTheCpu) {
         const int64_t rows = 37, f = 129, width = gated ? 2 * f : f;
         const std::string at = " act " + std::to_string(static_cast<int>(act)) + (gated ? " gated" : "") + " mask " +
                                std::to_string(mask);
-        auto x = make(b, pick(mask, 0), {rows, width}, seed++, 2.0f), out = make(b, pick(mask, 1), {rows, f});
+        auto x = make_tensor(b, pick(mask, 0), {rows, width}, seed++, 2.0f),
+             out = make_tensor(b, pick(mask, 1), {rows, f});
         b.gpu->activation_fwd(out->gpu_t(), x->gpu_t(), act, gated);
         b.cpu->activation_fwd(out->cpu(), x->cpu(), act, gated);
         expect_matches_cpu(*out, "activation_fwd" + at);
-        auto dout = make(b, pick(mask, 1), {rows, f}, seed++), dx = make(b, pick(mask, 2), {rows, width}, seed++);
+        auto dout = make_tensor(b, pick(mask, 1), {rows, f}, seed++),
+             dx = make_tensor(b, pick(mask, 2), {rows, width}, seed++);
         b.gpu->activation_bwd(dx->gpu_t(), dout->gpu_t(), x->gpu_t(), act, gated);
         b.cpu->activation_bwd(dx->cpu(), dout->cpu(), x->cpu(), act, gated);
         expect_matches_cpu(*dx, "activation_bwd" + at);
@@ -530,7 +484,8 @@ TEST(CudaBf16, DropoutMatchesTheCpu) {
   for (float p : {0.0f, 0.1f, 0.5f})
     for (int mask = 1; mask < 4; ++mask) {  // out, x
       const std::string at = " p " + std::to_string(p) + " mask " + std::to_string(mask);
-      auto x = make(b, pick(mask, 1), {65, 77}, 1000 + mask), out = make(b, pick(mask, 0), {65, 77}, 1010);
+      auto x = make_tensor(b, pick(mask, 1), {65, 77}, 1000 + mask),
+           out = make_tensor(b, pick(mask, 0), {65, 77}, 1010);
       b.gpu->dropout_fwd(out->gpu_t(), x->gpu_t(), p, 0xabcdef, 11);
       b.cpu->dropout_fwd(out->cpu(), x->cpu(), p, 0xabcdef, 11);
       expect_matches_cpu(*out, "dropout_fwd" + at);
@@ -540,7 +495,7 @@ TEST(CudaBf16, DropoutMatchesTheCpu) {
       expect_matches_cpu(*x, "dropout_bwd" + at);
     }
   // In place on bf16.
-  auto x = make(b, kB, {10, 33}, 1020);
+  auto x = make_tensor(b, kB, {10, 33}, 1020);
   b.gpu->dropout_fwd(x->gpu_t(), x->gpu_t(), 0.25f, 77, 3);
   b.cpu->dropout_fwd(x->cpu(), x->cpu(), 0.25f, 77, 3);
   expect_matches_cpu(*x, "dropout_fwd in place");
@@ -558,14 +513,15 @@ TEST(CudaBf16, EmbeddingMatchesTheCpu) {
   auto ids = b.i32({tokens}, id_values);
   for (int mask = 1; mask < 4; ++mask) {  // table, rows
     const std::string at = " mask " + std::to_string(mask);
-    auto table = make(b, pick(mask, 0), {vocab, h}, 1100 + mask);
+    auto table = make_tensor(b, pick(mask, 0), {vocab, h}, 1100 + mask);
     for (bool accumulate : {false, true}) {
-      auto out = make(b, pick(mask, 1), {tokens, h}, 1110);
+      auto out = make_tensor(b, pick(mask, 1), {tokens, h}, 1110);
       b.gpu->embedding_fwd(out->gpu_t(), ids->gpu_t(), table->gpu_t(), vocab_start, accumulate);
       b.cpu->embedding_fwd(out->cpu(), ids->cpu(), table->cpu(), vocab_start, accumulate);
       expect_matches_cpu(*out, std::string("embedding_fwd") + (accumulate ? " accumulate" : "") + at);
     }
-    auto dout = make(b, pick(mask, 1), {tokens, h}, 1120), dtable = make(b, pick(mask, 0), {vocab, h}, 1130);
+    auto dout = make_tensor(b, pick(mask, 1), {tokens, h}, 1120),
+         dtable = make_tensor(b, pick(mask, 0), {vocab, h}, 1130);
     b.gpu->embedding_bwd(dtable->gpu_t(), ids->gpu_t(), dout->gpu_t(), vocab_start);
     b.cpu->embedding_bwd(dtable->cpu(), ids->cpu(), dout->cpu(), vocab_start);
     expect_matches_cpu(*dtable, "embedding_bwd" + at);
@@ -579,14 +535,15 @@ TEST(CudaBf16, CrossEntropyGradientMayBeBf16) {
   std::vector<int32_t> target_values(static_cast<size_t>(tokens));
   for (int64_t t = 0; t < tokens; ++t) target_values[t] = static_cast<int32_t>(290 + (t * 37) % 320);
   auto targets = b.i32({tokens}, target_values);
-  auto logits = make(b, kF, {tokens, cols}, 1200, 3.0f), grad_scale = make(b, kF, {tokens}, 1201);
-  auto row_max = make(b, kF, {tokens}), sumexp = make(b, kF, {tokens}), target_logit = make(b, kF, {tokens});
+  auto logits = make_tensor(b, kF, {tokens, cols}, 1200, 3.0f), grad_scale = make_tensor(b, kF, {tokens}, 1201);
+  auto row_max = make_tensor(b, kF, {tokens}), sumexp = make_tensor(b, kF, {tokens}),
+       target_logit = make_tensor(b, kF, {tokens});
   b.cpu->ce_row_max(row_max->cpu(), logits->cpu(), vocab_start, vocab_valid);
   b.cpu->ce_sumexp_target(sumexp->cpu(), target_logit->cpu(), logits->cpu(), row_max->cpu(), targets->cpu(),
                           vocab_start, vocab_valid);
   upload(*row_max);
   upload(*sumexp);
-  auto dlogits = make(b, kB, {tokens, cols}, 1202);
+  auto dlogits = make_tensor(b, kB, {tokens, cols}, 1202);
   b.gpu->ce_bwd(dlogits->gpu_t(), logits->gpu_t(), row_max->gpu_t(), sumexp->gpu_t(), targets->gpu_t(),
                 grad_scale->gpu_t(), vocab_start, vocab_valid);
   b.cpu->ce_bwd(dlogits->cpu(), logits->cpu(), row_max->cpu(), sumexp->cpu(), targets->cpu(), grad_scale->cpu(),
@@ -595,23 +552,6 @@ TEST(CudaBf16, CrossEntropyGradientMayBeBf16) {
 }
 
 // --- attention -------------------------------------------------------------------------------
-
-AttentionDims attention_dims(int64_t sq, int64_t skv, int64_t batch, int64_t heads, int64_t groups, int64_t dim,
-                             bool causal, float dropout_p) {
-  AttentionDims d;
-  d.seq_q = sq;
-  d.seq_kv = skv;
-  d.batch = batch;
-  d.heads = heads;
-  d.groups = groups;
-  d.head_dim = dim;
-  d.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  d.causal = causal;
-  d.dropout_p = dropout_p;
-  d.dropout_key = 0x5eed1234;
-  d.head_offset = 3;
-  return d;
-}
 
 // Dtypes of one attention call: inputs q, k, v; out; the backward's dout and dq, dk, dv.
 struct AttentionTypes {
@@ -625,8 +565,9 @@ void check_attention(Backends& b, const AttentionDims& d, const AttentionTypes& 
                          std::to_string(d.dropout_p) + " q " + name(t.q) + " out " + name(t.out);
   const int64_t tq = d.seq_q * d.batch, tk = d.seq_kv * d.batch;
   const int64_t hd = d.heads * d.head_dim, gd = d.groups * d.head_dim;
-  auto q = make(b, t.q, {tq, hd}, seed), k = make(b, t.k, {tk, gd}, seed + 1), v = make(b, t.v, {tk, gd}, seed + 2);
-  auto out = make(b, t.out, {tq, hd}, seed + 3), lse = make(b, kF, {tq, d.heads}, seed + 4);
+  auto q = make_tensor(b, t.q, {tq, hd}, seed), k = make_tensor(b, t.k, {tk, gd}, seed + 1),
+       v = make_tensor(b, t.v, {tk, gd}, seed + 2);
+  auto out = make_tensor(b, t.out, {tq, hd}, seed + 3), lse = make_tensor(b, kF, {tq, d.heads}, seed + 4);
   b.gpu->attention_fwd(out->gpu_t(), lse->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(), d);
   b.cpu->attention_fwd(out->cpu(), lse->cpu(), q->cpu(), k->cpu(), v->cpu(), d);
   expect_matches_cpu(*out, "attention_fwd out" + at);
@@ -634,9 +575,9 @@ void check_attention(Backends& b, const AttentionDims& d, const AttentionTypes& 
   // The backward on the CPU's out and lse, so that both see the same inputs.
   upload(*out);
   upload(*lse);
-  auto dout = make(b, t.dout, {tq, hd}, seed + 5);
-  auto dq = make(b, t.dq, {tq, hd}, seed + 6), dk = make(b, t.dk, {tk, gd}, seed + 7);
-  auto dv = make(b, t.dv, {tk, gd}, seed + 8);
+  auto dout = make_tensor(b, t.dout, {tq, hd}, seed + 5);
+  auto dq = make_tensor(b, t.dq, {tq, hd}, seed + 6), dk = make_tensor(b, t.dk, {tk, gd}, seed + 7);
+  auto dv = make_tensor(b, t.dv, {tk, gd}, seed + 8);
   b.gpu->attention_bwd(dq->gpu_t(), dk->gpu_t(), dv->gpu_t(), dout->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(),
                        out->gpu_t(), lse->gpu_t(), d);
   b.cpu->attention_bwd(dq->cpu(), dk->cpu(), dv->cpu(), dout->cpu(), q->cpu(), k->cpu(), v->cpu(), out->cpu(),
@@ -670,9 +611,10 @@ TEST(CudaBf16, AttentionRepeatsBitForBit) {
   Backends b;
   const AttentionDims d = attention_dims(200, 200, 2, 8, 2, 64, true, 0);
   const int64_t t = d.seq_q * d.batch;
-  auto q = make(b, kB, {t, 512}, 1400), k = make(b, kB, {t, 128}, 1401), v = make(b, kB, {t, 128}, 1402);
-  auto out = make(b, kB, {t, 512}), lse = make(b, kF, {t, 8}), dout = make(b, kB, {t, 512}, 1403);
-  auto dq = make(b, kB, {t, 512}), dk = make(b, kB, {t, 128}), dv = make(b, kB, {t, 128});
+  auto q = make_tensor(b, kB, {t, 512}, 1400), k = make_tensor(b, kB, {t, 128}, 1401),
+       v = make_tensor(b, kB, {t, 128}, 1402);
+  auto out = make_tensor(b, kB, {t, 512}), lse = make_tensor(b, kF, {t, 8}), dout = make_tensor(b, kB, {t, 512}, 1403);
+  auto dq = make_tensor(b, kB, {t, 512}), dk = make_tensor(b, kB, {t, 128}), dv = make_tensor(b, kB, {t, 128});
   std::vector<uint8_t> first;
   for (int run = 0; run < 3; ++run) {
     b.gpu->attention_fwd(out->gpu_t(), lse->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(), d);
@@ -695,9 +637,9 @@ TEST(CudaBf16, AttentionMergeMatchesTheCpu) {
   Backends b;
   const int64_t tokens = 29, heads = 3, dim = 40;
   for (int mask = 1; mask < 4; ++mask) {  // out, part_out
-    auto out = make(b, pick(mask, 0), {tokens, heads * dim}, 1500);
-    auto part = make(b, pick(mask, 1), {tokens, heads * dim}, 1501);
-    auto lse = make(b, kF, {tokens, heads}, 1502), part_lse = make(b, kF, {tokens, heads}, 1503);
+    auto out = make_tensor(b, pick(mask, 0), {tokens, heads * dim}, 1500);
+    auto part = make_tensor(b, pick(mask, 1), {tokens, heads * dim}, 1501);
+    auto lse = make_tensor(b, kF, {tokens, heads}, 1502), part_lse = make_tensor(b, kF, {tokens, heads}, 1503);
     // Rows with no keys yet, and parts that saw none.
     std::vector<float> l = host_values(*lse), pl = host_values(*part_lse);
     l[0] = l[5] = -std::numeric_limits<float>::infinity();
@@ -739,22 +681,25 @@ TEST(CudaBf16, MoePermutesMatchTheCpu) {
       const std::string at = std::string(" tokens ") + name(tok) + " permuted " + name(perm) + " " +
                              shape_of({s.tokens, s.choices, s.hidden, s.rows});
       auto rows = b.i32({s.tokens, s.choices}, random_rows(s.tokens, s.choices, s.rows, 0.2, seed += 10));
-      auto x = make(b, tok, {s.tokens, s.hidden}, seed + 1), x_perm = make(b, perm, {s.rows, s.hidden}, seed + 2);
+      auto x = make_tensor(b, tok, {s.tokens, s.hidden}, seed + 1),
+           x_perm = make_tensor(b, perm, {s.rows, s.hidden}, seed + 2);
       b.gpu->moe_permute(x_perm->gpu_t(), x->gpu_t(), rows->gpu_t());
       b.cpu->moe_permute(x_perm->cpu(), x->cpu(), rows->cpu());
       expect_same_bits(*x_perm, "moe_permute" + at);
-      auto dx = make(b, tok, {s.tokens, s.hidden}, seed + 3);
+      auto dx = make_tensor(b, tok, {s.tokens, s.hidden}, seed + 3);
       b.gpu->moe_permute_bwd(dx->gpu_t(), x_perm->gpu_t(), rows->gpu_t());
       b.cpu->moe_permute_bwd(dx->cpu(), x_perm->cpu(), rows->cpu());
       expect_matches_cpu(*dx, "moe_permute_bwd" + at);
 
-      auto probs = make(b, kF, {s.tokens, s.choices}, seed + 4), out = make(b, tok, {s.tokens, s.hidden}, seed + 5);
-      auto y = make(b, perm, {s.rows, s.hidden}, seed + 6);
+      auto probs = make_tensor(b, kF, {s.tokens, s.choices}, seed + 4),
+           out = make_tensor(b, tok, {s.tokens, s.hidden}, seed + 5);
+      auto y = make_tensor(b, perm, {s.rows, s.hidden}, seed + 6);
       b.gpu->moe_unpermute(out->gpu_t(), y->gpu_t(), rows->gpu_t(), probs->gpu_t());
       b.cpu->moe_unpermute(out->cpu(), y->cpu(), rows->cpu(), probs->cpu());
       expect_matches_cpu(*out, "moe_unpermute" + at);
-      auto dy = make(b, perm, {s.rows, s.hidden}, seed + 7), dprobs = make(b, kF, {s.tokens, s.choices}, seed + 8);
-      auto dout = make(b, tok, {s.tokens, s.hidden}, seed + 9);
+      auto dy = make_tensor(b, perm, {s.rows, s.hidden}, seed + 7),
+           dprobs = make_tensor(b, kF, {s.tokens, s.choices}, seed + 8);
+      auto dout = make_tensor(b, tok, {s.tokens, s.hidden}, seed + 9);
       b.gpu->moe_unpermute_bwd(dy->gpu_t(), dprobs->gpu_t(), dout->gpu_t(), y->gpu_t(), rows->gpu_t(),
                                probs->gpu_t());
       b.cpu->moe_unpermute_bwd(dy->cpu(), dprobs->cpu(), dout->cpu(), y->cpu(), rows->cpu(), probs->cpu());
@@ -780,8 +725,8 @@ TEST(CudaBf16, RefusesBf16WhereTheContractKeepsF32) {
   MPT_SKIP_WITHOUT_GPU();
   Backends b;
   const int64_t t = 8, h = 16;
-  auto x = make(b, kB, {t, h}, 1), w = make(b, kB, {h}, 2), out = make(b, kB, {t, h});
-  auto stat_f = make(b, kF, {t}), stat_b = make(b, kB, {t});
+  auto x = make_tensor(b, kB, {t, h}, 1), w = make_tensor(b, kB, {h}, 2), out = make_tensor(b, kB, {t, h});
+  auto stat_f = make_tensor(b, kF, {t}), stat_b = make_tensor(b, kB, {t});
   expect_refused(
       [&] {
         b.gpu->layernorm_fwd(out->gpu_t(), stat_b->gpu_t(), stat_f->gpu_t(), x->gpu_t(), w->gpu_t(), Tensor(), 1e-5f);
@@ -791,22 +736,22 @@ TEST(CudaBf16, RefusesBf16WhereTheContractKeepsF32) {
                  "rmsnorm_fwd", "rstd");
 
   const AttentionDims d = attention_dims(4, 4, 2, 2, 2, 4, true, 0);  // q, k, v, out all [8, 8]
-  auto q = make(b, kB, {8, 8}, 3), attn_out = make(b, kB, {8, 8}), lse_b = make(b, kB, {8, 2});
+  auto q = make_tensor(b, kB, {8, 8}, 3), attn_out = make_tensor(b, kB, {8, 8}), lse_b = make_tensor(b, kB, {8, 2});
   expect_refused(
       [&] { b.gpu->attention_fwd(attn_out->gpu_t(), lse_b->gpu_t(), q->gpu_t(), q->gpu_t(), q->gpu_t(), d); },
       "attention_fwd", "lse");
 
-  auto logits_b = make(b, kB, {t, h}, 4), logits_f = make(b, kF, {t, h}, 5);
+  auto logits_b = make_tensor(b, kB, {t, h}, 4), logits_f = make_tensor(b, kF, {t, h}, 5);
   expect_refused([&] { b.gpu->ce_row_max(stat_f->gpu_t(), logits_b->gpu_t(), 0, h); }, "ce_row_max", "logits");
   expect_refused([&] { b.gpu->ce_row_max(stat_b->gpu_t(), logits_f->gpu_t(), 0, h); }, "ce_row_max", "row_max");
   expect_refused([&] { b.gpu->router_lse(stat_f->gpu_t(), logits_b->gpu_t()); }, "router_lse", "logits");
 
   auto rows = b.i32({t, 1}, {0, 1, 2, 3, 4, 5, 6, 7});
-  auto probs_b = make(b, kB, {t, 1});
+  auto probs_b = make_tensor(b, kB, {t, 1});
   expect_refused([&] { b.gpu->moe_unpermute(out->gpu_t(), x->gpu_t(), rows->gpu_t(), probs_b->gpu_t()); },
                  "moe_unpermute", "probs");
 
-  auto p = make(b, kF, {h}), m = make(b, kF, {h}), v = make(b, kF, {h});
+  auto p = make_tensor(b, kF, {h}), m = make_tensor(b, kF, {h}), v = make_tensor(b, kF, {h});
   backend::AdamWArgs args;
   args.lr = 1e-3f;
   expect_refused([&] { b.gpu->adamw(p->gpu_t(), w->gpu_t(), m->gpu_t(), v->gpu_t(), args); }, "adamw", "grad");

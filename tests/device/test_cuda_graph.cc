@@ -32,12 +32,6 @@ using backend::Graph;
 
 cuda::CudaOps& as_cuda(backend::Ops& ops) { return dynamic_cast<cuda::CudaOps&>(ops); }
 
-std::vector<uint8_t> device_bytes(const Pair& p) {
-  std::vector<uint8_t> out(p.host.size());
-  p.gpu->to_host(out.data(), p.dev, out.size());
-  return out;
-}
-
 // A device tensor of `shape` in `dtype`, zero on the host and the device.
 std::unique_ptr<Pair> buffer(Backends& b, DType dtype, std::vector<int64_t> shape) {
   auto p = std::make_unique<Pair>();

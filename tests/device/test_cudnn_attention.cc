@@ -57,70 +57,15 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
-AttentionDims dims(int64_t sq, int64_t skv, int64_t batch, int64_t heads, int64_t groups, int64_t dim, bool causal) {
-  AttentionDims d;
-  d.seq_q = sq;
-  d.seq_kv = skv;
-  d.batch = batch;
-  d.heads = heads;
-  d.groups = groups;
-  d.head_dim = dim;
-  d.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  d.causal = causal;
-  return d;
-}
-
 std::string label(const AttentionDims& d) {
   return "sq " + std::to_string(d.seq_q) + " skv " + std::to_string(d.seq_kv) + " B " + std::to_string(d.batch) +
          " H " + std::to_string(d.heads) + " G " + std::to_string(d.groups) + " D " + std::to_string(d.head_dim) +
          (d.causal ? " causal" : " full");
 }
 
-std::vector<float> widen(const std::vector<uint8_t>& bytes, DType dt) {
-  std::vector<float> v(bytes.size() / dtype_size(dt));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (dt == kB) {
-      uint16_t h;
-      std::memcpy(&h, bytes.data() + 2 * i, 2);
-      v[i] = bf16_to_f32(h);
-    } else {
-      std::memcpy(&v[i], bytes.data() + 4 * i, 4);
-    }
-  }
-  return v;
-}
-
-std::vector<uint8_t> device_bytes(const Pair& p) {
-  std::vector<uint8_t> out(p.host.size());
-  if (!out.empty()) p.gpu->to_host(out.data(), p.dev, out.size());
-  return out;
-}
-
-// A tensor in dtype dt with normal(0, 1) values from seed (rounded for bf16), or zeros.
-std::unique_ptr<Pair> make(Backends& b, DType dt, std::vector<int64_t> shape, uint64_t seed = 0) {
-  auto p = std::make_unique<Pair>();
-  p->gpu = b.gpu.get();
-  p->dtype = dt;
-  p->shape = std::move(shape);
-  p->host.assign(static_cast<size_t>(p->numel()) * dtype_size(dt), 0);
-  std::vector<float> v(static_cast<size_t>(p->numel()), 0.0f);
-  if (seed) fill_normal(v.data(), p->numel(), seed, 0, 0.0f, 1.0f);
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (dt == kB) {
-      const uint16_t h = f32_to_bf16(v[i]);
-      std::memcpy(p->host.data() + 2 * i, &h, 2);
-    } else {
-      std::memcpy(p->host.data() + 4 * i, &v[i], 4);
-    }
-  }
-  p->dev = b.gpu->allocate(p->host.size());
-  p->upload();
-  return p;
-}
-
 // The device values match the CPU's (in p.host) within kTol of the tensor's scale.
 void expect_matches_cpu(const Pair& p, const std::string& what) {
-  const std::vector<float> got = widen(device_bytes(p), p.dtype), want = widen(p.host, p.dtype);
+  const std::vector<float> got = device_values(p), want = host_values(p);
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << what << ": element " << i << " is " << got[i] << " on the GPU";
   const double e = scaled_error(got, want.data(), got.size());
@@ -133,15 +78,15 @@ struct Problem {
   Problem(Backends& b, const AttentionDims& dd, uint64_t seed) : d(dd) {
     const int64_t tq = d.seq_q * d.batch, tk = d.seq_kv * d.batch;
     const int64_t hd = d.heads * d.head_dim, gd = d.groups * d.head_dim;
-    q = make(b, kB, {tq, hd}, seed);
-    k = make(b, kB, {tk, gd}, seed + 1);
-    v = make(b, kB, {tk, gd}, seed + 2);
-    out = make(b, kB, {tq, hd}, seed + 3);  // random: the op must overwrite every element
-    lse = make(b, kF, {tq, d.heads}, seed + 4);
-    dout = make(b, kB, {tq, hd}, seed + 5);
-    dq = make(b, kB, {tq, hd}, seed + 6);
-    dk = make(b, kB, {tk, gd}, seed + 7);
-    dv = make(b, kB, {tk, gd}, seed + 8);
+    q = make_tensor(b, kB, {tq, hd}, seed);
+    k = make_tensor(b, kB, {tk, gd}, seed + 1);
+    v = make_tensor(b, kB, {tk, gd}, seed + 2);
+    out = make_tensor(b, kB, {tq, hd}, seed + 3);  // random: the op must overwrite every element
+    lse = make_tensor(b, kF, {tq, d.heads}, seed + 4);
+    dout = make_tensor(b, kB, {tq, hd}, seed + 5);
+    dq = make_tensor(b, kB, {tq, hd}, seed + 6);
+    dk = make_tensor(b, kB, {tk, gd}, seed + 7);
+    dv = make_tensor(b, kB, {tk, gd}, seed + 8);
   }
   void forward(backend::Ops& ops, bool gpu) {
     if (gpu) ops.attention_fwd(out->gpu_t(), lse->gpu_t(), q->gpu_t(), k->gpu_t(), v->gpu_t(), d);
@@ -186,12 +131,12 @@ TEST(CudnnAttention, MatchesTheCpu) {
   ScopedEnv choice("MPT_ATTENTION", "cudnn");  // a declined call is an error, not the own kernel
   Backends b;
   // seq_q, seq_kv, batch, heads, groups, head_dim, causal
-  check_problem(b, dims(256, 256, 2, 8, 2, 128, true), 1);   // LLaMA-like GQA
-  check_problem(b, dims(200, 200, 2, 4, 4, 64, true), 11);   // GPT-2-like MHA, length off the tiles
-  check_problem(b, dims(129, 129, 3, 6, 1, 64, true), 21);   // MQA
-  check_problem(b, dims(96, 160, 2, 4, 2, 128, false), 31);  // full mask, more keys
-  check_problem(b, dims(64, 192, 2, 4, 2, 64, true), 41);    // bottom-right: the last 64 of 192
-  check_problem(b, dims(1, 77, 2, 4, 2, 128, true), 51);     // one query sees every key
+  check_problem(b, attention_dims(256, 256, 2, 8, 2, 128, true), 1);   // LLaMA-like GQA
+  check_problem(b, attention_dims(200, 200, 2, 4, 4, 64, true), 11);   // GPT-2-like MHA, length off the tiles
+  check_problem(b, attention_dims(129, 129, 3, 6, 1, 64, true), 21);   // MQA
+  check_problem(b, attention_dims(96, 160, 2, 4, 2, 128, false), 31);  // full mask, more keys
+  check_problem(b, attention_dims(64, 192, 2, 4, 2, 64, true), 41);    // bottom-right: the last 64 of 192
+  check_problem(b, attention_dims(1, 77, 2, 4, 2, 128, true), 51);     // one query sees every key
 }
 
 // Context parallelism: keys in two blocks (the earlier ones in full, the diagonal causal),
@@ -202,20 +147,23 @@ TEST(CudnnAttention, KeyBlocksMergeToTheWhole) {
   ScopedEnv choice("MPT_ATTENTION", "cudnn");
   Backends b;
   const int64_t S = 128, half = 64, B = 2, H = 4, G = 2, D = 128;
-  Problem whole(b, dims(half, S, B, H, G, D, true), 61);  // the last `half` queries, every key
+  Problem whole(b, attention_dims(half, S, B, H, G, D, true), 61);  // the last `half` queries, every key
   whole.forward(*b.cpu, false);
   whole.backward(*b.cpu, false);
   // Block 0: keys [0, half) in full; block 1: keys [half, S), causal (square).
   const int64_t tk = half * B, gd = G * D, tq = half * B, hd = H * D;
-  auto k0 = make(b, kB, {tk, gd}), k1 = make(b, kB, {tk, gd}), v0 = make(b, kB, {tk, gd}), v1 = make(b, kB, {tk, gd});
+  auto k0 = make_tensor(b, kB, {tk, gd}), k1 = make_tensor(b, kB, {tk, gd}), v0 = make_tensor(b, kB, {tk, gd}),
+       v1 = make_tensor(b, kB, {tk, gd});
   for (auto [dst, src, first] : {std::tuple{k0.get(), whole.k.get(), 0L}, std::tuple{k1.get(), whole.k.get(), half},
                                  std::tuple{v0.get(), whole.v.get(), 0L}, std::tuple{v1.get(), whole.v.get(), half}})
-    b.gpu->device_copy(dst->dev, static_cast<uint8_t*>(src->dev) + first * B * gd * 2, static_cast<size_t>(tk * gd * 2));
-  const AttentionDims full = dims(half, half, B, H, G, D, false), diag = dims(half, half, B, H, G, D, true);
+    b.gpu->device_copy(dst->dev, static_cast<uint8_t*>(src->dev) + first * B * gd * 2,
+                       static_cast<size_t>(tk * gd * 2));
+  const AttentionDims full = attention_dims(half, half, B, H, G, D, false),
+                      diag = attention_dims(half, half, B, H, G, D, true);
   expect_cudnn(b, full);
   expect_cudnn(b, diag);
-  auto out = make(b, kB, {tq, hd}), lse = make(b, kF, {tq, H});
-  auto part = make(b, kB, {tq, hd}), part_lse = make(b, kF, {tq, H});
+  auto out = make_tensor(b, kB, {tq, hd}), lse = make_tensor(b, kF, {tq, H});
+  auto part = make_tensor(b, kB, {tq, hd}), part_lse = make_tensor(b, kF, {tq, H});
   b.gpu->attention_fwd(out->gpu_t(), lse->gpu_t(), whole.q->gpu_t(), k0->gpu_t(), v0->gpu_t(), full);
   b.gpu->attention_fwd(part->gpu_t(), part_lse->gpu_t(), whole.q->gpu_t(), k1->gpu_t(), v1->gpu_t(), diag);
   b.gpu->attention_merge(out->gpu_t(), lse->gpu_t(), part->gpu_t(), part_lse->gpu_t(), H, D);
@@ -226,24 +174,25 @@ TEST(CudnnAttention, KeyBlocksMergeToTheWhole) {
   // The backward of each block on the CPU's whole out and lse.
   out->upload();
   lse->upload();
-  auto dq0 = make(b, kB, {tq, hd}), dq1 = make(b, kB, {tq, hd});
-  auto dk0 = make(b, kB, {tk, gd}), dk1 = make(b, kB, {tk, gd}), dv0 = make(b, kB, {tk, gd}), dv1 = make(b, kB, {tk, gd});
+  auto dq0 = make_tensor(b, kB, {tq, hd}), dq1 = make_tensor(b, kB, {tq, hd});
+  auto dk0 = make_tensor(b, kB, {tk, gd}), dk1 = make_tensor(b, kB, {tk, gd}), dv0 = make_tensor(b, kB, {tk, gd}),
+       dv1 = make_tensor(b, kB, {tk, gd});
   b.gpu->attention_bwd(dq0->gpu_t(), dk0->gpu_t(), dv0->gpu_t(), whole.dout->gpu_t(), whole.q->gpu_t(), k0->gpu_t(),
                        v0->gpu_t(), out->gpu_t(), lse->gpu_t(), full);
   b.gpu->attention_bwd(dq1->gpu_t(), dk1->gpu_t(), dv1->gpu_t(), whole.dout->gpu_t(), whole.q->gpu_t(), k1->gpu_t(),
                        v1->gpu_t(), out->gpu_t(), lse->gpu_t(), diag);
-  const std::vector<float> a = widen(device_bytes(*dq0), kB), c = widen(device_bytes(*dq1), kB);
+  const std::vector<float> a = device_values(*dq0), c = device_values(*dq1);
   std::vector<float> dq(a.size());
   for (size_t i = 0; i < a.size(); ++i) dq[i] = a[i] + c[i];
-  const std::vector<float> want_dq = widen(whole.dq->host, kB);
+  const std::vector<float> want_dq = host_values(*whole.dq);
   EXPECT_LE(scaled_error(dq, want_dq.data(), dq.size()), kTol) << "dq of the two blocks summed";
   // dk, dv: each block's rows of the whole.
-  const std::vector<float> want_dk = widen(whole.dk->host, kB), want_dv = widen(whole.dv->host, kB);
+  const std::vector<float> want_dk = host_values(*whole.dk), want_dv = host_values(*whole.dv);
   const size_t rows = static_cast<size_t>(tk * gd);
-  EXPECT_LE(scaled_error(widen(device_bytes(*dk0), kB), want_dk.data(), rows), kTol) << "dk block 0";
-  EXPECT_LE(scaled_error(widen(device_bytes(*dk1), kB), want_dk.data() + rows, rows), kTol) << "dk block 1";
-  EXPECT_LE(scaled_error(widen(device_bytes(*dv0), kB), want_dv.data(), rows), kTol) << "dv block 0";
-  EXPECT_LE(scaled_error(widen(device_bytes(*dv1), kB), want_dv.data() + rows, rows), kTol) << "dv block 1";
+  EXPECT_LE(scaled_error(device_values(*dk0), want_dk.data(), rows), kTol) << "dk block 0";
+  EXPECT_LE(scaled_error(device_values(*dk1), want_dk.data() + rows, rows), kTol) << "dk block 1";
+  EXPECT_LE(scaled_error(device_values(*dv0), want_dv.data(), rows), kTol) << "dv block 0";
+  EXPECT_LE(scaled_error(device_values(*dv1), want_dv.data() + rows, rows), kTol) << "dv block 1";
 }
 
 // What a shape gets and why, as the run's first log line says it.
@@ -251,7 +200,7 @@ TEST(CudnnAttention, SummaryNamesTheAttentionAndWhy) {
   MPT_SKIP_WITHOUT_CUDNN();
   {
     Backends b;
-    const AttentionDims llama = dims(2048, 2048, 1, 16, 4, 128, true);
+    const AttentionDims llama = attention_dims(2048, 2048, 1, 16, 4, 128, true);
     EXPECT_NE(b.gpu->attention_summary(llama, kB).find("cuDNN"), std::string::npos);
     const std::string f32 = b.gpu->attention_summary(llama, kF);
     EXPECT_NE(f32.find("mptrain's"), std::string::npos) << f32;
@@ -264,13 +213,13 @@ TEST(CudnnAttention, SummaryNamesTheAttentionAndWhy) {
   {
     ScopedEnv choice("MPT_ATTENTION", "kernel");
     Backends b;
-    const std::string s = b.gpu->attention_summary(dims(64, 64, 1, 2, 2, 64, true), kB);
+    const std::string s = b.gpu->attention_summary(attention_dims(64, 64, 1, 2, 2, 64, true), kB);
     EXPECT_NE(s.find("MPT_ATTENTION=kernel"), std::string::npos) << s;
   }
   {
     ScopedEnv choice("MPT_ATTENTION", "cudnn");
     Backends b;
-    AttentionDims d = dims(64, 64, 1, 2, 2, 64, true);
+    AttentionDims d = attention_dims(64, 64, 1, 2, 2, 64, true);
     d.dropout_p = 0.1f;
     expect_error([&] { b.gpu->attention_summary(d, kB); }, Status::kNotSupported, {"MPT_ATTENTION=cudnn", "dropout"});
   }
@@ -284,7 +233,7 @@ TEST(CudnnAttention, SummaryNamesTheAttentionAndWhy) {
 TEST(CudnnAttention, DeclinedCallsRunOnTheOwnKernel) {
   MPT_SKIP_WITHOUT_CUDNN();
   Backends b;
-  AttentionDims d = dims(65, 65, 2, 4, 2, 40, true);  // head_dim 40: not a multiple of 16
+  AttentionDims d = attention_dims(65, 65, 2, 4, 2, 40, true);  // head_dim 40: not a multiple of 16
   SCOPED_TRACE(label(d));
   Problem p(b, d, 71);
   p.forward(*b.gpu, true);
@@ -299,7 +248,7 @@ TEST(CudnnAttention, GraphReplays) {
   MPT_SKIP_WITHOUT_CUDNN();
   ScopedEnv choice("MPT_ATTENTION", "cudnn");
   Backends b;
-  const AttentionDims d = dims(128, 128, 2, 8, 2, 128, true);
+  const AttentionDims d = attention_dims(128, 128, 2, 8, 2, 128, true);
   Problem p(b, d, 81);
   p.forward(*b.gpu, true);  // builds the plans and sizes the workspace
   p.backward(*b.gpu, true);
@@ -321,7 +270,7 @@ TEST(CudnnAttention, GraphReplays) {
     a->host = device_bytes(*c);
     expect_matches_cpu(*a, "replay against eager");
   }
-  Problem other(b, dims(96, 96, 2, 8, 2, 128, true), 101);
+  Problem other(b, attention_dims(96, 96, 2, 8, 2, 128, true), 101);
   b.gpu->begin_capture();
   expect_error([&] { other.forward(*b.gpu, true); }, Status::kInternal, {"cuDNN attention plan", "before the capture"});
   expect_error([&] { b.gpu->end_capture(); }, Status::kInternal, {"cuDNN attention plan"});
@@ -333,7 +282,7 @@ TEST(CudnnAttention, RepeatsBitForBitWhenDeterministic) {
   MPT_SKIP_WITHOUT_CUDNN();
   ScopedEnv choice("MPT_ATTENTION", "cudnn");
   Backends b;
-  const AttentionDims d = dims(512, 512, 2, 8, 2, 128, true);
+  const AttentionDims d = attention_dims(512, 512, 2, 8, 2, 128, true);
   const std::string s = b.gpu->attention_summary(d, kB);
   Problem p(b, d, 111);
   std::vector<uint8_t> first;
@@ -398,9 +347,10 @@ TEST(CudnnAttentionGraphs, TheBenchmarkCallsPassTheFrontendsHopperRules) {
   ASSERT_TRUE(cuda::cudnn_attention_built());
   // LLaMA ~1B (micro-batch 8, seq 2048, 16 heads in 4 groups of 128), GPT-2 (12 heads of 64,
   // seq 1024), a context-parallel block pair (full and diagonal) and a bottom-right call.
-  const AttentionDims calls[] = {dims(2048, 2048, 8, 16, 4, 128, true), dims(1024, 1024, 8, 12, 12, 64, true),
-                                 dims(512, 512, 8, 16, 4, 128, false), dims(512, 512, 8, 16, 4, 128, true),
-                                 dims(256, 1024, 2, 8, 1, 128, true)};
+  const AttentionDims calls[] = {
+      attention_dims(2048, 2048, 8, 16, 4, 128, true), attention_dims(1024, 1024, 8, 12, 12, 64, true),
+      attention_dims(512, 512, 8, 16, 4, 128, false), attention_dims(512, 512, 8, 16, 4, 128, true),
+      attention_dims(256, 1024, 2, 8, 1, 128, true)};
   for (const AttentionDims& d : calls) {
     SCOPED_TRACE(label(d));
     // The forward writes Stats straight into the engine's lse (cuDNN 9.12+) and packed.
@@ -419,7 +369,8 @@ TEST(CudnnAttentionGraphs, TheBenchmarkCallsPassTheFrontendsHopperRules) {
 // The checks are real: shapes the fused kernels do not take are refused, naming why.
 TEST(CudnnAttentionGraphs, ShapesCudnnDoesNotTakeAreRefused) {
   MPT_SKIP_WITHOUT_CUDNN_BUILD();
-  const std::string odd = cuda::check_cudnn_attention_graph(plan_shape(false, dims(64, 64, 2, 4, 2, 36, true), false, false), 90);
+  const std::string odd =
+      cuda::check_cudnn_attention_graph(plan_shape(false, attention_dims(64, 64, 2, 4, 2, 36, true), false, false), 90);
   EXPECT_NE(odd, "") << "head_dim 36";
   EXPECT_NE(odd.find("hidden_dim"), std::string::npos) << odd;
   expect_error([] { cuda::check_cudnn_attention_graph(cuda::AttentionPlanShape{}, 0); }, Status::kInvalidArgument,
