@@ -126,18 +126,19 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     fn(kCblasRowMajor, ta, tb, static_cast<int>(mm), static_cast<int>(nn), static_cast<int>(k), alpha, aa,
        static_cast<int>(lda), bb, static_cast<int>(ldb), beta, cc, static_cast<int>(ldc));
   };
-  const int threads = omp_get_level() == 0 ? omp_get_max_threads() : 1;
-  if (threads <= 1 || static_cast<double>(m) * n * k < kSplitWork) {
+  if (static_cast<double>(m) * n * k < kSplitWork) {
     call(m, n, a, b, c);
     return;
   }
-  // Split the longer side of c into one contiguous block per thread; a fixed partition
-  // for a given thread count keeps results reproducible.
-  constexpr int64_t kMinBlock = 32;
+  // Split the longer side of c into contiguous blocks whose partition depends on the shape
+  // alone, never on the thread count: OpenBLAS may round a row differently in blocks of other
+  // sizes (seen on AVX-512 machines), and the CPU oracle's bits must not depend on its threads.
+  constexpr int64_t kMinBlock = 64, kMaxParts = 64;
+  const int threads = omp_get_level() == 0 ? omp_get_max_threads() : 1;
   const bool split_rows = m >= n;
   const int64_t extent = split_rows ? m : n;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, extent / kMinBlock));
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(parts))
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kMaxParts, extent / kMinBlock));
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(std::min<int64_t>(threads, parts)))
   for (int64_t p = 0; p < parts; ++p) {
     const int64_t lo = extent * p / parts, hi = extent * (p + 1) / parts;
     if (split_rows)
